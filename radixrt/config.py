@@ -83,3 +83,31 @@ class ServerConfig:
     port: int = 30000
     api_key: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+
+
+def build_engine_config(model_path: str | None = None, **options: object) -> EngineConfig:
+    """EngineConfig from a model directory (None: the embedded default model) and options.
+
+    Resolves `auto` device/dtype/attention backend. Unknown options raise TypeError.
+    """
+    if model_path is None:
+        from radixrt.default_model import default_model_dir
+
+        model_path = str(default_model_dir())
+    device = resolve_device(str(options.pop("device", "auto")))
+    dtype = resolve_dtype(str(options.pop("dtype", "auto")), device)
+    dtype_name = {v: k for k, v in DTYPES.items()}[dtype]
+    backend = str(options.pop("attention_backend", "auto"))
+    if backend == "auto":
+        backend = "flashinfer" if device.startswith("cuda") else "torch"
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown engine option(s): {', '.join(unknown)}")
+    return EngineConfig(
+        model_path=str(model_path),
+        device=device,
+        dtype=dtype_name,
+        attention_backend=backend,
+        **options,  # type: ignore[arg-type]
+    )

@@ -117,7 +117,7 @@ class NewSlot:
     sampling: SamplingParams
     prompt_ids: np.ndarray | None = None  # only when repetition_penalty needs it
     eos_ids: tuple[int, ...] = ()  # masked until min_new_tokens is reached
-    num_generated: int = 0  # >0 when a retracted request resumes
+    output_ids: np.ndarray | None = None  # tokens generated before a retraction (penalties)
 
 
 @dataclass

@@ -1,0 +1,91 @@
+"""Attention in plain torch (CPU, and the reference for every device).
+
+Decodes run as one padded batch: each request's keys are gathered from the pool by slot index
+and masked past its length. Prefill chunks run one request at a time (they are few per step
+and compute-bound); a chunk with no cached prefix attends to its own k/v without a gather.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from radixrt.attention.base import AttentionBackend, AttentionMetadata
+from radixrt.worker.kv_pool import KVPool
+
+
+class TorchAttentionBackend(AttentionBackend):
+    def __init__(self, pool: KVPool, num_heads: int, head_dim: int) -> None:
+        self.pool = pool
+        self.num_heads = num_heads
+        self.scale = head_dim**-0.5
+        self.meta: AttentionMetadata | None = None
+
+    def plan(self, meta: AttentionMetadata) -> None:
+        self.meta = meta
+        ps = meta.page_size
+        num_new = meta.num_new_host
+        self.decode_rows = [i for i, n in enumerate(num_new) if n == 1]
+        self.prefill_rows = [i for i, n in enumerate(num_new) if n > 1]
+        device = meta.page_table.device
+        # Decode group: slot index of every key position, padded with the scratch slot.
+        if self.decode_rows:
+            rows = torch.tensor(self.decode_rows, device=device)
+            seq = meta.seq_lens[rows].long()
+            max_len = int(max(meta.start_pos_host[i] + 1 for i in self.decode_rows))
+            pos = torch.arange(max_len, device=device)
+            pages = meta.page_table[rows][:, pos // ps].long()
+            slots = pages * ps + pos % ps
+            valid = pos[None, :] < seq[:, None]
+            scratch = self.pool.scratch_page * ps
+            self.decode_slots = torch.where(valid, slots, torch.full_like(slots, scratch))
+            self.decode_mask = valid[:, None, None, :]  # [B, 1, 1, L]
+            self.decode_token_idx = meta.cu_new[rows].long()
+        # Prefill group: per request, token range and (when it has a prefix) key slots.
+        self.prefill_plans = []
+        cu = meta.cu_new.tolist() if self.prefill_rows else []
+        for i in self.prefill_rows:
+            start, n = meta.start_pos_host[i], num_new[i]
+            key_slots = mask = None
+            if start > 0:
+                pos = torch.arange(start + n, device=device)
+                key_slots = meta.page_table[i, pos // ps].long() * ps + pos % ps
+                q_pos = torch.arange(start, start + n, device=device)
+                mask = pos[None, :] <= q_pos[:, None]  # causal with an offset
+            self.prefill_plans.append((cu[i], n, key_slots, mask))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int) -> torch.Tensor:
+        meta = self.meta
+        assert meta is not None, "plan() must run before forward()"
+        self.pool.write(layer_id, meta.out_slots, k, v)
+        k_cache, v_cache = self.pool.k_cache[layer_id], self.pool.v_cache[layer_id]
+        if meta.is_decode:
+            return self._decode(q, k_cache, v_cache)
+        out = torch.empty_like(q)
+        if self.decode_rows:
+            idx = self.decode_token_idx
+            out[idx] = self._decode(q[idx], k_cache, v_cache)
+        for t0, n, key_slots, mask in self.prefill_plans:
+            qi = q[t0 : t0 + n].transpose(0, 1)  # [H, n, D]
+            if key_slots is None:
+                ki = k[t0 : t0 + n].to(k_cache.dtype).transpose(0, 1)
+                vi = v[t0 : t0 + n].to(v_cache.dtype).transpose(0, 1)
+                o = F.scaled_dot_product_attention(
+                    qi, ki.to(qi.dtype), vi.to(qi.dtype), is_causal=True, scale=self.scale,
+                    enable_gqa=True)
+            else:
+                ki = k_cache[key_slots].transpose(0, 1).to(qi.dtype)
+                vi = v_cache[key_slots].transpose(0, 1).to(qi.dtype)
+                o = F.scaled_dot_product_attention(
+                    qi, ki, vi, attn_mask=mask, scale=self.scale, enable_gqa=True)
+            out[t0 : t0 + n] = o.transpose(0, 1)
+        return out
+
+    def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+        # q [B, H, D] -> [B, H, 1, D]; keys [B, Hkv, L, D]
+        keys = k_cache[self.decode_slots].transpose(1, 2).to(q.dtype)
+        values = v_cache[self.decode_slots].transpose(1, 2).to(q.dtype)
+        o = F.scaled_dot_product_attention(
+            q.unsqueeze(2), keys, values, attn_mask=self.decode_mask, scale=self.scale,
+            enable_gqa=True)
+        return o.squeeze(2)

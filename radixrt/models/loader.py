@@ -1,0 +1,95 @@
+"""Build a model from an HF directory: config.json + safetensors, read through mmap."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from radixrt.models.config import ModelConfig, ModelLoadError
+from radixrt.models.llama import LlamaForCausalLM
+
+logger = logging.getLogger("radixrt")
+
+# Qwen2/Qwen3/Mistral are the Llama decoder with flags set from their config.
+MODEL_CLASSES: dict[str, type[LlamaForCausalLM]] = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "MistralForCausalLM": LlamaForCausalLM,
+    "Qwen2ForCausalLM": LlamaForCausalLM,
+    "Qwen3ForCausalLM": LlamaForCausalLM,
+}
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [path / n for n in names]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise ModelLoadError(f"{index} names missing file(s): {', '.join(missing)}")
+        return files
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{path} has no *.safetensors weights")
+    return files
+
+
+def load_model(path: str | Path, dtype: torch.dtype, device: str | torch.device,
+               cfg: ModelConfig | None = None) -> LlamaForCausalLM:
+    path = Path(path)
+    cfg = cfg or ModelConfig.from_dir(path)
+    device = torch.device(device)
+    files = safetensors_files(path)
+    t0 = time.perf_counter()
+    with torch.device("meta"):
+        model = MODEL_CLASSES[cfg.architecture](cfg, device=torch.device("cpu"))
+    model = model.to_empty(device=device).to(dtype)
+    # Buffers (rope tables) were lost by to_empty on meta: rebuild them for real.
+    model.rope = type(model.rope)(cfg, device)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    _load_weights(model, files, cfg)
+    model.eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("loaded %s (%.1fM params, %s, %s) in %.1f s", path.name, n_params / 1e6,
+                str(dtype).removeprefix("torch."), device, time.perf_counter() - t0)
+    return model
+
+
+def _load_weights(model: LlamaForCausalLM, files: list[Path], cfg: ModelConfig) -> None:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    wmap = model.weight_map()
+    loaded: set[str] = set()
+    for f in files:
+        with safe_open(str(f), framework="pt", device="cpu") as sf:
+            for name in sf.keys():
+                if name not in wmap:
+                    # Extras (a tied lm_head copy, rotary inv_freq) are ignored; missing
+                    # tensors are not.
+                    continue
+                ours, off, rows = wmap[name]
+                param = params[ours]
+                tensor = sf.get_tensor(name)
+                target = param.data if rows == -1 else param.data.narrow(0, off, rows)
+                if tuple(tensor.shape) != tuple(target.shape):
+                    raise ModelLoadError(
+                        f"tensor {name} in {f.name} has shape {tuple(tensor.shape)}, "
+                        f"expected {tuple(target.shape)} from config.json"
+                    )
+                with torch.no_grad():
+                    target.copy_(tensor)
+                loaded.add(name)
+    missing = sorted(set(wmap) - loaded)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ModelLoadError(f"checkpoint is missing tensor {missing[0]}{more}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,63 @@
+"""KV pool: per layer, K and V for num_pages * page_size token slots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class KVPoolShape:
+    num_layers: int
+    num_pages: int
+    page_size: int
+    num_kv_heads: int
+    head_dim: int
+
+    @property
+    def num_slots(self) -> int:
+        return self.num_pages * self.page_size
+
+    def bytes_per_page(self, dtype: torch.dtype) -> int:
+        elem = torch.empty((), dtype=dtype).element_size()
+        return 2 * self.num_layers * self.page_size * self.num_kv_heads * self.head_dim * elem
+
+
+class KVPool:
+    """k_cache[layer] / v_cache[layer]: [num_slots + page_size, kv_heads, head_dim].
+
+    One extra page at the end is scratch: padded (CUDA-graph) batch entries write there, so
+    they never touch a real request's KV.
+    """
+
+    def __init__(self, shape: KVPoolShape, dtype: torch.dtype, device: str | torch.device) -> None:
+        self.shape = shape
+        self.dtype = dtype
+        self.device = torch.device(device)
+        slots = shape.num_slots + shape.page_size
+        self.k_cache = [
+            torch.zeros(slots, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
+            for _ in range(shape.num_layers)
+        ]
+        self.v_cache = [
+            torch.zeros(slots, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
+            for _ in range(shape.num_layers)
+        ]
+
+    @property
+    def scratch_page(self) -> int:
+        return self.shape.num_pages
+
+    def write(self, layer_id: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k_cache[layer_id].index_copy_(0, slots, k.to(self.dtype))
+        self.v_cache[layer_id].index_copy_(0, slots, v.to(self.dtype))
+
+    # Paged views [num_pages + 1, page_size, kv_heads, head_dim] (NHD layout, as FlashInfer wants).
+    def k_pages(self, layer_id: int) -> torch.Tensor:
+        s = self.shape
+        return self.k_cache[layer_id].view(s.num_pages + 1, s.page_size, s.num_kv_heads, s.head_dim)
+
+    def v_pages(self, layer_id: int) -> torch.Tensor:
+        s = self.shape
+        return self.v_cache[layer_id].view(s.num_pages + 1, s.page_size, s.num_kv_heads, s.head_dim)
