@@ -1,0 +1,659 @@
+"""GPU benchmark: a random-weight Llama-3-8B-shaped model through radixrt, next to transformers.
+
+Sections, in priority order (each skipped when the time budget would not cover it):
+  1. weights      random bf16 weights generated on the GPU, saved as per-layer safetensors
+  2. prefill      4 requests x 2048 tokens in one ModelRunner step
+  3. decode       batch 1 / 32 / 128 at a 1024-token context, with CUDA graphs (and eager at
+                  batch 1 and 32 for the graphs' gain); batch 128 also as a fraction of the
+                  memory-bandwidth limit: (weight bytes + KV bytes read per step) / step time
+  4. prefix       a shared-prefix workload (one long system prompt, many questions) with the
+                  radix cache on and off, through LocalEngine (or radixrt.Engine: --engine)
+  5. transformers the same weights and GPU through transformers' forward and generate
+Results go to --out-json / --out-md after every section, so a timeout keeps what finished.
+
+    python bench/gpu_bench.py --out-json r.json --out-md r.md         # on a CUDA machine
+    python bench/gpu_bench.py --preset tiny --device cpu --budget-s 120  # plumbing check
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from radixrt.config import EngineConfig  # noqa: E402
+from radixrt.ipc.messages import ForwardBatch, NewSlot  # noqa: E402
+from radixrt.sampling_params import SamplingParams  # noqa: E402
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "llama3-8b": {
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+        "vocab_size": 128256, "max_position_embeddings": 8192, "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
+    },
+    "tiny": {
+        "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 32,
+        "vocab_size": 49152, "max_position_embeddings": 4096, "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
+    },
+}
+# Peak HBM bandwidth by card name (first match wins), bytes/s.
+CARD_BANDWIDTH = [("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12),
+                  ("H100", 3.35e12), ("A100-SXM4-80GB", 2.04e12), ("A100 80GB", 1.94e12),
+                  ("A100", 1.555e12), ("L40S", 0.864e12)]
+PROGRESS_T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[gpu_bench +{time.monotonic() - PROGRESS_T0:6.1f}s] {msg}", flush=True)
+
+
+def card_bandwidth(name: str) -> float | None:
+    for key, bw in CARD_BANDWIDTH:
+        if key.lower() in name.lower():
+            return bw
+    return None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def layer_shapes(f: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    h, inter, d = f["hidden_size"], f["intermediate_size"], f["head_dim"]
+    q, kv = f["num_attention_heads"] * d, f["num_key_value_heads"] * d
+    return {
+        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h),
+        "self_attn.v_proj.weight": (kv, h), "self_attn.o_proj.weight": (h, q),
+        "mlp.gate_proj.weight": (inter, h), "mlp.up_proj.weight": (inter, h),
+        "mlp.down_proj.weight": (h, inter),
+    }
+
+
+def count_params(f: dict[str, Any]) -> int:
+    per_layer = sum(math.prod(s) for s in layer_shapes(f).values())
+    emb = f["vocab_size"] * f["hidden_size"]
+    head = 0 if f["tie_word_embeddings"] else emb
+    return f["num_hidden_layers"] * per_layer + emb + head + f["hidden_size"]
+
+
+def write_random_model(out: Path, fields: dict[str, Any], device: torch.device,
+                       dtype: torch.dtype = torch.bfloat16, tokenizer_dir: Path | None = None,
+                       seed: int = 0, std: float = 0.02) -> int:
+    """An HF Llama directory with random weights: drawn on `device` (fast on a GPU), one
+    safetensors file per layer plus one for embeddings/head. Returns the parameter count."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+
+    def rand(shape: tuple[int, ...], norm: bool = False) -> torch.Tensor:
+        if norm:  # RMSNorm weights near 1
+            t = torch.empty(shape, dtype=torch.float32, device=device).normal_(1.0, 0.05,
+                                                                                generator=gen)
+            return t.to(dtype).cpu()
+        return torch.empty(shape, dtype=dtype, device=device).normal_(0.0, std,
+                                                                      generator=gen).cpu()
+
+    weight_map: dict[str, str] = {}
+
+    def save(tensors: dict[str, torch.Tensor], name: str) -> None:
+        save_file(tensors, str(out / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
+
+    L = fields["num_hidden_layers"]
+    shapes = layer_shapes(fields)
+    t0 = time.monotonic()
+    for i in range(L):
+        save({f"model.layers.{i}.{k}": rand(s, norm=len(s) == 1) for k, s in shapes.items()},
+             f"model-layer-{i:03d}.safetensors")
+        if (i + 1) % max(1, L // 4) == 0:
+            say(f"  weights: {i + 1}/{L} layers written ({time.monotonic() - t0:.1f} s)")
+    h, V = fields["hidden_size"], fields["vocab_size"]
+    outer = {"model.embed_tokens.weight": rand((V, h)), "model.norm.weight": rand((h,), True)}
+    if not fields["tie_word_embeddings"]:
+        outer["lm_head.weight"] = rand((V, h))
+    save(outer, "model-outer.safetensors")
+    total = sum(math.prod(s) for s in shapes.values()) * L + sum(
+        t.numel() for t in outer.values())
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total * torch.empty((), dtype=dtype).element_size()},
+         "weight_map": weight_map}, indent=1))
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **fields,
+           "rope_parameters": {"rope_type": "default", "rope_theta": fields["rope_theta"]},
+           "attention_bias": False, "mlp_bias": False, "hidden_act": "silu",
+           "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2,
+           "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}))
+    if tokenizer_dir is not None:
+        for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                  "special_tokens_map.json"):
+            if (tokenizer_dir / f).is_file():
+                shutil.copy2(tokenizer_dir / f, out / f)
+    return total
+
+
+# ----------------------------------------------------------------------------- runner steps
+
+
+class Pages:
+    """Bump allocator over the pool for hand-made batches (sections reset it)."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.ps = runner.page_size
+        self.next = 0
+
+    def reset(self) -> None:
+        self.next = 0
+
+    def batch(self, slots: list[int], starts: list[int], chunks: list[list[int]],
+              reserve_tokens: int = 0, sample: bool = True) -> ForwardBatch:
+        """A ForwardBatch; with reserve_tokens, each slot first gets that many tokens' pages."""
+        page_slots, page_ids, lens = [], [], []
+        new = []
+        if reserve_tokens:
+            n = -(-reserve_tokens // self.ps)
+            if self.next + n * len(slots) > self.runner.num_pages:
+                raise RuntimeError("benchmark needs more KV pages than the pool has")
+            for s in slots:
+                page_slots.append(s)
+                page_ids.extend(range(self.next, self.next + n))
+                lens.append(n)
+                self.next += n
+                new.append(NewSlot(s, SamplingParams(temperature=0)))
+        return ForwardBatch(
+            step=0, slots=np.array(slots, np.int32), start_pos=np.array(starts, np.int32),
+            num_new=np.array([len(c) for c in chunks], np.int32),
+            input_ids=np.concatenate([np.array(c, np.int32) for c in chunks]),
+            sample=np.full(len(slots), sample),
+            page_slots=np.array(page_slots, np.int32),
+            page_offsets=np.zeros(len(page_slots), np.int32),
+            page_lens=np.array(lens, np.int32), page_ids=np.array(page_ids, np.int32),
+            new_slots=new)
+
+
+def find_graph_runner(runner: Any) -> Any:
+    from radixrt.worker.cuda_graph import CudaGraphRunner
+
+    return next((v for v in vars(runner).values() if isinstance(v, CudaGraphRunner)), None)
+
+
+def use_graphs(runner: Any, graphs: Any) -> None:
+    """Route runner.step's forward through graph_forward (graphs=None: eager), whether or not
+    ModelRunner has the graph hook integrated."""
+    from radixrt.worker.cuda_graph import graph_forward
+
+    runner.forward = functools.partial(graph_forward, runner, graphs)
+
+
+def timed_steps(runner: Any, make: Callable[[int], ForwardBatch], steps: int, warmup: int
+                ) -> float:
+    """Mean seconds per runner.step (sampling and the host copy of the tokens included)."""
+    for i in range(warmup):
+        runner.step(make(i))
+    sync(runner.device)
+    t0 = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        runner.step(make(i))
+    sync(runner.device)
+    return (time.perf_counter() - t0) / steps
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.t0 = time.monotonic()
+        self.device = torch.device(args.device)
+        self.fields = dict(PRESETS[args.preset])
+        if args.layers:
+            self.fields["num_hidden_layers"] = args.layers
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        self.results: dict[str, Any] = {
+            "device": name, "torch": torch.__version__, "preset": args.preset,
+            "model": {**self.fields, "params": count_params(self.fields),
+                      "dtype": str(self.dtype).removeprefix("torch.")},
+            "setup": {}, "skipped": [], "errors": {}, "check": {},
+        }
+        try:
+            import flashinfer
+
+            self.results["flashinfer"] = flashinfer.__version__
+        except ImportError:
+            pass
+        if args.jit_seconds is not None:
+            self.results["check"]["flashinfer_jit_s"] = args.jit_seconds
+        if args.tests_summary:
+            self.results["check"]["tests"] = args.tests_summary
+        self.rng = np.random.default_rng(0)
+        self.vocab_ids = min(self.fields["vocab_size"], 49152)  # ids the tokenizer knows
+        self.runner: Any = None
+        self.graphs: Any = None
+
+    # -- bookkeeping
+    def left(self) -> float:
+        return self.args.budget_s - (time.monotonic() - self.t0)
+
+    def section(self, name: str, est_s: float, fn: Callable[[], None]) -> None:
+        if self.left() < est_s:
+            say(f"skip {name}: {self.left():.0f} s left, needs ~{est_s:.0f} s")
+            self.results["skipped"].append(name)
+            self.save()
+            return
+        say(f"== {name}")
+        t = time.monotonic()
+        try:
+            fn()
+        except Exception as e:  # keep the other sections' numbers
+            self.results["errors"][name] = f"{type(e).__name__}: {e}"
+            say(f"{name} failed: {type(e).__name__}: {e}")
+            import traceback
+
+            traceback.print_exc()
+        say(f"   {name} took {time.monotonic() - t:.1f} s")
+        self.save()
+
+    def ids(self, n: int) -> list[int]:
+        return self.rng.integers(3, self.vocab_ids, n).tolist()
+
+    # -- 1. weights and runner
+    def make_weights(self) -> None:
+        d = Path(self.args.model_dir) if self.args.model_dir else Path(
+            tempfile.mkdtemp(prefix="radixrt-bench-"))
+        self.model_dir = d
+        if (d / "config.json").is_file():
+            say(f"reusing weights in {d}")
+            return
+        tok = self.args.tokenizer_dir or os.environ.get("RADIXRT_GPU_TOKENIZER_DIR")
+        t = time.monotonic()
+        gen_dev = self.device if self.device.type == "cuda" else torch.device("cpu")
+        write_random_model(d, self.fields, gen_dev, self.dtype, Path(tok) if tok else None)
+        self.results["setup"]["weights_write_s"] = round(time.monotonic() - t, 1)
+
+    def load_runner(self) -> None:
+        from radixrt.worker.cuda_graph import create_cuda_graph_runner
+        from radixrt.worker.model_runner import ModelRunner
+
+        a = self.args
+        ps = 16
+        # Enough pages for the biggest section: the largest decode batch at its context.
+        per_req = max(a.prefill_len, a.decode_context + a.decode_steps + 8)
+        bs_max = max(max(a.decode_batches), a.prefix_requests, a.prefill_batch)
+        tokens = bs_max * (-(-per_req // ps) + 1) * ps
+        cuda = self.device.type == "cuda"
+        cfg = EngineConfig(
+            model_path=str(self.model_dir), device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            attention_backend="flashinfer" if cuda and not a.torch_attention else "torch",
+            page_size=ps, max_total_tokens=tokens, max_running_requests=max(bs_max, 8),
+            cuda_graph_max_bs=max(a.decode_batches), chunked_prefill_size=a.chunked_prefill,
+            context_length=self.fields["max_position_embeddings"])
+        self.cfg = cfg
+        t = time.monotonic()
+        self.runner = ModelRunner(cfg)
+        sync(self.device)
+        self.results["setup"]["runner_load_s"] = round(time.monotonic() - t, 1)
+        self.results["setup"]["kv_pool_tokens"] = self.runner.num_pages * ps
+        self.results["setup"]["attention_backend"] = cfg.attention_backend
+        self.graphs = find_graph_runner(self.runner)
+        if self.graphs is None and not a.no_graphs:
+            t = time.monotonic()
+            self.graphs = create_cuda_graph_runner(self.runner)
+            if self.graphs is not None:
+                self.results["setup"]["graph_capture_s"] = round(time.monotonic() - t, 1)
+        elif self.graphs is not None:
+            self.results["setup"]["graph_capture_s"] = round(self.graphs.capture_seconds, 1)
+        self.results["setup"]["graph_batch_sizes"] = (self.graphs.batch_sizes if self.graphs
+                                                      else [])
+        use_graphs(self.runner, self.graphs)
+        if cuda:  # random, not zero, KV: attention reads what a real cache would hold
+            for cache in self.runner.pool.k_cache + self.runner.pool.v_cache:
+                cache.normal_()
+        self.pages = Pages(self.runner)
+
+    # -- 2. prefill
+    def prefill(self) -> None:
+        a, r = self.args, self.runner
+        B, n = a.prefill_batch, a.prefill_len
+        slots = list(range(B))
+        self.pages.reset()
+        first = self.pages.batch(slots, [0] * B, [self.ids(n) for _ in slots], reserve_tokens=n)
+        r.step(first)  # warm-up, also assigns the pages
+        mk = lambda _i: self.pages.batch(slots, [0] * B, [self.ids(n) for _ in slots])  # noqa: E731
+        step_s = timed_steps(r, mk, steps=a.prefill_repeats, warmup=0)
+        self.results["prefill"] = {"batch": B, "tokens_per_request": n,
+                                   "step_ms": round(step_s * 1e3, 2),
+                                   "tokens_per_s": round(B * n / step_s)}
+        say(f"   prefill {B}x{n}: {step_s * 1e3:.1f} ms, {B * n / step_s:,.0f} tok/s")
+
+    # -- 3. decode
+    def decode(self) -> None:
+        a, r = self.args, self.runner
+        C = a.decode_context
+        rows = []
+        modes = [True] if self.graphs is not None else [False]
+        for B in a.decode_batches:
+            for graphs in modes + ([False] if self.graphs is not None and B in a.eager_batches
+                                   else []):
+                use_graphs(r, self.graphs if graphs else None)
+                slots = list(range(B))
+                self.pages.reset()
+                # Reserve pages; the context's KV is taken as cached (random), not prefilled.
+                r._apply_updates(self.pages.batch(slots, [0] * B, [[0]] * B,
+                                                  reserve_tokens=C + a.decode_steps + 8))
+                mk = lambda i, slots=slots, B=B: self.pages.batch(  # noqa: E731
+                    slots, [C + i] * B, [self.ids(1) for _ in slots])
+                steps = a.decode_steps if B > 1 else 2 * a.decode_steps
+                warm = 3
+                # The timed steps run from C+warm to C+warm+steps; mean context length:
+                ctx = C + warm + steps / 2
+                step_s = timed_steps(r, mk, steps=steps, warmup=warm)
+                rows.append({"batch": B, "context": C, "cuda_graphs": graphs,
+                             "step_ms": round(step_s * 1e3, 3),
+                             "tokens_per_s": round(B / step_s, 1), "mean_context": ctx})
+                say(f"   decode bs={B:<4} graphs={graphs!s:<5} ctx={C}: {step_s * 1e3:7.2f} ms/step,"
+                    f" {B / step_s:9,.0f} tok/s")
+        use_graphs(r, self.graphs)
+        self.results["decode"] = rows
+        self.bandwidth(rows)
+
+    def bandwidth(self, rows: list[dict[str, Any]]) -> None:
+        f = self.fields
+        big = max(rows, key=lambda x: (x["batch"], x["cuda_graphs"]))
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        # Every weight is read once per step except the embedding table (B rows gathered).
+        weight_bytes = (count_params(f) - f["vocab_size"] * f["hidden_size"]) * elem
+        kv_per_token = 2 * f["num_hidden_layers"] * f["num_key_value_heads"] * f["head_dim"] * elem
+        kv_bytes = big["batch"] * big["mean_context"] * kv_per_token
+        achieved = (weight_bytes + kv_bytes) / (big["step_ms"] / 1e3)
+        peak = card_bandwidth(self.results["device"])
+        self.results["bandwidth"] = {
+            "batch": big["batch"], "weight_GB": round(weight_bytes / 1e9, 2),
+            "kv_GB": round(kv_bytes / 1e9, 2), "achieved_TBps": round(achieved / 1e12, 3),
+            "card_TBps": peak and peak / 1e12,
+            "fraction_of_peak": peak and round(achieved / peak, 3),
+            "floor_ms": peak and round((weight_bytes + kv_bytes) / peak * 1e3, 2),
+        }
+        say(f"   bandwidth at bs={big['batch']}: {achieved / 1e12:.2f} TB/s"
+            + (f" = {achieved / peak:.0%} of {peak / 1e12:.2f} TB/s" if peak else ""))
+
+    # -- 4. shared prefix
+    def shared_prefix(self) -> None:
+        a = self.args
+        prefix = self.ids(a.prefix_len)
+        prompts = [prefix + self.ids(a.prefix_suffix) for _ in range(a.prefix_requests)]
+        sp = {"temperature": 0, "max_new_tokens": a.prefix_new_tokens, "ignore_eos": True}
+        out: dict[str, Any] = {"requests": a.prefix_requests, "prefix_tokens": a.prefix_len,
+                               "suffix_tokens": a.prefix_suffix,
+                               "new_tokens": a.prefix_new_tokens, "via": a.engine}
+        for radix in (True, False):
+            key = "radix_on" if radix else "radix_off"
+            gen = self.engine_generate(radix)
+            gen([prefix + self.ids(a.prefix_suffix)], sp)  # the prefix is already in use
+            sync(self.device)
+            t = time.perf_counter()
+            outs = gen(prompts, sp)
+            sync(self.device)
+            dt = time.perf_counter() - t
+            n_out = sum(len(o) for o, _c in outs)
+            cached = sum(c for _o, c in outs)
+            out[key] = {"seconds": round(dt, 3), "requests_per_s": round(len(prompts) / dt, 2),
+                        "output_tokens_per_s": round(n_out / dt, 1),
+                        "cached_prompt_tokens": cached}
+            say(f"   {key}: {dt:.2f} s, {len(prompts) / dt:.1f} req/s, cached {cached} tokens")
+        out["speedup"] = round(out["radix_off"]["seconds"] / out["radix_on"]["seconds"], 2)
+        self.results["shared_prefix"] = out
+
+    def engine_generate(self, radix: bool
+                        ) -> Callable[[list[list[int]], dict], list[tuple[list[int], int]]]:
+        if self.args.engine == "engine":
+            import radixrt
+
+            self.free_runner()
+            eng = radixrt.Engine(model_path=str(self.model_dir), disable_radix_cache=not radix)
+            self._engines = [*getattr(self, "_engines", []), eng]
+
+            def gen(prompts: list[list[int]], sp: dict) -> list[tuple[list[int], int]]:
+                outs = eng.generate(prompts, sp)
+                return [(list(getattr(o, "output_ids", None) or o.get("output_ids", [])),
+                         int(getattr(o, "cached_tokens", 0) or 0)) for o in outs]
+
+            return gen
+        from radixrt.scheduler.local import LocalEngine
+
+        eng = LocalEngine(self.cfg.replace(disable_radix_cache=not radix), runner=self.runner)
+
+        def gen_local(prompts: list[list[int]], sp: dict) -> list[tuple[list[int], int]]:
+            return [(o.output_ids, o.cached_tokens) for o in eng.generate(prompts, sp)]
+
+        return gen_local
+
+    # -- 5. transformers
+    def free_runner(self) -> None:
+        self.runner = self.graphs = None
+        self.pages = None  # type: ignore[assignment]
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def transformers(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.free_runner()
+        a = self.args
+        t = time.monotonic()
+        kw: dict[str, Any] = {"dtype": self.dtype}
+        if self.device.type == "cuda":
+            kw["device_map"] = str(self.device)
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, **kw).eval()
+        model.to(self.device)
+        res: dict[str, Any] = {"load_s": round(time.monotonic() - t, 1)}
+        V = self.vocab_ids
+
+        def rand_ids(b: int, n: int) -> torch.Tensor:
+            return torch.randint(3, V, (b, n), device=self.device)
+
+        with torch.inference_mode():
+            x = rand_ids(a.prefill_batch, a.prefill_len)
+            model(x, logits_to_keep=1)
+            sync(self.device)
+            t = time.perf_counter()
+            for _ in range(a.prefill_repeats):
+                model(x, logits_to_keep=1)
+            sync(self.device)
+            dt = (time.perf_counter() - t) / a.prefill_repeats
+            res["prefill_tokens_per_s"] = round(a.prefill_batch * a.prefill_len / dt)
+            say(f"   transformers prefill: {res['prefill_tokens_per_s']:,} tok/s")
+            res["decode"] = []
+            for B in a.hf_decode_batches:
+                if self.left() < 20:
+                    self.results["skipped"].append(f"transformers decode bs={B}")
+                    break
+                x = rand_ids(B, a.decode_context)
+                n = a.decode_steps
+                gkw = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+
+                def gen(k: int, x: torch.Tensor = x, gkw: dict = gkw, model: Any = model
+                        ) -> float:
+                    sync(self.device)
+                    t = time.perf_counter()
+                    model.generate(x, max_new_tokens=k, min_new_tokens=k, **gkw)
+                    sync(self.device)
+                    return time.perf_counter() - t
+
+                gen(2)  # warm-up
+                step_s = (gen(n + 1) - gen(1)) / n  # the prefill and first token cancel out
+                res["decode"].append({"batch": B, "context": a.decode_context,
+                                      "step_ms": round(step_s * 1e3, 2),
+                                      "tokens_per_s": round(B / step_s, 1)})
+                say(f"   transformers decode bs={B}: {step_s * 1e3:.2f} ms/step")
+        self.results["transformers"] = res
+        del model
+        gc.collect()
+
+    # -- output
+    def save(self) -> None:
+        self.results["elapsed_s"] = round(time.monotonic() - self.t0, 1)
+        if self.args.out_json:
+            Path(self.args.out_json).write_text(json.dumps(self.results, indent=2) + "\n")
+        if self.args.out_md:
+            Path(self.args.out_md).write_text(markdown(self.results))
+
+    def run(self) -> dict[str, Any]:
+        a = self.args
+        big = self.device.type == "cuda" and a.preset == "llama3-8b"
+        self.section("weights", 60 if big else 1, self.make_weights)
+        if not hasattr(self, "model_dir"):
+            return self.results
+        self.section("load", 60 if big else 1, self.load_runner)
+        if self.runner is None:
+            return self.results
+        self.section("prefill", 15 if big else 1, self.prefill)
+        self.section("decode", 40 if big else 1, self.decode)
+        self.section("shared_prefix", 45 if big else 1, self.shared_prefix)
+        if not a.skip_transformers:
+            self.section("transformers", 75 if big else 1, self.transformers)
+        for eng in getattr(self, "_engines", []):
+            getattr(eng, "shutdown", lambda: None)()
+        if not a.model_dir and not a.keep_weights:
+            shutil.rmtree(self.model_dir, ignore_errors=True)
+        say(f"done in {time.monotonic() - self.t0:.0f} s")
+        return self.results
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["model"]
+    lines = [f"# radixrt GPU benchmark — {r['device']}", "",
+             f"Random-weight `{r['preset']}` model ({m['params'] / 1e9:.2f} B params, "
+             f"{m['num_hidden_layers']} layers, {m['dtype']}); torch {r['torch']}, "
+             f"flashinfer {r.get('flashinfer', '-')}. Elapsed {r.get('elapsed_s')} s.", ""]
+    if r["check"]:
+        lines += ["## GPU check", ""] + [f"- {k}: {v}" for k, v in r["check"].items()] + [""]
+    if r["setup"]:
+        lines += ["## Setup", ""] + [f"- {k}: {v}" for k, v in r["setup"].items()] + [""]
+    hf = r.get("transformers", {})
+    if "prefill" in r:
+        p = r["prefill"]
+        lines += ["## Prefill", "", "| engine | batch x tokens | step ms | tokens/s |",
+                  "|---|---|---|---|",
+                  f"| radixrt | {p['batch']} x {p['tokens_per_request']} | {p['step_ms']} | "
+                  f"{p['tokens_per_s']:,} |"]
+        if "prefill_tokens_per_s" in hf:
+            lines.append(f"| transformers | {p['batch']} x {p['tokens_per_request']} | | "
+                         f"{hf['prefill_tokens_per_s']:,} |")
+        lines.append("")
+    if "decode" in r:
+        lines += ["## Decode", "", "| engine | batch | context | CUDA graphs | ms/step | tokens/s |",
+                  "|---|---|---|---|---|---|"]
+        for d in r["decode"]:
+            lines.append(f"| radixrt | {d['batch']} | {d['context']} | {d['cuda_graphs']} | "
+                         f"{d['step_ms']} | {d['tokens_per_s']:,} |")
+        for d in hf.get("decode", []):
+            lines.append(f"| transformers generate | {d['batch']} | {d['context']} | - | "
+                         f"{d['step_ms']} | {d['tokens_per_s']:,} |")
+        lines.append("")
+    if "bandwidth" in r:
+        b = r["bandwidth"]
+        lines += ["## Decode vs the memory-bandwidth limit", "",
+                  f"Batch {b['batch']}: {b['weight_GB']} GB weights + {b['kv_GB']} GB KV read "
+                  f"per step -> {b['achieved_TBps']} TB/s achieved"
+                  + (f", {b['fraction_of_peak']:.0%} of the card's {b['card_TBps']} TB/s "
+                     f"(floor {b['floor_ms']} ms/step)." if b.get("fraction_of_peak") else "."),
+                  ""]
+    if "shared_prefix" in r:
+        s = r["shared_prefix"]
+        lines += ["## Shared-prefix workload", "",
+                  f"{s['requests']} requests = {s['prefix_tokens']}-token shared prefix + "
+                  f"{s['suffix_tokens']} own tokens, {s['new_tokens']} new tokens each "
+                  f"(via {s['via']}).", "",
+                  "| radix cache | seconds | requests/s | output tokens/s | cached prompt tokens |",
+                  "|---|---|---|---|---|"]
+        for key in ("radix_on", "radix_off"):
+            v = s[key]
+            lines.append(f"| {key.removeprefix('radix_')} | {v['seconds']} | "
+                         f"{v['requests_per_s']} | {v['output_tokens_per_s']} | "
+                         f"{v['cached_prompt_tokens']} |")
+        lines += ["", f"Speedup with the radix cache: {s['speedup']}x", ""]
+    if r["skipped"]:
+        lines += [f"Skipped (time budget): {', '.join(r['skipped'])}", ""]
+    if r["errors"]:
+        lines += ["## Errors", ""] + [f"- {k}: {v}" for k, v in r["errors"].items()] + [""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="llama3-8b")
+    ap.add_argument("--layers", type=int, default=0, help="override the layer count")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model-dir", help="reuse (or keep) the weights in this directory")
+    ap.add_argument("--keep-weights", action="store_true")
+    ap.add_argument("--tokenizer-dir", help="tokenizer files to copy next to the weights")
+    ap.add_argument("--budget-s", type=float, default=600.0)
+    ap.add_argument("--prefill-batch", type=int, default=4)
+    ap.add_argument("--prefill-len", type=int, default=2048)
+    ap.add_argument("--prefill-repeats", type=int, default=3)
+    ap.add_argument("--chunked-prefill", type=int, default=2048)
+    ap.add_argument("--decode-batches", type=ints, default=[1, 32, 128])
+    ap.add_argument("--eager-batches", type=ints, default=[1, 32],
+                    help="decode batch sizes also timed without CUDA graphs")
+    ap.add_argument("--decode-context", type=int, default=1024)
+    ap.add_argument("--decode-steps", type=int, default=32)
+    ap.add_argument("--prefix-requests", type=int, default=64)
+    ap.add_argument("--prefix-len", type=int, default=1024)
+    ap.add_argument("--prefix-suffix", type=int, default=64)
+    ap.add_argument("--prefix-new-tokens", type=int, default=32)
+    ap.add_argument("--engine", choices=["local", "engine"], default="local",
+                    help="shared-prefix workload through LocalEngine (in process, the loaded "
+                         "runner) or radixrt.Engine (its own processes, loads the weights again)")
+    ap.add_argument("--hf-decode-batches", type=ints, default=[1, 32])
+    ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--no-graphs", action="store_true")
+    ap.add_argument("--torch-attention", action="store_true")
+    ap.add_argument("--out-json")
+    ap.add_argument("--out-md")
+    ap.add_argument("--jit-seconds", type=float, help="recorded from gpu_check.sh")
+    ap.add_argument("--tests-summary", help="recorded from gpu_check.sh")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    r = Bench(args).run()
+    print(markdown(r))
+    return 1 if r["errors"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

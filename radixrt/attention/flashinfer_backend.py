@@ -1,0 +1,197 @@
+"""FlashInfer attention (CUDA): paged prefill/decode wrappers reading the KV pool in place.
+
+plan() turns the step's metadata into FlashInfer's CSR page lists once per step (host arrays
+plus one device gather of the page ids, so planning never waits on the GPU); forward() writes
+the layer's new K/V into the pool at meta.out_slots and runs the planned wrapper over the
+pool's NHD page views. Decode-only steps use BatchDecodeWithPagedKVCacheWrapper, every other
+step BatchPrefillWithPagedKVCacheWrapper with a causal mask (FlashInfer aligns it bottom-right,
+so query j of a request with L keys sees keys 0 .. L - n_new + j: exactly our positions).
+
+flashinfer is imported lazily: this module imports on machines without it, and the backend
+says what is missing when it is built.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import torch
+
+from radixrt.attention.base import AttentionBackend, AttentionMetadata
+
+if TYPE_CHECKING:
+    from radixrt.config import EngineConfig
+    from radixrt.models.config import ModelConfig
+    from radixrt.worker.kv_pool import KVPool
+
+# FlashInfer's recommended float workspace (split-k partial results); shared by all wrappers
+# of one backend, since only one of them runs at a time on the stream.
+WORKSPACE_BYTES = 128 * 1024 * 1024
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+# fa2 by default: its module also serves tensor-core decode (one JIT compile instead of two)
+# and it takes any head_dim; prefill time is dominated by the matmuls, not attention.
+PREFILL_BACKEND_ENV = "RADIXRT_FLASHINFER_PREFILL_BACKEND"
+DEFAULT_PREFILL_BACKEND = "fa2"
+
+
+def import_flashinfer() -> ModuleType:
+    try:
+        import flashinfer
+    except ImportError as e:
+        raise RuntimeError(
+            "the flashinfer attention backend needs the flashinfer-python package "
+            "(pip install flashinfer-python; offline GPU machines: scripts/gpu_check.sh "
+            "installs it from gpu_bundle/), or run with --attention-backend torch"
+        ) from e
+    return flashinfer
+
+
+def use_tensor_cores(num_qo_heads: int, num_kv_heads: int) -> bool:
+    """Tensor-core decode pays off once a KV head serves >= 4 query heads (as SGLang picks)."""
+    return num_qo_heads // num_kv_heads >= 4
+
+
+class PagedKVInputs(NamedTuple):
+    """FlashInfer's CSR description of one batch.
+
+    qo_indptr, kv_indptr and kv_last_page_len are int32 CPU tensors (the wrappers' planners
+    read them on the host); kv_indices is int32 on the page table's device.
+    """
+
+    qo_indptr: torch.Tensor  # [B+1]: request i's queries are rows qo_indptr[i]:qo_indptr[i+1]
+    kv_indptr: torch.Tensor  # [B+1]: its pages are kv_indices[kv_indptr[i]:kv_indptr[i+1]]
+    kv_indices: torch.Tensor  # [kv_indptr[-1]]
+    kv_last_page_len: torch.Tensor  # [B]: valid slots of the last page, 1..page_size
+
+
+def build_paged_kv_inputs(meta: AttentionMetadata) -> PagedKVInputs:
+    """CSR page lists of a batch: request i reads page_table[i, :ceil(seq_len_i / page_size)]."""
+    ps = meta.page_size
+    num_new = np.asarray(meta.num_new_host, dtype=np.int64)
+    seq_lens = np.asarray(meta.start_pos_host, dtype=np.int64) + num_new
+    num_pages = -(-seq_lens // ps)
+    qo_indptr = np.zeros(len(num_new) + 1, dtype=np.int64)
+    np.cumsum(num_new, out=qo_indptr[1:])
+    kv_indptr = np.zeros(len(num_new) + 1, dtype=np.int64)
+    np.cumsum(num_pages, out=kv_indptr[1:])
+    last_page_len = seq_lens - (num_pages - 1) * ps
+    # Flat index of (request, page) into the page table, built on the host so the gather on
+    # the device needs no data-dependent shape (no sync).
+    rows = np.repeat(np.arange(len(num_pages)), num_pages)
+    cols = np.arange(int(kv_indptr[-1])) - kv_indptr[rows]
+    table = meta.page_table
+    flat = torch.from_numpy(rows * table.shape[1] + cols).to(table.device, non_blocking=True)
+    kv_indices = table.reshape(-1)[flat].to(torch.int32)
+    return PagedKVInputs(
+        qo_indptr=torch.from_numpy(qo_indptr.astype(np.int32)),
+        kv_indptr=torch.from_numpy(kv_indptr.astype(np.int32)),
+        kv_indices=kv_indices,
+        kv_last_page_len=torch.from_numpy(last_page_len.astype(np.int32)),
+    )
+
+
+class FlashInferAttentionBackend(AttentionBackend):
+    def __init__(self, pool: KVPool, model_cfg: ModelConfig, config: EngineConfig | None = None,
+                 *, prefill_backend: str | None = None,
+                 workspace: torch.Tensor | None = None) -> None:
+        self.fi = import_flashinfer()
+        if pool.dtype not in SUPPORTED_DTYPES:
+            raise RuntimeError(
+                f"the flashinfer attention backend needs a float16 or bfloat16 KV cache, got "
+                f"{str(pool.dtype).removeprefix('torch.')}; use --dtype bfloat16 or "
+                "--attention-backend torch")
+        self.pool = pool
+        self.config = config
+        self.num_qo_heads = model_cfg.num_heads
+        self.num_kv_heads = pool.shape.num_kv_heads
+        self.head_dim = pool.shape.head_dim
+        self.page_size = pool.shape.page_size
+        self.dtype = pool.dtype
+        self.sm_scale = self.head_dim**-0.5
+        self.use_tensor_cores = use_tensor_cores(self.num_qo_heads, self.num_kv_heads)
+        # FlashInfer wants the workspace zeroed before its first use.
+        self.workspace = (workspace if workspace is not None else
+                          torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=pool.device))
+        backend = prefill_backend or os.environ.get(PREFILL_BACKEND_ENV, DEFAULT_PREFILL_BACKEND)
+        self.decode_wrapper = self.fi.BatchDecodeWithPagedKVCacheWrapper(
+            self.workspace, "NHD", use_tensor_cores=self.use_tensor_cores)
+        self.prefill_wrapper = self.fi.BatchPrefillWithPagedKVCacheWrapper(
+            self.workspace, "NHD", backend=backend)
+        self.meta: AttentionMetadata | None = None
+        self._wrapper: Any = None
+
+    def plan_kwargs(self) -> dict[str, Any]:
+        return {"q_data_type": self.dtype, "kv_data_type": self.dtype, "sm_scale": self.sm_scale}
+
+    def plan(self, meta: AttentionMetadata) -> None:
+        self.meta = meta
+        inputs = build_paged_kv_inputs(meta)
+        if meta.is_decode:
+            self.decode_wrapper.plan(
+                inputs.kv_indptr, inputs.kv_indices, inputs.kv_last_page_len,
+                self.num_qo_heads, self.num_kv_heads, self.head_dim, meta.page_size,
+                **self.plan_kwargs())
+            self._wrapper = self.decode_wrapper
+        else:
+            # Mixed steps (prefill chunks plus decodes) go through prefill too: a decode row
+            # is a 1-token query there.
+            self.prefill_wrapper.plan(
+                inputs.qo_indptr, inputs.kv_indptr, inputs.kv_indices, inputs.kv_last_page_len,
+                self.num_qo_heads, self.num_kv_heads, self.head_dim, meta.page_size,
+                causal=True, **self.plan_kwargs())
+            self._wrapper = self.prefill_wrapper
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int
+                ) -> torch.Tensor:
+        meta = self.meta
+        assert meta is not None, "plan() must run before forward()"
+        # Written first: the new tokens attend to themselves through the pages.
+        self.pool.write(layer_id, meta.out_slots, k, v)
+        kv = (self.pool.k_pages(layer_id), self.pool.v_pages(layer_id))
+        return self._wrapper.run(q.to(self.dtype).contiguous(), kv)
+
+
+def warmup_kernels(num_qo_heads: int, num_kv_heads: int, head_dim: int,
+                   dtype: torch.dtype = torch.bfloat16, page_size: int = 16,
+                   which: str = "both", device: str = "cuda") -> None:
+    """Plan and run each wrapper once on a toy batch, so FlashInfer JIT-compiles its modules.
+
+    Run before timing (or in parallel processes per head shape, to overlap nvcc builds).
+    """
+    from radixrt.worker.kv_pool import KVPool, KVPoolShape
+
+    pool = KVPool(KVPoolShape(1, 8, page_size, num_kv_heads, head_dim), dtype, device)
+
+    class _Cfg:  # the backend reads only these ModelConfig fields
+        num_heads = num_qo_heads
+
+    backend = FlashInferAttentionBackend(pool, _Cfg(), None)  # type: ignore[arg-type]
+    shapes = {"decode": [1, 1], "prefill": [3, 1]}
+    for kind in (["decode", "prefill"] if which == "both" else [which]):
+        num_new = shapes[kind]
+        start = [5, 2]
+        seq = [s + n for s, n in zip(start, num_new, strict=True)]
+        table = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32, device=device)
+        slots = [int(table[i, p // page_size]) * page_size + p % page_size
+                 for i in range(2) for p in range(start[i], seq[i])]
+        cu = [0, num_new[0], sum(num_new)]
+        meta = AttentionMetadata(
+            batch_size=2,
+            start_pos=torch.tensor(start, dtype=torch.int32, device=device),
+            num_new=torch.tensor(num_new, dtype=torch.int32, device=device),
+            seq_lens=torch.tensor(seq, dtype=torch.int32, device=device),
+            cu_new=torch.tensor(cu, dtype=torch.int32, device=device),
+            page_table=table,
+            out_slots=torch.tensor(slots, dtype=torch.int64, device=device),
+            page_size=page_size, start_pos_host=start, num_new_host=num_new,
+            is_decode=kind == "decode", max_seq_len=max(seq))
+        t = sum(num_new)
+        backend.plan(meta)
+        q = torch.randn(t, num_qo_heads, head_dim, dtype=dtype, device=device)
+        kv = torch.randn(t, num_kv_heads, head_dim, dtype=dtype, device=device)
+        backend.forward(q, kv, kv, 0)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()

@@ -1,0 +1,20 @@
+"""Start the model side of a server or Engine: worker process(es), then the scheduler."""
+
+from __future__ import annotations
+
+from radixrt.config import EngineConfig
+from radixrt.process_group import ProcessGroup
+from radixrt.scheduler.process import run_scheduler
+from radixrt.worker.process import run_worker
+
+
+def start_backend(group: ProcessGroup, config: EngineConfig) -> dict:
+    """Start the workers, wait for them (the KV pool size comes from rank 0), then start the
+    scheduler. Returns rank 0's ready info (num_pages, context_length, vocab_size, eos_ids)."""
+    if config.tp_size != 1:
+        raise ValueError("tensor parallelism (--tp-size > 1) is not supported yet")
+    for rank in range(config.tp_size):
+        group.start(f"worker{rank}", run_worker, config, rank)
+    info = group.wait_ready()["worker0"]
+    group.start("scheduler", run_scheduler, config, info)
+    return info

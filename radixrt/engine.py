@@ -1,0 +1,154 @@
+"""radixrt.Engine: the server's processes without HTTP (like sglang.Engine / vllm.LLM).
+
+    with Engine() as engine:                      # the default model
+        out = engine.generate("The capital of France is", {"max_new_tokens": 8})
+        print(out["text"], out["meta_info"]["cached_tokens"])
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid
+from typing import Any
+
+from radixrt.backend import start_backend
+from radixrt.config import build_engine_config
+from radixrt.ipc.messages import TextDelta, TokenizeReq
+from radixrt.process_group import ProcessGroup
+from radixrt.sampling_params import InvalidRequestError, SamplingParams
+from radixrt.tokenizer.process import run_tokenizer
+
+logger = logging.getLogger("radixrt")
+
+PromptInput = str | list[int] | list[str] | list[list[int]]
+ParamsInput = dict | SamplingParams | None
+
+
+class Engine:
+    def __init__(self, model_path: str | None = None, **options: Any) -> None:
+        from radixrt.frontend.client import TokenizerClient
+
+        self.config = build_engine_config(model_path, **options)
+        self.group = ProcessGroup()
+        try:
+            self.info = start_backend(self.group, self.config)
+            self.group.start("tokenizer", run_tokenizer, self.config)
+            self.group.wait_ready()
+            self.client = TokenizerClient(self.group.endpoints)
+        except BaseException:
+            self.group.shutdown()
+            raise
+        self._ids = itertools.count()
+        self._closed = False
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompt: PromptInput | None = None, sampling_params: ParamsInput |
+                 list[ParamsInput] = None, input_ids: list[int] | list[list[int]] | None = None,
+                 cache_salt: str | None = None) -> dict | list[dict]:
+        """Generate for one prompt (str or token ids) or a batch (list of either).
+
+        Returns {"text", "output_ids", "meta_info": {prompt_tokens, completion_tokens,
+        cached_tokens, finish_reason, matched_stop[, output_token_logprobs]}} per prompt.
+        """
+        if (prompt is None) == (input_ids is None):
+            raise ValueError("pass exactly one of prompt and input_ids")
+        items = prompt if prompt is not None else input_ids
+        single = isinstance(items, str) or (
+            isinstance(items, list) and (not items or isinstance(items[0], int)))
+        batch = [items] if single else list(items)  # type: ignore[list-item]
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(batch)
+        if len(params) != len(batch):
+            raise ValueError("sampling_params must be one dict or one per prompt")
+        reqs = []
+        for item, p in zip(batch, params):
+            sp = SamplingParams.from_dict(p)
+            rid = f"engine-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+            if isinstance(item, str):
+                reqs.append(TokenizeReq(rid, prompt=item, sampling=sp, cache_salt=cache_salt))
+            else:
+                reqs.append(TokenizeReq(rid, input_ids=list(item), sampling=sp,
+                                        cache_salt=cache_salt))
+        outs = self._run(reqs)
+        return outs[0] if single else outs
+
+    def chat(self, messages: list[dict], sampling_params: ParamsInput = None,
+             cache_salt: str | None = None) -> dict:
+        """One chat completion: the model's chat template is applied to messages."""
+        sp = SamplingParams.from_dict(sampling_params)
+        rid = f"engine-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        return self._run([TokenizeReq(rid, messages=messages, sampling=sp,
+                                      cache_salt=cache_salt)])[0]
+
+    def _run(self, reqs: list[TokenizeReq]) -> list[dict]:
+        results = {r.rid: _Result() for r in reqs}
+        for r in reqs:
+            self.client.submit(r)
+        try:
+            for delta in self.client.iter_deltas(set(results)):
+                results[delta.rid].add(delta)
+        except KeyboardInterrupt:
+            for r in reqs:
+                self.client.abort(r.rid)
+            raise
+        for res in results.values():
+            if res.error is not None:
+                raise InvalidRequestError(res.error, res.error_param)
+        return [results[r.rid].to_dict() for r in reqs]
+
+    # ------------------------------------------------------------------ maintenance
+    def flush_cache(self) -> None:
+        self.client.flush_cache()
+
+    def get_stats(self) -> Any:
+        return self.client.stats()
+
+    def shutdown(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self.client.close()
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+            self.group.shutdown()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.shutdown()
+
+
+class _Result:
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.meta: dict[str, Any] = {}
+        self.error: str | None = None
+        self.error_param: str | None = None
+
+    def add(self, d: TextDelta) -> None:
+        self.text.append(d.text)
+        self.ids.extend(d.token_ids)
+        if d.logprobs:
+            self.logprobs.extend(d.logprobs)
+        if d.error:
+            self.error, self.error_param = d.error, d.error_param
+        self.meta = {
+            "prompt_tokens": d.prompt_tokens,
+            "completion_tokens": d.completion_tokens,
+            "cached_tokens": d.cached_tokens,
+            "finish_reason": d.finish_reason,
+            "matched_stop": d.matched_stop,
+        }
+
+    def to_dict(self) -> dict:
+        meta = dict(self.meta)
+        if self.logprobs:
+            meta["output_token_logprobs"] = self.logprobs
+        return {"text": "".join(self.text), "output_ids": self.ids, "meta_info": meta}

@@ -1,0 +1,148 @@
+"""The FastAPI app: OpenAI-compatible routes, native /generate, health and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+from transformers import PreTrainedTokenizerBase
+
+from radixrt.config import ServerConfig
+from radixrt.frontend.client import AsyncTokenizerClient
+from radixrt.frontend.metrics import Metrics
+from radixrt.frontend.protocol import ModelCard, ModelList
+from radixrt.frontend.serving import APIError, OpenAIServing, bad_request, json_response
+from radixrt.ipc.sockets import Endpoints
+from radixrt.sampling_params import InvalidRequestError
+from radixrt.tokenizer.detokenize import TokenTexts
+from radixrt.tokenizer.tokenize import load_model_info, load_tokenizer
+
+logger = logging.getLogger("radixrt.frontend")
+
+
+class APIKeyMiddleware:
+    """401 unless `Authorization: Bearer <key>`; /health stays open for probes."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                err = APIError(401, "Incorrect or missing API key (Authorization: Bearer ...).",
+                               code="invalid_api_key")
+                await err.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(config: ServerConfig, endpoints: Endpoints,
+               tokenizer: PreTrainedTokenizerBase | None = None) -> FastAPI:
+    """The app for a server whose tokenizer process listens at `endpoints`.
+
+    The frontend's own tokenizer (token texts for logprobs) loads in a thread after start-up,
+    so that it does not delay serving.
+    """
+    info = load_model_info(config.engine, tokenizer)
+    texts: asyncio.Future[TokenTexts] | None = None
+
+    async def token_texts() -> TokenTexts:
+        nonlocal texts
+        if texts is None:
+            texts = asyncio.ensure_future(asyncio.to_thread(
+                lambda: TokenTexts(tokenizer if tokenizer is not None
+                                   else load_tokenizer(config.engine.model_path))))
+        return await asyncio.shield(texts)
+
+    serving = OpenAIServing(config, info, token_texts, Metrics())
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        serving.client = AsyncTokenizerClient(endpoints)
+        serving.client.start()
+        asyncio.ensure_future(token_texts())  # start loading now
+        yield
+        serving.abort_all()
+        serving.client.close()
+
+    app = FastAPI(title="radixrt", version="0.1.0", lifespan=lifespan)
+    app.state.serving = serving
+    if config.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(InvalidRequestError)
+    async def invalid(_: Request, exc: InvalidRequestError) -> Response:
+        return bad_request(exc).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(_: Request, exc: RequestValidationError) -> Response:
+        return APIError(400, str(exc)).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return APIError(exc.status_code, str(exc.detail), kind).response()
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> Response:
+        logger.exception("internal error")
+        return APIError(500, f"internal error: {type(exc).__name__}: {exc}",
+                        "internal_error").response()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await serving.chat(request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await serving.completions(request)
+
+    @app.post("/generate")
+    async def generate(request: Request) -> Response:
+        return await serving.generate(request)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        card = ModelCard(id=serving.served_name, created=started,
+                         root=config.engine.model_path, max_model_len=info.context_length)
+        return json_response(ModelList(data=[card]))
+
+    @app.get("/health")
+    async def health() -> Response:
+        if serving.shutting_down:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        assert serving.client is not None
+        try:
+            serving.metrics.observe_stats(await serving.client.stats(timeout_s=5.0))
+        except asyncio.TimeoutError:
+            logger.warning("/metrics: the scheduler did not answer; page/queue gauges are stale")
+        return Response(serving.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/flush_cache")
+    async def flush_cache() -> Response:
+        assert serving.client is not None
+        await serving.client.flush_cache()
+        return JSONResponse({"success": True, "message": "Cache flushed."})
+
+    return app

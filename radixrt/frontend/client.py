@@ -1,0 +1,213 @@
+"""Clients of the tokenizer process: asyncio (HTTP frontend) and blocking (offline Engine).
+
+Both PUSH to `to_tokenizer` and bind a PULL on `to_frontend`. The tokenizer process sends back
+list[TextDelta] (one message per scheduler step) and answers StatsReq / FlushCacheReq with a
+SchedulerStats / FlushCacheReq, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from radixrt.ipc.messages import (
+    AbortReq,
+    FlushCacheReq,
+    SchedulerStats,
+    StatsReq,
+    TextDelta,
+    TokenizeReq,
+)
+from radixrt.ipc.sockets import (
+    AsyncPullQueue,
+    AsyncPushQueue,
+    Endpoints,
+    PullQueue,
+    PushQueue,
+    encode,
+)
+
+logger = logging.getLogger("radixrt.frontend")
+
+
+def merge_deltas(deltas: list[TextDelta]) -> TextDelta:
+    """One TextDelta holding a request's whole output (the last delta's final fields)."""
+    last = deltas[-1]
+    logprobs: list[float] | None = None
+    top: list[Any] | None = None
+    for d in deltas:
+        if d.logprobs is not None:
+            logprobs = (logprobs or []) + list(d.logprobs)
+        if d.top_logprobs is not None:
+            top = (top or []) + list(d.top_logprobs)
+    return TextDelta(
+        rid=last.rid,
+        text="".join(d.text for d in deltas),
+        token_ids=[t for d in deltas for t in d.token_ids],
+        finished=last.finished,
+        finish_reason=last.finish_reason,
+        matched_stop=last.matched_stop,
+        prompt_tokens=last.prompt_tokens,
+        completion_tokens=last.completion_tokens,
+        cached_tokens=last.cached_tokens,
+        logprobs=logprobs,
+        top_logprobs=top,
+        error=last.error,
+        error_param=last.error_param,
+    )
+
+
+class AsyncTokenizerClient:
+    """Used by the frontend: per-request asyncio queues fed by one dispatcher task."""
+
+    def __init__(self, endpoints: Endpoints) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self._push = AsyncPushQueue(self.ctx, endpoints.to_tokenizer, bind=False)
+        self._pull = AsyncPullQueue(self.ctx, endpoints.to_frontend, bind=True)
+        self.queues: dict[str, asyncio.Queue[Any]] = {}
+        self._waiters: dict[type, deque[asyncio.Future[Any]]] = {
+            SchedulerStats: deque(),
+            FlushCacheReq: deque(),
+        }
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._dispatch())
+
+    async def _dispatch(self) -> None:
+        while True:
+            msg = await self._pull.get()
+            if isinstance(msg, list):
+                for d in msg:
+                    q = self.queues.get(d.rid)
+                    if q is not None:  # else: the handler is gone (client left, aborted)
+                        q.put_nowait(d)
+            elif type(msg) in self._waiters:
+                waiters = self._waiters[type(msg)]
+                while waiters:
+                    fut = waiters.popleft()
+                    if not fut.done():  # skip callers that timed out
+                        fut.set_result(msg)
+                        break
+            else:
+                logger.warning("unexpected message from the tokenizer: %r", type(msg))
+
+    def _send(self, msg: object) -> None:
+        # PUSH with no peer limit sends at once; not awaiting lets aborts go out from `finally`
+        # blocks of cancelled tasks too (a client that disconnected).
+        self._push.sock.send_multipart(encode(msg), copy=False)
+
+    def submit(self, req: TokenizeReq,
+               queue: asyncio.Queue[Any] | None = None) -> asyncio.Queue[Any]:
+        """Send the request; its deltas go to `queue` (which several requests may share)."""
+        q: asyncio.Queue[Any] = queue if queue is not None else asyncio.Queue()
+        self.queues[req.rid] = q
+        self._send(req)
+        return q
+
+    def release(self, rid: str) -> None:
+        self.queues.pop(rid, None)
+
+    def abort(self, rid: str) -> None:
+        self.release(rid)
+        self._send(AbortReq(rid))
+
+    async def _ask(self, req: object, answer: type, timeout_s: float) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters[answer].append(fut)
+        self._send(req)
+        return await asyncio.wait_for(fut, timeout_s)
+
+    async def stats(self, timeout_s: float = 5.0) -> SchedulerStats:
+        return await self._ask(StatsReq(), SchedulerStats, timeout_s)
+
+    async def flush_cache(self, timeout_s: float = 60.0) -> None:
+        await self._ask(FlushCacheReq(), FlushCacheReq, timeout_s)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._push.close()
+        self._pull.close()
+        self.ctx.term()
+
+
+class TokenizerClient:
+    """Blocking client for radixrt.Engine. Not thread-safe: one caller at a time."""
+
+    def __init__(self, endpoints: Endpoints) -> None:
+        ctx = zmq.Context.instance()
+        self._push = PushQueue(ctx, endpoints.to_tokenizer, bind=False)
+        self._pull = PullQueue(ctx, endpoints.to_frontend, bind=True)
+        self._deltas: deque[TextDelta] = deque()  # received, not yet handed out
+        self._answers: deque[object] = deque()
+
+    def submit(self, req: TokenizeReq) -> None:
+        self._push.put(req)
+
+    def abort(self, rid: str) -> None:
+        self._push.put(AbortReq(rid))
+
+    def _receive(self, timeout_s: float | None) -> None:
+        """Wait for one message and file it (raise TimeoutError)."""
+        msg = self._pull.get(None if timeout_s is None else int(timeout_s * 1000))
+        if isinstance(msg, list):
+            self._deltas.extend(msg)
+        else:
+            self._answers.append(msg)
+
+    def iter_deltas(self, rids: Iterable[str] | None = None,
+                    timeout_s: float | None = None) -> Iterator[TextDelta]:
+        """Yield deltas as they arrive: of `rids` until all of them finished, or all (forever).
+
+        Deltas of other requests are kept for a later call. timeout_s bounds each wait.
+        """
+        wanted = set(rids) if rids is not None else None
+        held: list[TextDelta] = []
+        try:
+            while wanted is None or wanted:
+                if not self._deltas:
+                    self._receive(timeout_s)
+                    continue
+                d = self._deltas.popleft()
+                if wanted is not None and d.rid not in wanted:
+                    held.append(d)
+                    continue
+                if d.finished and wanted is not None:
+                    wanted.discard(d.rid)
+                yield d
+        finally:
+            self._deltas.extendleft(reversed(held))
+
+    def wait(self, rids: Iterable[str], timeout_s: float | None = None) -> dict[str, TextDelta]:
+        """Block until every rid finished; return each one's merged output."""
+        rids = list(rids)
+        got: dict[str, list[TextDelta]] = {r: [] for r in rids}
+        for d in self.iter_deltas(rids, timeout_s):
+            got[d.rid].append(d)
+        return {r: merge_deltas(ds) for r, ds in got.items()}
+
+    def _ask(self, req: object, answer: type, timeout_s: float) -> Any:
+        self._push.put(req)
+        while True:
+            for i, msg in enumerate(self._answers):
+                if isinstance(msg, answer):
+                    del self._answers[i]
+                    return msg
+            self._receive(timeout_s)
+
+    def stats(self, timeout_s: float = 10.0) -> SchedulerStats:
+        return self._ask(StatsReq(), SchedulerStats, timeout_s)
+
+    def flush_cache(self, timeout_s: float = 60.0) -> None:
+        self._ask(FlushCacheReq(), FlushCacheReq, timeout_s)
+
+    def close(self) -> None:
+        self._push.close()
+        self._pull.close()

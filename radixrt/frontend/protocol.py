@@ -1,0 +1,344 @@
+"""Pydantic models of the OpenAI API (and radixrt's native /generate).
+
+Requests are parsed with `parse_request` (strict JSON: a string where a number belongs is a
+400, not a silent conversion); unknown fields are ignored, as OpenAI-compatible servers do.
+Value ranges are checked by SamplingParams.validate, the one place that knows them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_serializer
+
+from radixrt.sampling_params import InvalidRequestError, SamplingParams
+
+# ---------------------------------------------------------------- requests
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if isinstance(self.content, list):
+            out["content"] = [p.model_dump() for p in self.content]
+        for key in ("name", "tool_call_id"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class _SamplingRequest(_Request):
+    """Fields shared by chat and text completions (OpenAI's plus vLLM/SGLang extensions)."""
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = 1
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # Extensions
+    top_k: int | None = None
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    cache_salt: str | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def _max_new_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def _logprobs(self) -> tuple[bool, int]:
+        return False, 0
+
+    def to_sampling_params(self) -> SamplingParams:
+        """SamplingParams for the whole request (n included; the frontend splits n).
+
+        max_new_tokens None means "the rest of the context", resolved by the tokenizer once
+        it knows the prompt length (OpenAI's default).
+        """
+        bias: dict[int, float] | None = None
+        if self.logit_bias is not None:
+            try:
+                bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+            except ValueError:
+                raise InvalidRequestError("logit_bias keys must be token ids", "logit_bias") from None
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        logprobs, top = self._logprobs()
+        max_new = self._max_new_tokens()
+        if max_new is not None and max_new < 1:
+            raise InvalidRequestError("max_tokens must be at least 1", "max_tokens")
+        return SamplingParams(
+            max_new_tokens=max_new,  # type: ignore[arg-type]  # None: filled by the tokenizer
+            min_new_tokens=self.min_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=-1 if self.top_k is None else self.top_k,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            seed=self.seed,
+            stop=stop,
+            stop_token_ids=list(self.stop_token_ids or []),
+            ignore_eos=self.ignore_eos,
+            logprobs=logprobs,
+            top_logprobs=top,
+            logit_bias=bias,
+            skip_special_tokens=self.skip_special_tokens,
+            n=self.n,
+        )
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def _max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def _logprobs(self) -> tuple[bool, int]:
+        if self.top_logprobs is not None and not self.logprobs and self.top_logprobs > 0:
+            raise InvalidRequestError("top_logprobs needs logprobs set to true", "top_logprobs")
+        return self.logprobs, self.top_logprobs or 0
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+
+    def _logprobs(self) -> tuple[bool, int]:
+        if self.logprobs is None:
+            return False, 0
+        if not 0 <= self.logprobs <= 20:
+            raise InvalidRequestError("logprobs must be between 0 and 20", "logprobs")
+        return True, self.logprobs
+
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The batch of prompts: one string / id list per entry."""
+        if self.echo:
+            raise InvalidRequestError("echo is not supported", "echo")
+        if self.suffix:
+            raise InvalidRequestError("suffix is not supported", "suffix")
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if not p:
+            raise InvalidRequestError("prompt must not be empty", "prompt")
+        if isinstance(p[0], int):
+            return [p]  # type: ignore[list-item]
+        return p  # type: ignore[return-value]
+
+
+class GenerateRequest(_Request):
+    """radixrt's native endpoint (SGLang's /generate shape)."""
+
+    text: str | None = None
+    input_ids: list[int] | None = None
+    sampling_params: dict[str, Any] | None = None
+    stream: bool = False
+    cache_salt: str | None = None
+
+    def to_sampling_params(self) -> SamplingParams:
+        d = dict(self.sampling_params or {})
+        unknown = sorted(set(d) - set(SamplingParams.__dataclass_fields__))
+        if unknown:
+            raise InvalidRequestError(f"unknown sampling parameter(s): {', '.join(unknown)}",
+                                      unknown[0])
+        if isinstance(d.get("stop"), str):
+            d["stop"] = [d["stop"]]
+        try:
+            return _SAMPLING.validate_json(json.dumps(d), strict=True)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+
+
+_SAMPLING = TypeAdapter(SamplingParams)
+
+
+def check_sampling(sp: SamplingParams, vocab_size: int, context_length: int) -> None:
+    """Range checks before any work is queued (the tokenizer checks again, knowing the prompt).
+
+    An unset max_tokens (None) means "the rest of the context": check it as the context.
+    """
+    dataclasses.replace(sp, max_new_tokens=sp.max_new_tokens or context_length).validate(
+        vocab_size)
+R = TypeVar("R", bound=BaseModel)
+
+
+def validation_error(exc: ValidationError) -> InvalidRequestError:
+    """The first pydantic error as an InvalidRequestError naming the top-level field."""
+    err = exc.errors()[0]
+    loc = [str(x) for x in err.get("loc", ())]
+    if err["type"] == "json_invalid":
+        return InvalidRequestError(f"malformed JSON body: {err['msg']}", None)
+    where = ".".join(loc)
+    return InvalidRequestError(f"{where}: {err['msg']}" if where else err["msg"],
+                               loc[0] if loc else None)
+
+
+def parse_request(model: type[R], body: bytes) -> R:
+    try:
+        return model.model_validate_json(body, strict=True)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+# ---------------------------------------------------------------- responses
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatLogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatLogprobEntry] | None = None
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatResponseMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_nulls(self, handler: Any) -> dict[str, Any]:
+        # OpenAI sends {"content": "..."} deltas; {"role": null, ...} trips strict clients.
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ChatStreamChoice(BaseModel):
+    index: int
+    delta: DeltaMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatStreamChoice]
+    usage: UsageInfo | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: UsageInfo | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "radixrt"
+    root: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo

@@ -1,0 +1,440 @@
+"""Request handling behind the HTTP routes: API requests become TokenizeReqs (one per choice),
+TextDeltas become OpenAI responses, whole or streamed as server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+
+from radixrt.config import ServerConfig
+from radixrt.frontend.client import AsyncTokenizerClient, merge_deltas
+from radixrt.frontend.metrics import Metrics, RequestTimer
+from radixrt.frontend.protocol import (
+    ChatChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobEntry,
+    ChatLogprobs,
+    ChatResponseMessage,
+    ChatStreamChoice,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    GenerateRequest,
+    PromptTokensDetails,
+    TopLogprob,
+    UsageInfo,
+    check_sampling,
+    parse_request,
+)
+from radixrt.ipc.messages import TextDelta, TokenizeReq
+from radixrt.sampling_params import InvalidRequestError, SamplingParams
+from radixrt.tokenizer.detokenize import TokenTexts
+from radixrt.tokenizer.tokenize import ModelInfo
+
+DISCONNECTED = "disconnected"  # queue sentinels, next to TextDeltas
+SHUTDOWN = "shutdown"
+
+
+class APIError(Exception):
+    """An error answered with an OpenAI-style body."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.headers = param, code, headers
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def bad_request(exc: InvalidRequestError) -> APIError:
+    return APIError(400, str(exc), param=exc.param)
+
+
+def json_response(model: BaseModel) -> Response:
+    # pydantic writes -inf logprobs as null; json.dumps (JSONResponse) would refuse them.
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+def sse(data: str | BaseModel) -> str:
+    text = data if isinstance(data, str) else data.model_dump_json()
+    return f"data: {text}\n\n"
+
+
+@dataclass
+class Generation:
+    """The sub-requests (choices) of one API call; their deltas share one queue."""
+
+    rids: list[str]
+    per_prompt: int  # n: choice i belongs to prompt i // n
+    queue: asyncio.Queue[TextDelta | str] = field(default_factory=asyncio.Queue)
+    timers: dict[str, RequestTimer] = field(default_factory=dict)
+    last: dict[str, TextDelta] = field(default_factory=dict)  # counts are cumulative
+    buffered: list[TextDelta] = field(default_factory=list)  # read before the response began
+    closed: bool = False
+
+    def index(self, rid: str) -> int:
+        return int(rid.rsplit("-", 1)[1])
+
+    @property
+    def unfinished(self) -> list[str]:
+        return [r for r in self.rids if not (r in self.last and self.last[r].finished)]
+
+    def usage(self) -> UsageInfo:
+        """Prompt tokens once per prompt (its choices share the prompt's KV); outputs summed."""
+        prompt = cached = completion = 0
+        for p in range(0, len(self.rids), self.per_prompt):
+            finals = [self.last[r] for r in self.rids[p:p + self.per_prompt] if r in self.last]
+            if finals:
+                prompt += finals[0].prompt_tokens
+                cached += max(d.cached_tokens for d in finals)
+                completion += sum(d.completion_tokens for d in finals)
+        return UsageInfo(prompt_tokens=prompt, completion_tokens=completion,
+                         total_tokens=prompt + completion,
+                         prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+
+
+class OpenAIServing:
+    def __init__(self, config: ServerConfig, info: ModelInfo,
+                 texts: Callable[[], Awaitable[TokenTexts]], metrics: Metrics) -> None:
+        self.config, self.info, self.metrics = config, info, metrics
+        self.token_texts = texts  # loaded in the background: only logprobs need it
+        engine = config.engine
+        self.served_name = engine.served_model_name
+        self.model_names = {engine.served_model_name, Path(engine.model_path).name}
+        self.client: AsyncTokenizerClient | None = None
+        self._live: dict[int, Generation] = {}
+        self.in_flight = 0  # sub-requests
+        self.shutting_down = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def check_model(self, name: str | None) -> str:
+        if name is not None and name not in self.model_names:
+            raise APIError(404, f"The model `{name}` does not exist.", param="model",
+                           code="model_not_found")
+        return self.served_name
+
+    def abort_all(self) -> None:
+        """Shutdown: stop accepting, finish every open request now (as aborted)."""
+        self.shutting_down = True
+        for gen in list(self._live.values()):
+            gen.queue.put_nowait(SHUTDOWN)
+
+    def _sampling(self, body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
+        sp = body.to_sampling_params()
+        check_sampling(sp, self.info.vocab_size, self.info.context_length)
+        return sp
+
+    @staticmethod
+    def _choice_sampling(sp: SamplingParams, i: int) -> SamplingParams:
+        # With a seed, choice i uses seed + i: n identical samples would be useless.
+        seed = None if sp.seed is None else sp.seed + i
+        return dataclasses.replace(sp, n=1, seed=seed)
+
+    # ------------------------------------------------------------ running sub-requests
+
+    async def _start(self, reqs: list[TokenizeReq], request: Request,
+                     per_prompt: int) -> Generation:
+        """Submit; return once every choice answered once (a refusal becomes a 4xx here)."""
+        limit = self.config.engine.max_queued_requests
+        if self.shutting_down:
+            raise APIError(503, "The server is shutting down.", "service_unavailable",
+                           headers={"Retry-After": "5"})
+        if self.in_flight + len(reqs) > limit:
+            raise APIError(503, f"The server is overloaded ({self.in_flight} requests in "
+                           f"flight, limit {limit}); retry later.", "server_overloaded",
+                           code="server_overloaded", headers={"Retry-After": "1"})
+        assert self.client is not None
+        gen = Generation([r.rid for r in reqs], per_prompt)
+        for r in reqs:
+            self.client.submit(r, gen.queue)
+            gen.timers[r.rid] = RequestTimer(self.metrics)
+        self.in_flight += len(reqs)
+        self.metrics.in_flight.set(self.in_flight)
+        self._live[id(gen)] = gen
+        watcher = asyncio.create_task(self._watch_disconnect(request, gen))
+        try:
+            waiting = set(gen.rids)
+            while waiting:
+                d = await self._next(gen)
+                if d is None:
+                    raise APIError(499, "the client disconnected")
+                gen.buffered.append(d)
+                waiting.discard(d.rid)
+                if d.error is not None:
+                    raise APIError(400, d.error, param=d.error_param)
+        except BaseException:
+            self._close(gen)
+            raise
+        finally:
+            watcher.cancel()
+        return gen
+
+    async def _watch_disconnect(self, request: Request, gen: Generation) -> None:
+        while True:
+            msg = await request.receive()
+            if msg["type"] == "http.disconnect":
+                gen.queue.put_nowait(DISCONNECTED)
+                return
+
+    async def _next(self, gen: Generation) -> TextDelta | None:
+        """The next delta, or None when the client left; on shutdown, aborts for the rest."""
+        item = await gen.queue.get()
+        if item == DISCONNECTED:
+            return None
+        if item == SHUTDOWN:
+            for rid in gen.unfinished:
+                gen.queue.put_nowait(TextDelta(rid, "", [], finished=True, finish_reason="abort"))
+            return await self._next(gen)
+        assert isinstance(item, TextDelta)
+        gen.timers[item.rid].on_delta(item)
+        gen.last[item.rid] = item
+        return item
+
+    async def _deltas(self, gen: Generation) -> AsyncIterator[TextDelta]:
+        """Buffered deltas, then live ones until every choice finished."""
+        for d in gen.buffered:
+            yield d
+        gen.buffered = []
+        while gen.unfinished:
+            d = await self._next(gen)
+            if d is None:
+                return
+            yield d
+
+    async def _collect(self, gen: Generation, request: Request) -> dict[str, TextDelta] | None:
+        """Whole outputs per rid; None if the client went away."""
+        watcher = asyncio.create_task(self._watch_disconnect(request, gen))
+        got: dict[str, list[TextDelta]] = {r: [] for r in gen.rids}
+        try:
+            async for d in self._deltas(gen):
+                got[d.rid].append(d)
+            if gen.unfinished:
+                return None
+        finally:
+            watcher.cancel()
+            self._close(gen)
+        out = {r: merge_deltas(ds) for r, ds in got.items()}
+        for d in out.values():
+            if d.error is not None:
+                raise APIError(400, d.error, param=d.error_param)
+            if d.finish_reason == "abort" and self.shutting_down:
+                raise APIError(503, "The server is shutting down.", "service_unavailable")
+        return out
+
+    def _close(self, gen: Generation) -> None:
+        """Free the generation; abort choices still running (client gone, error, shutdown)."""
+        if gen.closed:
+            return
+        gen.closed = True
+        assert self.client is not None
+        unfinished = set(gen.unfinished)
+        for rid in gen.rids:
+            if rid in unfinished:
+                self.client.abort(rid)
+            else:
+                self.client.release(rid)
+        self.in_flight -= len(gen.rids)
+        self.metrics.in_flight.set(self.in_flight)
+        self._live.pop(id(gen), None)
+
+    # ------------------------------------------------------------ logprobs
+
+    async def chat_logprobs(self, d: TextDelta) -> ChatLogprobs:
+        t = await self.token_texts()
+        entries = []
+        for j, (tid, lp) in enumerate(zip(d.token_ids, d.logprobs or [], strict=False)):
+            tops = d.top_logprobs[j] if d.top_logprobs else []
+            entries.append(ChatLogprobEntry(
+                token=t.text_of(tid), logprob=lp, bytes=t.bytes_of(tid),
+                top_logprobs=[TopLogprob(token=t.text_of(i), logprob=p, bytes=t.bytes_of(i))
+                              for i, p in tops]))
+        return ChatLogprobs(content=entries)
+
+    async def completion_logprobs(self, d: TextDelta, offset: int) -> CompletionLogprobs:
+        t = await self.token_texts()
+        out = CompletionLogprobs()
+        for j, (tid, lp) in enumerate(zip(d.token_ids, d.logprobs or [], strict=False)):
+            text = t.text_of(tid)
+            out.tokens.append(text)
+            out.token_logprobs.append(lp)
+            tops = d.top_logprobs[j] if d.top_logprobs else []
+            out.top_logprobs.append({t.text_of(i): p for i, p in tops})
+            out.text_offset.append(offset)
+            offset += len(text)
+        return out
+
+    # ------------------------------------------------------------ chat
+
+    async def chat(self, request: Request) -> Response:
+        body = parse_request(ChatCompletionRequest, await request.body())
+        model = self.check_model(body.model)
+        sp = self._sampling(body)
+        messages = [m.to_dict() for m in body.messages]
+        api_id = f"chatcmpl-{uuid.uuid4().hex}"
+        reqs = [TokenizeReq(rid=f"{api_id}-{i}", messages=messages,
+                            sampling=self._choice_sampling(sp, i), stream=body.stream,
+                            cache_salt=body.cache_salt,
+                            chat_template_kwargs=body.chat_template_kwargs)
+                for i in range(body.n)]
+        gen = await self._start(reqs, request, body.n)
+        created = int(time.time())
+        if body.stream:
+            return self._stream(gen, self._chat_chunks(gen, api_id, created, model, sp,
+                                                        body.include_usage))
+        outs = await self._collect(gen, request)
+        if outs is None:
+            return Response(status_code=499)
+        choices = [
+            ChatChoice(index=gen.index(rid), message=ChatResponseMessage(content=d.text),
+                       logprobs=await self.chat_logprobs(d) if sp.logprobs else None,
+                       finish_reason=d.finish_reason)
+            for rid, d in outs.items()
+        ]
+        resp = ChatCompletionResponse(id=api_id, created=created, model=model, choices=choices,
+                                      usage=gen.usage())
+        return json_response(resp)
+
+    async def _chat_chunks(self, gen: Generation, api_id: str, created: int, model: str,
+                           sp: SamplingParams, include_usage: bool) -> AsyncIterator[str]:
+        def chunk(choices: list[ChatStreamChoice], usage: UsageInfo | None = None) -> str:
+            c = ChatCompletionChunk(id=api_id, created=created, model=model, choices=choices)
+            if usage is not None:
+                c.usage = usage
+            return sse(c)
+
+        for rid in gen.rids:
+            yield chunk([ChatStreamChoice(index=gen.index(rid), finish_reason=None,
+                                          delta=DeltaMessage(role="assistant", content=""))])
+        async for d in self._deltas(gen):
+            if d.error is not None:
+                yield sse(json.dumps({"error": {"message": d.error, "type": "internal_error",
+                                                "param": d.error_param, "code": None}}))
+                return
+            if not d.text and not d.finished and not (sp.logprobs and d.token_ids):
+                continue
+            choice = ChatStreamChoice(index=gen.index(d.rid), finish_reason=d.finish_reason,
+                                      delta=DeltaMessage(content=d.text) if d.text else DeltaMessage())
+            if sp.logprobs and d.token_ids:
+                choice.logprobs = await self.chat_logprobs(d)
+            yield chunk([choice])
+        if include_usage:
+            yield chunk([], gen.usage())
+        yield sse("[DONE]")
+
+    def _stream(self, gen: Generation, chunks: AsyncIterator[str]) -> StreamingResponse:
+        async def body() -> AsyncIterator[str]:
+            try:
+                async for c in chunks:
+                    yield c
+            finally:  # also when the client disconnected: abort what still runs
+                self._close(gen)
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    # ------------------------------------------------------------ completions
+
+    async def completions(self, request: Request) -> Response:
+        body = parse_request(CompletionRequest, await request.body())
+        model = self.check_model(body.model)
+        sp = self._sampling(body)
+        prompts = body.prompts()
+        api_id = f"cmpl-{uuid.uuid4().hex}"
+        reqs = []
+        for p, prompt in enumerate(prompts):
+            for i in range(body.n):
+                text, ids = (prompt, None) if isinstance(prompt, str) else (None, prompt)
+                reqs.append(TokenizeReq(rid=f"{api_id}-{p * body.n + i}", prompt=text,
+                                        input_ids=ids, sampling=self._choice_sampling(sp, i),
+                                        stream=body.stream, cache_salt=body.cache_salt))
+        gen = await self._start(reqs, request, body.n)
+        created = int(time.time())
+        if body.stream:
+            return self._stream(gen, self._completion_chunks(gen, api_id, created, model, sp,
+                                                              body.include_usage))
+        outs = await self._collect(gen, request)
+        if outs is None:
+            return Response(status_code=499)
+        choices = [
+            CompletionChoice(index=gen.index(rid), text=d.text, finish_reason=d.finish_reason,
+                             logprobs=await self.completion_logprobs(d, 0) if sp.logprobs
+                             else None)
+            for rid, d in outs.items()
+        ]
+        resp = CompletionResponse(id=api_id, created=created, model=model, choices=choices,
+                                  usage=gen.usage())
+        return json_response(resp)
+
+    async def _completion_chunks(self, gen: Generation, api_id: str, created: int, model: str,
+                                 sp: SamplingParams, include_usage: bool) -> AsyncIterator[str]:
+        offsets = dict.fromkeys(gen.rids, 0)
+        async for d in self._deltas(gen):
+            if d.error is not None:
+                yield sse(json.dumps({"error": {"message": d.error, "type": "internal_error",
+                                                "param": d.error_param, "code": None}}))
+                return
+            if not d.text and not d.finished and not (sp.logprobs and d.token_ids):
+                continue
+            choice = CompletionChoice(index=gen.index(d.rid), text=d.text,
+                                      finish_reason=d.finish_reason, logprobs=None)
+            if sp.logprobs and d.token_ids:
+                choice.logprobs = await self.completion_logprobs(d, offsets[d.rid])
+                offsets[d.rid] += sum(len(t) for t in choice.logprobs.tokens)
+            yield sse(CompletionResponse(id=api_id, created=created, model=model,
+                                         choices=[choice]))
+        if include_usage:
+            yield sse(CompletionResponse(id=api_id, created=created, model=model, choices=[],
+                                         usage=gen.usage()))
+        yield sse("[DONE]")
+
+    # ------------------------------------------------------------ native /generate
+
+    async def generate(self, request: Request) -> Response:
+        body = parse_request(GenerateRequest, await request.body())
+        if (body.text is None) == (body.input_ids is None):
+            raise APIError(400, "give exactly one of text, input_ids", param="text")
+        sp = body.to_sampling_params()
+        check_sampling(sp, self.info.vocab_size, self.info.context_length)
+        rid = f"gen-{uuid.uuid4().hex}-0"
+        req = TokenizeReq(rid=rid, prompt=body.text, input_ids=body.input_ids, sampling=sp,
+                          stream=body.stream, cache_salt=body.cache_salt)
+        gen = await self._start([req], request, 1)
+
+        def result(d: TextDelta) -> dict[str, Any]:
+            return {"text": d.text, "output_ids": d.token_ids, "meta_info": {
+                "id": rid, "prompt_tokens": d.prompt_tokens,
+                "completion_tokens": d.completion_tokens, "cached_tokens": d.cached_tokens,
+                "finish_reason": d.finish_reason, "matched_stop": d.matched_stop}}
+
+        if body.stream:
+            async def chunks() -> AsyncIterator[str]:
+                async for d in self._deltas(gen):
+                    yield sse(json.dumps(result(d)))
+                yield sse("[DONE]")
+
+            return self._stream(gen, chunks())
+        outs = await self._collect(gen, request)
+        if outs is None:
+            return Response(status_code=499)
+        return JSONResponse(result(outs[rid]))

@@ -1,0 +1,155 @@
+"""python -m radixrt.launch_server: start every process of a server, serve HTTP until
+SIGINT/SIGTERM (exit 0) or until a child process dies (exit 1)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from radixrt.config import ServerConfig
+from radixrt.process_group import ProcessGroup, StartupError
+from radixrt.server_args import add_engine_args, engine_config_from_args
+
+logger = logging.getLogger("radixrt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m radixrt.launch_server",
+        description="Serve a model with an OpenAI-compatible HTTP API (/v1/chat/completions, "
+                    "/v1/completions, /v1/models), plus /generate, /flush_cache, /health and "
+                    "/metrics.")
+    g = parser.add_argument_group("HTTP")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    g.add_argument("--port", type=int, default=30000, help="port to listen on (default 30000)")
+    g.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require `Authorization: Bearer KEY` on every endpoint but /health")
+    add_engine_args(parser)
+    return parser
+
+
+class _Stop(Exception):
+    """SIGINT/SIGTERM before the HTTP server runs."""
+
+
+def _raise_stop(sig: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that aborts in-flight requests at the first signal and exits 0 afterwards.
+
+    uvicorn re-raises the signals it caught once it is done, which would kill us with the
+    signal's status; we record none, so the process exits normally.
+    """
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: stop waiting for connections
+        self.stop()
+
+    def stop(self) -> None:
+        self.should_exit = True
+        self.on_exit()
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_server(config: ServerConfig) -> int:
+    """Start the processes and serve; return the exit status."""
+    # Imported here: the backend pulls in torch, which --help does not need.
+    from radixrt.backend import start_backend
+    from radixrt.frontend.app import create_app
+    from radixrt.tokenizer.process import run_tokenizer
+
+    engine = config.engine
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_stop)
+    group = ProcessGroup()
+    try:
+        # The tokenizer first: it loads while the worker loads the model.
+        group.start("tokenizer", run_tokenizer, engine)
+        start_backend(group, engine)
+        group.wait_ready()
+        app = create_app(config, group.endpoints)
+    except StartupError as exc:
+        logger.error("radixrt failed to start: %s", exc)
+        group.shutdown()
+        return 1
+    except _Stop:
+        group.shutdown()
+        return 0
+    except BaseException:
+        group.shutdown()
+        raise
+
+    loop_box: list[asyncio.AbstractEventLoop] = []
+
+    def abort_requests() -> None:
+        if loop_box:
+            loop_box[0].call_soon_threadsafe(app.state.serving.abort_all)
+
+    server = _Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                    access_log=False, timeout_graceful_shutdown=5),
+                     abort_requests)
+    died: list[str] = []
+
+    def on_death(name: str, code: int | None) -> None:
+        logger.error("radixrt: the %s process died (exit code %s); shutting down", name, code)
+        died.append(name)
+        server.stop()
+
+    name = engine.served_model_name
+    if name == "default":
+        name = Path(engine.model_path).name
+
+    async def serve() -> None:
+        loop_box.append(asyncio.get_running_loop())
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            logger.info("radixrt serving %s at http://%s:%d", name, config.host, config.port)
+        await task
+
+    group.watch(on_death)
+    try:
+        asyncio.run(serve())
+    except _Stop:  # a signal in the instant before uvicorn installed its handlers
+        pass
+    except SystemExit as exc:  # uvicorn exits this way when it cannot bind
+        return int(exc.code or 1)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # no second interruption of the teardown
+            signal.signal(sig, signal.SIG_IGN)
+        group.shutdown()
+    if died:
+        return 1
+    return 0 if server.started else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    engine = engine_config_from_args(args)
+    setup_logging(engine.log_level)
+    config = ServerConfig(engine=engine, host=args.host, port=args.port, api_key=args.api_key)
+    return run_server(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Scheduler and ModelRunner in one process, no sockets: for tests and micro-benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from radixrt.config import EngineConfig
+from radixrt.ipc.messages import GenerateReq, TokenOut
+from radixrt.sampling_params import SamplingParams
+from radixrt.scheduler.scheduler import Scheduler
+from radixrt.worker.model_runner import ModelRunner
+
+
+@dataclass
+class LocalOutput:
+    output_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    cached_tokens: int = 0
+    prompt_tokens: int = 0
+    logprobs: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+class LocalEngine:
+    def __init__(self, config: EngineConfig, runner: ModelRunner | None = None) -> None:
+        self.runner = runner or ModelRunner(config)
+        m = self.runner.model_cfg
+        self.scheduler = Scheduler(config, self.runner.num_pages, self.runner.context_length,
+                                   m.eos_token_ids, m.vocab_size)
+        self.outputs: dict[str, LocalOutput] = {}
+
+    def add(self, rid: str, input_ids: list[int], sampling: SamplingParams | dict | None = None,
+            cache_salt: str | None = None) -> None:
+        self.outputs[rid] = LocalOutput()
+        self.scheduler.add_request(GenerateReq(rid, list(input_ids),
+                                               SamplingParams.from_dict(sampling), cache_salt))
+
+    def step(self) -> TokenOut:
+        batch = self.scheduler.schedule()
+        out = (self.scheduler.collect_outputs() if batch is None
+               else self.scheduler.process_result(self.runner.step(batch)))
+        for i, rid in enumerate(out.rids):
+            o = self.outputs[rid]
+            o.output_ids.extend(out.new_ids[i])
+            o.cached_tokens, o.prompt_tokens = out.cached_tokens[i], out.prompt_tokens[i]
+            o.finish_reason = out.finish_reasons[i]
+            o.error = out.errors[i]
+            if out.logprobs[i]:
+                o.logprobs.extend(out.logprobs[i])
+        return out
+
+    def run(self, check: bool = False, on_step: Callable[[int], None] | None = None,
+            max_steps: int = 100_000) -> dict[str, LocalOutput]:
+        """Step until every request finished; check=True runs the integrity check each step."""
+        steps = 0
+        while self.scheduler.has_work:
+            self.step()
+            steps += 1
+            if check:
+                self.scheduler.check_integrity()
+            if on_step:
+                on_step(steps)
+            if steps >= max_steps:
+                raise RuntimeError("requests did not finish")
+        return self.outputs
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingParams | dict | None = None,
+                 check: bool = False) -> list[LocalOutput]:
+        base = len(self.outputs)
+        rids = [f"r{base + i}" for i in range(len(prompts))]
+        for rid, p in zip(rids, prompts):
+            self.add(rid, p, sampling)
+        self.run(check=check)
+        return [self.outputs[r] for r in rids]

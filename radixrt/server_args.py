@@ -1,0 +1,82 @@
+"""Command-line flags of the engine: one per EngineConfig field (shared by launch_server and
+any other entry point that builds an EngineConfig from argv)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from radixrt.config import DTYPES, EngineConfig, build_engine_config
+
+# Flags whose value is not simply passed through to the EngineConfig field of the same name.
+_SPECIAL = {"model_path"}
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    d = EngineConfig("")  # the defaults, for the help texts
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", "--model-path", dest="model_path", default=None, metavar="DIR",
+                   help="Hugging Face model directory (config.json, safetensors, tokenizer). "
+                        "Default: the embedded SmolLM2-135M-Instruct, built on first use.")
+    g.add_argument("--served-model-name", default=None, metavar="NAME",
+                   help="model name that clients pass and /v1/models lists (the model "
+                        f"directory's name is accepted too; default {d.served_model_name!r})")
+    g.add_argument("--context-length", type=int, default=None, metavar="N",
+                   help="maximum prompt + output tokens (default: the model's "
+                        "max_position_embeddings)")
+
+    g = parser.add_argument_group("hardware")
+    g.add_argument("--device", default=None, metavar="DEV",
+                   help="cpu, cuda or cuda:N (default auto: cuda when available)")
+    g.add_argument("--dtype", default=None, choices=["auto", *DTYPES],
+                   help="weights and KV-cache type (default auto: bfloat16 on CUDA and on CPUs "
+                        "with AMX, else float32)")
+    g.add_argument("--attention-backend", default=None, choices=["auto", "torch", "flashinfer"],
+                   help="attention kernels (default auto: flashinfer on CUDA, else torch)")
+    g.add_argument("--tp-size", type=int, default=None, metavar="N",
+                   help=f"tensor-parallel ranks (default {d.tp_size})")
+    g.add_argument("--num-threads", type=int, default=None, metavar="N",
+                   help="torch threads in the worker (default: all cores)")
+    g.add_argument("--disable-cuda-graph", action="store_true", default=None,
+                   help="run decode steps eagerly instead of replaying CUDA graphs")
+    g.add_argument("--cuda-graph-max-bs", type=int, default=None, metavar="N",
+                   help=f"largest decode batch captured in a CUDA graph (default "
+                        f"{d.cuda_graph_max_bs})")
+
+    g = parser.add_argument_group("KV cache")
+    g.add_argument("--page-size", type=int, default=None, metavar="N",
+                   help=f"tokens per KV-cache page (default {d.page_size})")
+    g.add_argument("--max-total-tokens", type=int, default=None, metavar="N",
+                   help="KV-cache size in tokens (default: from --mem-fraction of free memory)")
+    g.add_argument("--mem-fraction", type=float, default=None, metavar="F",
+                   help=f"fraction of free memory for weights + KV cache (default "
+                        f"{d.mem_fraction})")
+    g.add_argument("--disable-radix-cache", action="store_true", default=None,
+                   help="no prefix sharing: every request computes its whole prompt")
+
+    g = parser.add_argument_group("scheduling")
+    g.add_argument("--max-running-requests", type=int, default=None, metavar="N",
+                   help=f"largest running batch (default {d.max_running_requests})")
+    g.add_argument("--chunked-prefill-size", type=int, default=None, metavar="N",
+                   help=f"prefill token budget of one step; longer prompts are split "
+                        f"(default {d.chunked_prefill_size})")
+    g.add_argument("--max-queued-requests", type=int, default=None, metavar="N",
+                   help=f"requests in flight beyond which new ones get 503 + Retry-After "
+                        f"(default {d.max_queued_requests})")
+    g.add_argument("--schedule-policy", default=None, choices=["lpm", "fcfs"],
+                   help=f"admission order: lpm = longest cached prefix first, fcfs = arrival "
+                        f"(default {d.schedule_policy})")
+
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--seed", type=int, default=None,
+                   help=f"seed of requests that give none (default {d.seed})")
+    g.add_argument("--log-level", default=None,
+                   choices=["debug", "info", "warning", "error", "critical"],
+                   help=f"log level of every process (default {d.log_level})")
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    """EngineConfig from parsed flags: unset flags keep the EngineConfig defaults."""
+    names = {f.name for f in dataclasses.fields(EngineConfig)} - _SPECIAL
+    options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return build_engine_config(args.model_path, **options)

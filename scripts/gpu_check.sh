@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The GPU check, run on a lent GPU machine (offline) from a checkout that carries gpu_bundle/
+# (built here by scripts/prepare_gpu_bundle.sh):
+#   1. installs gpu_bundle into .gpu_cache/site (once per bundle; PYTHONPATH, no pip index)
+#   2. warms FlashInfer's JIT cache, three module builds in parallel, and prints the time;
+#      the cache lives in .gpu_cache/ (FLASHINFER_WORKSPACE_BASE), so a rerun on the same warm
+#      machine loads the compiled kernels instead of building them
+#   3. pytest tests/gpu
+#   4. bench/gpu_bench.py with the time that is left
+# Writes to $OUT (or .gpu_cache/out): gpu_results.json, gpu_summary.md, pytest.log, bench.log,
+# jit.log, check.log. Whole run: GPU_CHECK_BUDGET_S (default 470 s, under 8 minutes).
+#
+#   run: bash scripts/gpu_check.sh        (device tool: carry ["gpu_bundle"], timeout_s 540)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+T0=$(date +%s)
+BUDGET=${GPU_CHECK_BUDGET_S:-470}
+TEST_BUDGET=${GPU_TEST_BUDGET_S:-170}
+PY=${PYTHON:-python3}
+RES=${OUT:-$ROOT/.gpu_cache/out}
+CACHE=$ROOT/.gpu_cache
+SITE=$CACHE/site
+mkdir -p "$RES" "$CACHE"
+exec > >(tee -a "$RES/check.log") 2>&1
+elapsed() { echo $(( $(date +%s) - T0 )); }
+log() { echo "[gpu_check +$(elapsed)s] $*"; }
+
+if [ ! -f gpu_bundle/MANIFEST.json ]; then
+  log "no gpu_bundle/: run scripts/prepare_gpu_bundle.sh on the CPU machine and carry it"
+  exit 2
+fi
+
+# 1. Install the bundle (FlashInfer's package folder + cp312 wheels) into a private site dir.
+stamp="$SITE/.bundle-$(sha1sum gpu_bundle/MANIFEST.json | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  rm -rf "$SITE" && mkdir -p "$SITE"
+  tar -xJf gpu_bundle/flashinfer.tar.xz -C "$SITE" || { log "unpacking flashinfer failed"; exit 3; }
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
+    gpu_bundle/wheels/*.whl || { log "installing wheels failed"; exit 3; }
+  touch "$stamp"
+fi
+# A JIT cache brought back by an earlier run ($OUT/jit_cache.tar.xz copied into gpu_bundle/).
+if [ -f gpu_bundle/jit_cache.tar.xz ] && [ ! -d "$CACHE/.cache/flashinfer" ]; then
+  tar -xJf gpu_bundle/jit_cache.tar.xz -C "$CACHE" && log "restored a FlashInfer JIT cache"
+fi
+export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export FLASHINFER_WORKSPACE_BASE="$CACHE"   # -> .gpu_cache/.cache/flashinfer/<version>/<arch>
+export RADIXRT_GPU_TOKENIZER_DIR="$ROOT/gpu_bundle/tokenizer"
+export RADIXRT_CACHE_DIR="$CACHE/radixrt"
+export PYTHONUNBUFFERED=1
+export MAX_JOBS=${MAX_JOBS:-6}              # nvcc jobs per module build (3 builds at once)
+log "installed; $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+$PY - <<'EOF' || { echo "import check failed"; exit 4; }
+import torch, flashinfer, tvm_ffi, subprocess
+nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip()
+print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), flashinfer {flashinfer.__version__},"
+      f" tvm_ffi {tvm_ffi.__version__}, {torch.cuda.get_device_name()}, nvcc: {nvcc.splitlines()[-1]}")
+EOF
+
+# 2. FlashInfer JIT: decode (head_dim 64: tiny test models, SmolLM2), prefill/tensor-core
+#    decode at head_dim 64 and at 128 (Llama-3-8B shape). Parallel processes overlap nvcc.
+jit0=$(date +%s)
+pids=()
+for spec in "4 2 64 decode" "8 2 64 prefill" "32 8 128 both"; do
+  set -- $spec
+  $PY -c "from radixrt.attention.flashinfer_backend import warmup_kernels as w; import time; \
+t=time.time(); w($1, $2, $3, which='$4'); print('jit $spec: %.1f s' % (time.time()-t))" \
+    > "$CACHE/jit_$1_$2_$3_$4.log" 2>&1 &
+  pids+=($!)
+done
+jit_rc=0
+for p in "${pids[@]}"; do wait "$p" || jit_rc=1; done
+JIT_S=$(( $(date +%s) - jit0 ))
+cat "$CACHE"/jit_*.log > "$RES/jit.log"
+grep -h "^jit " "$CACHE"/jit_*.log
+log "FlashInfer JIT warm-up: ${JIT_S} s (rc $jit_rc)"
+[ $jit_rc -eq 0 ] || tail -40 "$RES/jit.log"
+
+# 3. GPU tests.
+left=$(( BUDGET - $(elapsed) ))
+tbudget=$(( left < TEST_BUDGET ? left : TEST_BUDGET ))
+timeout "$tbudget" $PY -m pytest tests/gpu -q -rs -p no:cacheprovider > "$RES/pytest.log" 2>&1
+TEST_RC=$?
+tail -25 "$RES/pytest.log"
+TESTS=$(grep -E "passed|failed|error|skipped" "$RES/pytest.log" | tail -1)
+[ $TEST_RC -eq 124 ] && TESTS="timed out after ${tbudget} s: $TESTS"
+log "tests: rc $TEST_RC: $TESTS"
+
+# 4. Benchmark with what is left.
+left=$(( BUDGET - $(elapsed) - 10 ))
+if [ $left -gt 60 ]; then
+  timeout "$left" $PY bench/gpu_bench.py --budget-s $(( left - 15 )) \
+    --out-json "$RES/gpu_results.json" --out-md "$RES/gpu_summary.md" \
+    --jit-seconds "$JIT_S" --tests-summary "rc $TEST_RC: $TESTS" > "$RES/bench.log" 2>&1
+  BENCH_RC=$?
+  grep "gpu_bench" "$RES/bench.log" | tail -30
+  log "bench: rc $BENCH_RC"
+else
+  log "no time left for the benchmark ($left s)"
+fi
+
+# A JIT cache small enough to come back (<15 MB): copy it into gpu_bundle/ for the next run.
+if [ -n "${OUT:-}" ] && [ -d "$CACHE/.cache/flashinfer" ]; then
+  tar -C "$CACHE" -cf - .cache/flashinfer | xz -T0 -1 > "$CACHE/jit_cache.tar.xz"
+  size=$(stat -c %s "$CACHE/jit_cache.tar.xz")
+  if [ "$size" -lt 15000000 ]; then cp "$CACHE/jit_cache.tar.xz" "$OUT/"; fi
+  log "JIT cache packs to $(( size / 1000000 )) MB"
+fi
+log "done"
+[ $TEST_RC -eq 0 ]

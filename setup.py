@@ -1,0 +1,15 @@
+"""Native extension only; all other metadata lives in pyproject.toml."""
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+ext_modules = [
+    Pybind11Extension(
+        "radixrt._radix_core",
+        ["csrc/radix_core.cpp"],
+        cxx_std=17,
+        extra_compile_args=["-O3"],
+    ),
+]
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext})

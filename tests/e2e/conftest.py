@@ -1,0 +1,116 @@
+"""Helpers to run the real server (python -m radixrt.launch_server) as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 300.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """One launched server: its URL, process, log file and helpers."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "radixrt.launch_server", "--port", str(self.port), *args],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"server not ready after {timeout_s} s:\n{self.log()}")
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                for p in self.descendants():
+                    p.kill()
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def metrics(self, headers: dict[str, str] | None = None) -> dict[str, float]:
+        """The unlabelled samples of /metrics, by name."""
+        text = httpx.get(f"{self.url}/metrics", headers=headers, timeout=10).text
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#") and "{" not in line:
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+
+def start_server(args: list[str], log_path: Path) -> ServerProcess:
+    server = ServerProcess(args, log_path)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(make_tiny_model) -> Path:  # noqa: ANN001 - the factory fixture of tests/conftest
+    return make_tiny_model("llama")
+
+
+@pytest.fixture(scope="module")
+def launch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
+    """launch_server(*args) -> a ready ServerProcess, stopped (SIGTERM) after the module."""
+    servers: list[ServerProcess] = []
+
+    def launch(*args: str) -> ServerProcess:
+        log = tmp_path_factory.mktemp("server") / "server.log"
+        servers.append(start_server(list(args), log))
+        return servers[-1]
+
+    yield launch
+    for s in servers:
+        if s.stop() not in (0, None):
+            print(s.log())
