@@ -418,13 +418,16 @@ class Bench:
                                "new_tokens": a.prefix_new_tokens, "via": a.engine}
         for radix in (True, False):
             key = "radix_on" if radix else "radix_off"
-            gen = self.engine_generate(radix)
-            gen([prefix + self.ids(a.prefix_suffix)], sp)  # the prefix is already in use
-            sync(self.device)
-            t = time.perf_counter()
-            outs = gen(prompts, sp)
-            sync(self.device)
-            dt = time.perf_counter() - t
+            gen, close = self.engine_generate(radix)
+            try:
+                gen([prefix + self.ids(a.prefix_suffix)], sp)  # the prefix is already in use
+                sync(self.device)
+                t = time.perf_counter()
+                outs = gen(prompts, sp)
+                sync(self.device)
+                dt = time.perf_counter() - t
+            finally:
+                close()
             n_out = sum(len(o) for o, _c in outs)
             cached = sum(c for _o, c in outs)
             out[key] = {"seconds": round(dt, 3), "requests_per_s": round(len(prompts) / dt, 2),
@@ -434,21 +437,21 @@ class Bench:
         out["speedup"] = round(out["radix_off"]["seconds"] / out["radix_on"]["seconds"], 2)
         self.results["shared_prefix"] = out
 
-    def engine_generate(self, radix: bool
-                        ) -> Callable[[list[list[int]], dict], list[tuple[list[int], int]]]:
+    def engine_generate(self, radix: bool) -> tuple[
+            Callable[[list[list[int]], dict], list[tuple[list[int], int]]], Callable[[], None]]:
+        """(generate(prompts, sampling) -> [(output ids, cached tokens)], close)."""
         if self.args.engine == "engine":
             import radixrt
 
-            self.free_runner()
+            self.free_runner()  # the engine's worker loads its own copy of the weights
             eng = radixrt.Engine(model_path=str(self.model_dir), disable_radix_cache=not radix)
-            self._engines = [*getattr(self, "_engines", []), eng]
 
             def gen(prompts: list[list[int]], sp: dict) -> list[tuple[list[int], int]]:
-                outs = eng.generate(prompts, sp)
-                return [(list(getattr(o, "output_ids", None) or o.get("output_ids", [])),
-                         int(getattr(o, "cached_tokens", 0) or 0)) for o in outs]
+                outs = eng.generate(input_ids=prompts, sampling_params=sp)
+                return [(list(o["output_ids"]), int(o["meta_info"]["cached_tokens"]))
+                        for o in outs]
 
-            return gen
+            return gen, eng.shutdown
         from radixrt.scheduler.local import LocalEngine
 
         eng = LocalEngine(self.cfg.replace(disable_radix_cache=not radix), runner=self.runner)
@@ -456,7 +459,7 @@ class Bench:
         def gen_local(prompts: list[list[int]], sp: dict) -> list[tuple[list[int], int]]:
             return [(o.output_ids, o.cached_tokens) for o in eng.generate(prompts, sp)]
 
-        return gen_local
+        return gen_local, lambda: None
 
     # -- 5. transformers
     def free_runner(self) -> None:
@@ -543,8 +546,6 @@ class Bench:
         self.section("shared_prefix", 45 if big else 1, self.shared_prefix)
         if not a.skip_transformers:
             self.section("transformers", 75 if big else 1, self.transformers)
-        for eng in getattr(self, "_engines", []):
-            getattr(eng, "shutdown", lambda: None)()
         if not a.model_dir and not a.keep_weights:
             shutil.rmtree(self.model_dir, ignore_errors=True)
         say(f"done in {time.monotonic() - self.t0:.0f} s")

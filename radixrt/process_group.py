@@ -121,7 +121,8 @@ class ProcessGroup:
                         ) from None
                 if time.monotonic() > deadline:
                     self.shutdown()
-                    raise StartupError(f"timed out waiting for {', '.join(sorted(pending))}")
+                    raise StartupError(
+                        f"timed out waiting for {', '.join(sorted(pending))}") from None
                 continue
             if isinstance(msg, ChildFailed):
                 self.shutdown()

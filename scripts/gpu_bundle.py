@@ -318,6 +318,7 @@ def build(out: Path, budget_mib: float) -> dict:
     shutil.copy2(fi_tar, out / "flashinfer.tar.xz")
     tok_dir = out / "tokenizer"
     tok_dir.mkdir()
+    sys.path.insert(0, str(REPO))
     from radixrt.default_model import default_model_dir
 
     src = default_model_dir()

@@ -86,6 +86,7 @@ class SchedulerStats:
     prompt_tokens: int = 0  # cumulative
     generated_tokens: int = 0  # cumulative
     steps: int = 0
+    retractions: int = 0  # cumulative: running requests requeued for lack of pages
     tick_seconds: float = 0.0  # cumulative scheduler CPU time outside forward waits
     forward_seconds: float = 0.0  # cumulative wall time waiting on the worker
 

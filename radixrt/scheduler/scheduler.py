@@ -184,6 +184,7 @@ class Scheduler:
         self._batch = [(r, n) for r, n in self._batch if r is not victim]
         self._release(victim)
         victim.num_retractions += 1
+        self.stats.retractions += 1
         self.waiting.append(victim)
         self.new_token_ratio = min(1.0, self.new_token_ratio + 0.1)
         logger.debug("retracted %s (%d tokens)", victim.rid, victim.fill_len)
