@@ -127,10 +127,32 @@ class TextSource:
             return len(text.split())
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def compose(self, rng: random.Random, n_tokens: int, head: str = "", tail: str = "",
+                lower_first: bool = False) -> str:
+        """head + random words + tail, n_tokens in all (at most; at least n - 2 or so)."""
+        words = self.words(rng, n_tokens + n_tokens // 4 + 4)
+        if lower_first:
+            words[0] = words[0].lower()
+
+        def build(k: int) -> str:
+            body = " ".join(words[:k])
+            return head + (body.rstrip(".") if tail else body) + tail
+
+        if self.tokenizer is None:
+            return build(max(n_tokens - len(head.split()) - (1 if tail else 0), 1))
+        # The largest word count that fits; token counts grow with k, so bisect.
+        lo, hi = 1, len(words)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.count(build(mid)) <= n_tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        return build(lo)
+
     def question(self, rng: random.Random, n_tokens: int) -> str:
-        start = rng.choice(QUESTION_STARTS)
-        body = self.text(rng, max(n_tokens - len(start.split()) - 1, 1)).rstrip(".")
-        return f"{start} {body[:1].lower()}{body[1:]}?"
+        return self.compose(rng, n_tokens, head=rng.choice(QUESTION_STARTS) + " ", tail="?",
+                            lower_first=True)
 
 
 @dataclass(frozen=True)
@@ -186,8 +208,9 @@ def shared_prefix(num_groups: int = 4, prompts_per_group: int = 8, system_tokens
                   tokenizer: Tokenizer | None = None) -> Workload:
     rng = _rng("shared_prefix", seed)
     src = TextSource(tokenizer)
-    systems = [f"You are assistant number {g}. Use the following background.\n"
-               + src.text(rng, system_tokens - 12) for g in range(num_groups)]
+    systems = [src.compose(rng, system_tokens,
+                           head=f"You are assistant number {g}. Use the following background.\n")
+               for g in range(num_groups)]
     sessions = [Session(sid=f"g{g}-p{p}", api="chat", turns=(src.question(rng, question_tokens),),
                         max_tokens=output_tokens, system=systems[g], group=g)
                 for g in range(num_groups) for p in range(prompts_per_group)]
@@ -213,8 +236,8 @@ def multi_turn(num_clients: int = 8, num_rounds: int = 4, first_turn_tokens: int
     src = TextSource(tokenizer)
     sessions = []
     for c in range(num_clients):
-        first = ("Read this document, then answer my questions.\n"
-                 + src.text(rng, first_turn_tokens - 10))
+        first = src.compose(rng, first_turn_tokens,
+                            head="Read this document, then answer my questions.\n")
         follow = [src.question(rng, turn_tokens) for _ in range(num_rounds - 1)]
         sessions.append(Session(sid=f"c{c}", api="chat", turns=(first, *follow),
                                 max_tokens=output_tokens))

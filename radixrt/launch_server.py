@@ -56,6 +56,8 @@ class _Server(uvicorn.Server):
         self.on_exit = on_exit
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            logger.info("%s: shutting down", signal.Signals(sig).name)
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True  # a second Ctrl-C: stop waiting for connections
         self.stop()
@@ -66,8 +68,9 @@ class _Server(uvicorn.Server):
 
 
 def setup_logging(level: str) -> None:
+    # The children's format: one readable stream of lines from every process.
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="[%(asctime)s server] %(message)s", datefmt="%H:%M:%S")
 
 
 def run_server(config: ServerConfig) -> int:
@@ -110,7 +113,7 @@ def run_server(config: ServerConfig) -> int:
     died: list[str] = []
 
     def on_death(name: str, code: int | None) -> None:
-        logger.error("radixrt: the %s process died (exit code %s); shutting down", name, code)
+        logger.error("error: the %s process died (exit code %s); shutting down", name, code)
         died.append(name)
         server.stop()
 

@@ -90,7 +90,7 @@ log "tests: rc $TEST_RC: $TESTS"
 # 4. Benchmark with what is left.
 left=$(( BUDGET - $(elapsed) - 10 ))
 if [ $left -gt 60 ]; then
-  timeout "$left" $PY bench/gpu_bench.py --budget-s $(( left - 15 )) \
+  timeout "$left" $PY bench/gpu_bench.py --budget-s $(( left - 15 )) --model-dir "$CACHE/bench-model" \
     --out-json "$RES/gpu_results.json" --out-md "$RES/gpu_summary.md" \
     --jit-seconds "$JIT_S" --tests-summary "rc $TEST_RC: $TESTS" > "$RES/bench.log" 2>&1
   BENCH_RC=$?

@@ -83,7 +83,10 @@ def build_paged_kv_inputs(meta: AttentionMetadata) -> PagedKVInputs:
     rows = np.repeat(np.arange(len(num_pages)), num_pages)
     cols = np.arange(int(kv_indptr[-1])) - kv_indptr[rows]
     table = meta.page_table
-    flat = torch.from_numpy(rows * table.shape[1] + cols).to(table.device, non_blocking=True)
+    flat = torch.from_numpy(rows * table.shape[1] + cols)
+    if table.device.type == "cuda":  # pinned: the copy is truly async, no stream sync
+        flat = flat.pin_memory()
+    flat = flat.to(table.device, non_blocking=True)
     kv_indices = table.reshape(-1)[flat].to(torch.int32)
     return PagedKVInputs(
         qo_indptr=torch.from_numpy(qo_indptr.astype(np.int32)),

@@ -137,7 +137,10 @@ class OpenAIServing:
     def abort_all(self) -> None:
         """Shutdown: stop accepting, finish every open request now (as aborted)."""
         self.shutting_down = True
+        assert self.client is not None
         for gen in list(self._live.values()):
+            for rid in gen.unfinished:
+                self.client.abort(rid)  # the scheduler frees them; no more deltas come
             gen.queue.put_nowait(SHUTDOWN)
 
     def _sampling(self, body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:

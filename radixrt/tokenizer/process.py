@@ -140,7 +140,7 @@ def refusal(rid: str, message: str, param: str | None) -> TextDelta:
 def run_tokenizer(endpoints: Endpoints, name: str, config: EngineConfig) -> None:
     """Process main (ProcessGroup.start("tokenizer", run_tokenizer, config))."""
     logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"[%(asctime)s {name}] %(message)s", datefmt="%H:%M:%S")
     manager = TokenizerManager(config)
     ctx = zmq.Context.instance()
     from_frontend = PullQueue(ctx, endpoints.to_tokenizer, bind=True)

@@ -36,14 +36,18 @@ class KVPool:
         self.dtype = dtype
         self.device = torch.device(device)
         slots = shape.num_slots + shape.page_size
+        # Uninitialised (zeroing GiBs costs seconds at start-up): a slot is always written
+        # before it is read, except the scratch page, which masked padding reads — zero it.
         self.k_cache = [
-            torch.zeros(slots, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
+            torch.empty(slots, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
             for _ in range(shape.num_layers)
         ]
         self.v_cache = [
-            torch.zeros(slots, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
+            torch.empty(slots, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
             for _ in range(shape.num_layers)
         ]
+        for cache in self.k_cache + self.v_cache:
+            cache[shape.num_slots :].zero_()
 
     @property
     def scratch_page(self) -> int:

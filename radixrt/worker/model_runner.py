@@ -40,10 +40,10 @@ def size_kv_pool(config: EngineConfig, model_cfg: ModelConfig, dtype: torch.dtyp
         budget = free * config.mem_fraction
     else:
         budget = _cpu_available_bytes() * config.mem_fraction
-        # On CPU the pool is host RAM shared with everything else: keep it to what a few
-        # dozen full-context requests need.
+        # On CPU the pool is host RAM shared with everything else, and a CPU serves a few
+        # concurrent requests: keep it to four full contexts (set --max-total-tokens for more).
         ctx = context_length(config, model_cfg)
-        budget = min(budget, 16 * ctx * per_page / config.page_size)
+        budget = min(budget, 4 * ctx * per_page / config.page_size)
     return max(1, int(budget // per_page))
 
 

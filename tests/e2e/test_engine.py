@@ -1,0 +1,67 @@
+"""radixrt.Engine: the real processes (tokenizer, scheduler, worker) over ZeroMQ, no HTTP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from radixrt import Engine
+from radixrt.sampling_params import InvalidRequestError
+
+GREEDY = {"temperature": 0, "max_new_tokens": 12, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def default_engine(default_model_dir):
+    with Engine(str(default_model_dir), dtype="float32", max_total_tokens=8192) as engine:
+        yield engine
+
+
+def test_four_turn_conversation_reuses_the_whole_history(default_engine) -> None:
+    page = default_engine.config.page_size
+    messages: list[dict] = []
+    prev_tokens = 0
+    for turn, question in enumerate(["What is the capital of France?", "And of Germany?",
+                                     "Which of the two is bigger?", "Thank you!"]):
+        messages.append({"role": "user", "content": question})
+        out = default_engine.chat(messages, {"temperature": 0, "max_new_tokens": 24})
+        meta = out["meta_info"]
+        if turn == 0:
+            assert "Paris" in out["text"]
+        else:
+            # Everything said before (prompt + reply, minus the reply's last token whose KV
+            # was never computed) is reused, down to a page boundary.
+            assert meta["cached_tokens"] == (prev_tokens - 1) // page * page
+        prev_tokens = meta["prompt_tokens"] + meta["completion_tokens"]
+        messages.append({"role": "assistant", "content": out["text"]})
+    stats = default_engine.get_stats()
+    assert stats.running == 0 and stats.pages_protected == 0
+    assert stats.pages_free + stats.pages_evictable == stats.pages_total
+
+
+def test_input_forms_and_errors(default_engine) -> None:
+    one = default_engine.generate("The capital of France is", GREEDY)
+    assert one["meta_info"]["completion_tokens"] == 12
+    assert one["meta_info"]["finish_reason"] == "length"
+    ids = default_engine.generate(input_ids=[1, 504, 3575, 282], sampling_params=GREEDY)
+    assert len(ids["output_ids"]) == 12
+    batch = default_engine.generate(["Hello", "The sky is"], [GREEDY, {**GREEDY, "max_new_tokens": 3}])
+    assert [len(b["output_ids"]) for b in batch] == [12, 3]
+    with pytest.raises(InvalidRequestError, match="temperature"):
+        default_engine.generate("x", {"temperature": -1})
+
+
+def test_cache_on_equals_cache_off_concurrent(make_tiny_model) -> None:
+    path = str(make_tiny_model("llama"))
+    rng = np.random.default_rng(0)
+    systems = [rng.integers(3, 49152, 80).tolist() for _ in range(3)]
+    prompts = [systems[i % 3] + rng.integers(3, 49152, 5 + i % 7).tolist() for i in range(30)]
+    results = []
+    for disable in (False, True):
+        with Engine(path, dtype="float32", max_total_tokens=4096, page_size=8,
+                    disable_radix_cache=disable) as engine:
+            results.append(engine.generate(input_ids=prompts, sampling_params=GREEDY))
+    on, off = results
+    assert [o["output_ids"] for o in on] == [o["output_ids"] for o in off]
+    assert sum(o["meta_info"]["cached_tokens"] for o in on) >= 27 * 80 // 8 * 8 * 0.9
+    assert all(o["meta_info"]["cached_tokens"] == 0 for o in off)
