@@ -1,0 +1,101 @@
+"""Sampler: each parameter does what it says, on real logits tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from radixrt.ipc.messages import NewSlot
+from radixrt.sampling_params import SamplingParams
+from radixrt.worker.sampler import Sampler
+
+V = 50
+
+
+def sampler_with(*params: SamplingParams, eos: tuple[int, ...] = (2,), **kw) -> Sampler:
+    s = Sampler(V, torch.device("cpu"), seed=0)
+    for i, p in enumerate(params):
+        s.add(NewSlot(i, p, eos_ids=eos, **kw))
+    return s
+
+
+def logits(rows: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, V, generator=g) * 3
+
+
+def draw(p: SamplingParams, n: int, x: torch.Tensor) -> list[int]:
+    s = sampler_with(p)
+    return [int(s.sample(x, [0]).next_ids[0]) for _ in range(n)]
+
+
+def test_greedy_is_argmax() -> None:
+    x = logits(3)
+    s = sampler_with(*(SamplingParams(temperature=0),) * 3)
+    assert s.sample(x, [0, 1, 2]).next_ids.tolist() == x.argmax(-1).tolist()
+
+
+def test_same_seed_same_tokens_regardless_of_batch() -> None:
+    x = logits(1)
+    p = SamplingParams(temperature=1.5, seed=42)
+    alone = draw(p, 20, x)
+    s = sampler_with(SamplingParams(temperature=1.0), p)  # slot 1 shares the batch
+    together = [int(s.sample(torch.cat([x, x]), [0, 1]).next_ids[1]) for _ in range(20)]
+    assert alone == together
+    assert draw(SamplingParams(temperature=1.5, seed=43), 20, x) != alone
+    assert len(set(alone)) > 1  # it does sample
+
+
+def test_top_k_top_p_min_p_restrict_support() -> None:
+    x = logits(1, seed=1)
+    order = x[0].argsort(descending=True).tolist()
+    top3 = set(order[:3])
+    assert set(draw(SamplingParams(temperature=1, top_k=3, seed=1), 200, x)) <= top3
+    assert draw(SamplingParams(temperature=1, top_k=1, seed=1), 5, x) == [order[0]] * 5
+    probs = torch.softmax(x[0], -1)
+    sorted_p = probs[order]
+    k = int((sorted_p.cumsum(0) - sorted_p < 0.5).sum())
+    assert set(draw(SamplingParams(temperature=1, top_p=0.5, seed=2), 200, x)) <= set(order[:k])
+    allowed = {i for i in range(V) if probs[i] >= 0.3 * probs.max()}
+    assert set(draw(SamplingParams(temperature=1, min_p=0.3, seed=3), 200, x)) <= allowed
+
+
+def test_sampling_follows_the_distribution() -> None:
+    x = torch.log(torch.tensor([[0.7, 0.2, 0.1] + [1e-9] * (V - 3)]))
+    counts = np.bincount(draw(SamplingParams(temperature=1.0, seed=5), 2000, x), minlength=V)
+    assert abs(counts[0] / 2000 - 0.7) < 0.05 and abs(counts[1] / 2000 - 0.2) < 0.05
+
+
+def test_logit_bias_and_min_tokens() -> None:
+    x = logits(1)
+    assert draw(SamplingParams(temperature=0, logit_bias={7: 100.0}), 3, x) == [7, 7, 7]
+    x2 = x.clone()
+    x2[0, 2] = 100.0  # EOS is the favourite
+    s = sampler_with(SamplingParams(temperature=0, min_new_tokens=2))
+    got = [int(s.sample(x2, [0]).next_ids[0]) for _ in range(3)]
+    assert got[0] != 2 and got[1] != 2 and got[2] == 2
+
+
+def test_penalties() -> None:
+    x = torch.zeros(1, V)
+    x[0, 5], x[0, 6] = 2.0, 1.9
+    # Frequency penalty: after picking 5 once, 6 wins.
+    assert draw(SamplingParams(temperature=0, frequency_penalty=0.5), 2, x) == [5, 6]
+    assert draw(SamplingParams(temperature=0, presence_penalty=0.5), 2, x) == [5, 6]
+    assert draw(SamplingParams(temperature=0), 2, x) == [5, 5]
+    # Repetition penalty covers prompt tokens too.
+    s = sampler_with(SamplingParams(temperature=0, repetition_penalty=1.2),
+                     prompt_ids=np.array([5], np.int32))
+    assert int(s.sample(x, [0]).next_ids[0]) == 6
+
+
+def test_logprobs_are_the_models_distribution() -> None:
+    x = logits(2)
+    s = sampler_with(SamplingParams(temperature=0, logprobs=True, top_logprobs=3),
+                     SamplingParams(temperature=0))
+    out = s.sample(x, [0, 1])
+    ref = torch.log_softmax(x[0], -1)
+    assert torch.allclose(out.logprobs[0], ref[out.next_ids[0]])
+    vals, ids = ref.topk(3)
+    assert out.top_ids[0].tolist() == ids.tolist()
+    assert torch.allclose(out.top_logprobs[0], vals)
