@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -203,7 +204,8 @@ def run_system(name: str, workloads: list[Workload], args: argparse.Namespace,
     finally:
         system.exit_code = server.stop()
         log(f"{name}: stopped (exit status {system.exit_code})")
-        if system.exit_code not in (0, None) and system.error is None:
+        # -SIGTERM: uvicorn (the HF baseline) re-raises the SIGTERM we sent once it is done.
+        if system.exit_code not in (0, None, -signal.SIGTERM) and system.error is None:
             system.error = f"server exited with status {system.exit_code}"
     return system
 

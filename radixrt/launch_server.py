@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -150,8 +151,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     engine = engine_config_from_args(args)
     setup_logging(engine.log_level)
+    if not Path(engine.model_path).is_dir():  # one clear line instead of one per process
+        logger.error("radixrt failed to start: model directory %s does not exist",
+                     engine.model_path)
+        return 1
+    if (err := _port_unavailable(args.host, args.port)) is not None:  # before loading a model
+        logger.error("radixrt failed to start: cannot listen on %s:%d: %s", args.host, args.port,
+                     err)
+        return 1
     config = ServerConfig(engine=engine, host=args.host, port=args.port, api_key=args.api_key)
     return run_server(config)
+
+
+def _port_unavailable(host: str, port: int) -> str | None:
+    try:
+        with socket.create_server((host, port)):  # sets SO_REUSEADDR, as uvicorn does
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
 
 
 if __name__ == "__main__":

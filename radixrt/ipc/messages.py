@@ -88,7 +88,8 @@ class SchedulerStats:
     steps: int = 0
     retractions: int = 0  # cumulative: running requests requeued for lack of pages
     tick_seconds: float = 0.0  # cumulative scheduler CPU time outside forward waits
-    forward_seconds: float = 0.0  # cumulative wall time waiting on the worker
+    forward_seconds: float = 0.0  # cumulative worker time per step (apply, forward, sample)
+    ipc_seconds: float = 0.0  # cumulative step round trip minus the worker's own time
 
 
 @dataclass

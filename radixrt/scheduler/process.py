@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import zmq
 
@@ -73,10 +74,12 @@ class SchedulerLoop:
                     if (msg := self._poll(5)) is not None:
                         self.handle(msg)
             else:
+                t0 = time.perf_counter()
                 for w in self.workers:
                     w.put(batch)
                 result = self.from_worker.get()
                 assert isinstance(result, StepResult) and result.step == batch.step
+                s.stats.ipc_seconds += time.perf_counter() - t0 - result.forward_seconds
                 out = s.process_result(result)
             if out.rids:
                 self.to_detok.put(out)

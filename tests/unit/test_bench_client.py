@@ -94,3 +94,33 @@ def test_shared_prefix_against_server(hf_server: ServerProcess) -> None:
     assert len(records) == 4 and all(r.ok for r in records)
     # Same group -> same system prompt -> same prompt length up to the question's few tokens.
     assert all(r.prompt_tokens is not None and r.prompt_tokens > 64 for r in records)
+
+
+def test_suite_against_a_peer(hf_server: ServerProcess, tmp_path: Path) -> None:
+    """run_suite end to end (workloads, metrics, JSON, docs, figures) with the server as peer."""
+    import json
+
+    from bench.run_suite import NOTES_BEGIN, NOTES_END, main
+
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"old\n{NOTES_BEGIN}\nkept notes\n{NOTES_END}\n")
+    sizes = ["--set", "multi_turn.num_clients=2", "--set", "multi_turn.num_rounds=2",
+             "--set", "multi_turn.first_turn_tokens=32", "--set", "multi_turn.turn_tokens=8",
+             "--set", "multi_turn.output_tokens=3", "--set", "multi_turn.request_rate=null",
+             "--set", "unique.num_prompts=2", "--set", "unique.prompt_tokens=16",
+             "--set", "unique.output_tokens=3"]
+    rc = main(["--quick", "--systems", "peer", "--peer-url", hf_server.base_url,
+               "--peer-name", "tiny-hf", "--workloads", "multi_turn,unique",
+               "--model", str(Path(hf_server.cmd[hf_server.cmd.index("--model") + 1])),
+               "--results-dir", str(tmp_path / "results"), "--docs", str(docs),
+               "--figures-dir", str(tmp_path / "figures"), *sizes])
+    assert rc == 0
+    suite = json.loads((tmp_path / "results" / "suite.json").read_text())
+    assert [(s["system"], s["workload"], s["completed"]) for s in suite["summaries"]] == [
+        ("tiny-hf", "multi_turn", 4), ("tiny-hf", "unique", 2)]
+    run = json.loads((tmp_path / "results" / "tiny-hf__unique.json").read_text())
+    assert len(run["run"]["records"]) == 2 and run["summary"]["output_tokens"] == 6
+    text = docs.read_text()
+    assert "| tiny-hf | multi_turn | 4 / 4 |" in text and "kept notes" in text
+    assert "![throughput](figures/throughput.png)" in text
+    assert (tmp_path / "figures" / "ttft_by_round.png").is_file()
