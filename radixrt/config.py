@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Names only: torch is imported where tensors are made, so the tokenizer process and the
+# frontend never pay for importing it.
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return getattr(torch, name)
 
 
 def cpu_has_bf16_matrix_units() -> bool:
@@ -26,19 +36,21 @@ def cpu_has_bf16_matrix_units() -> bool:
     return False
 
 
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """Map a --dtype name to a torch dtype; `auto` picks the fastest faithful type."""
+def resolve_dtype(name: str, device: str) -> str:
+    """Resolve a --dtype name; `auto` picks the fastest faithful type."""
     if name == "auto":
         if device.startswith("cuda") or cpu_has_bf16_matrix_units():
-            return torch.bfloat16
-        return torch.float32
+            return "bfloat16"
+        return "float32"
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
+    return name
 
 
 def resolve_device(name: str) -> str:
     if name == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
 
@@ -95,11 +107,12 @@ def build_engine_config(model_path: str | None = None, **options: object) -> Eng
 
         model_path = str(default_model_dir())
     device = resolve_device(str(options.pop("device", "auto")))
-    dtype = resolve_dtype(str(options.pop("dtype", "auto")), device)
-    dtype_name = {v: k for k, v in DTYPES.items()}[dtype]
+    dtype_name = resolve_dtype(str(options.pop("dtype", "auto")), device)
     backend = str(options.pop("attention_backend", "auto"))
     if backend == "auto":
-        backend = "flashinfer" if device.startswith("cuda") else "torch"
+        # FlashInfer has no float32 kernels: a float32 CUDA run uses the torch backend.
+        cuda_ok = device.startswith("cuda") and dtype_name != "float32"
+        backend = "flashinfer" if cuda_ok else "torch"
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     unknown = sorted(set(options) - known)
     if unknown:

@@ -15,7 +15,7 @@ class InvalidRequestError(ValueError):
 
 @dataclass
 class SamplingParams:
-    max_new_tokens: int = 128
+    max_new_tokens: int | None = 128  # None: the rest of the context (set by the tokenizer)
     min_new_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
@@ -68,9 +68,11 @@ class SamplingParams:
             if not ok:
                 raise InvalidRequestError(f"{param} {msg}", param)
 
-        need(self.max_new_tokens >= 1, "max_tokens", "must be at least 1")
-        need(0 <= self.min_new_tokens <= self.max_new_tokens, "min_tokens",
-             "must be between 0 and max_tokens")
+        if self.max_new_tokens is not None:
+            need(self.max_new_tokens >= 1, "max_tokens", "must be at least 1")
+            need(self.min_new_tokens <= self.max_new_tokens, "min_tokens",
+                 "must be between 0 and max_tokens")
+        need(self.min_new_tokens >= 0, "min_tokens", "must be at least 0")
         need(0.0 <= self.temperature <= 100.0, "temperature", "must be between 0 and 100")
         need(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
         need(self.top_k == -1 or self.top_k >= 1, "top_k", "must be -1 (off) or at least 1")

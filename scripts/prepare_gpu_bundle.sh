@@ -15,5 +15,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 python scripts/gpu_bundle.py build --out gpu_bundle "$@"
-du -sh gpu_bundle/* gpu_bundle | sed 's/^/  /'
+du -sh gpu_bundle/* | sed "s/^/  /"
 echo "prepare_gpu_bundle: done in $(( $(date +%s) - start )) s"

@@ -28,18 +28,19 @@ class TorchAttentionBackend(AttentionBackend):
         self.decode_rows = [i for i, n in enumerate(num_new) if n == 1]
         self.prefill_rows = [i for i, n in enumerate(num_new) if n > 1]
         device = meta.page_table.device
-        # Decode group: slot index of every key position, padded with the scratch slot.
+        # Decode group: each request's pages (padded with the scratch page), gathered whole:
+        # a page is page_size contiguous rows, so this copies in large blocks.
         if self.decode_rows:
             rows = torch.tensor(self.decode_rows, device=device)
             seq = meta.seq_lens[rows].long()
             max_len = int(max(meta.start_pos_host[i] + 1 for i in self.decode_rows))
-            pos = torch.arange(max_len, device=device)
-            pages = meta.page_table[rows][:, pos // ps].long()
-            slots = pages * ps + pos % ps
-            valid = pos[None, :] < seq[:, None]
-            scratch = self.pool.scratch_page * ps
-            self.decode_slots = torch.where(valid, slots, torch.full_like(slots, scratch))
-            self.decode_mask = valid[:, None, None, :]  # [B, 1, 1, L]
+            n_pages = -(-max_len // ps)
+            pages = meta.page_table[rows][:, :n_pages].long()
+            pos = torch.arange(n_pages * ps, device=device)
+            valid_page = torch.arange(n_pages, device=device)[None, :] * ps < seq[:, None]
+            self.decode_pages = torch.where(valid_page, pages,
+                                            torch.full_like(pages, self.pool.scratch_page))
+            self.decode_mask = (pos[None, :] < seq[:, None])[:, None, None, :]  # [B,1,1,L]
             self.decode_token_idx = meta.cu_new[rows].long()
         # Prefill group: per request, token range and (when it has a prefix) key slots.
         self.prefill_plans = []
@@ -60,11 +61,11 @@ class TorchAttentionBackend(AttentionBackend):
         self.pool.write(layer_id, meta.out_slots, k, v)
         k_cache, v_cache = self.pool.k_cache[layer_id], self.pool.v_cache[layer_id]
         if meta.is_decode:
-            return self._decode(q, k_cache, v_cache)
+            return self._decode(q, layer_id)
         out = torch.empty_like(q)
         if self.decode_rows:
             idx = self.decode_token_idx
-            out[idx] = self._decode(q[idx], k_cache, v_cache)
+            out[idx] = self._decode(q[idx], layer_id)
         for t0, n, key_slots, mask in self.prefill_plans:
             qi = q[t0 : t0 + n].transpose(0, 1)  # [H, n, D]
             if key_slots is None:
@@ -81,11 +82,13 @@ class TorchAttentionBackend(AttentionBackend):
             out[t0 : t0 + n] = o.transpose(0, 1)
         return out
 
-    def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-        # q [B, H, D] -> [B, H, 1, D]; keys [B, Hkv, L, D]
-        keys = k_cache[self.decode_slots].transpose(1, 2).to(q.dtype)
-        values = v_cache[self.decode_slots].transpose(1, 2).to(q.dtype)
+    def _decode(self, q: torch.Tensor, layer_id: int) -> torch.Tensor:
+        # q [B, H, D] -> [B, H, 1, D]; keys [B, P, ps, Hkv, D] -> [B, Hkv, P*ps, D]
+        b = q.shape[0]
+        kp, vp = self.pool.k_pages(layer_id), self.pool.v_pages(layer_id)
+        keys = kp[self.decode_pages].flatten(1, 2).transpose(1, 2).to(q.dtype)
+        values = vp[self.decode_pages].flatten(1, 2).transpose(1, 2).to(q.dtype)
         o = F.scaled_dot_product_attention(
-            q.unsqueeze(2), keys, values, attn_mask=self.decode_mask, scale=self.scale,
-            enable_gqa=True)
+            q.view(b, -1, 1, q.shape[-1]), keys, values, attn_mask=self.decode_mask,
+            scale=self.scale, enable_gqa=True)
         return o.squeeze(2)

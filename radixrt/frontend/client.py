@@ -83,24 +83,30 @@ class AsyncTokenizerClient:
     async def _dispatch(self) -> None:
         while True:
             msg = await self._pull.get()
-            if isinstance(msg, list):
-                for d in msg:
-                    q = self.queues.get(d.rid)
-                    if q is not None:  # else: the handler is gone (client left, aborted)
-                        q.put_nowait(d)
-            elif type(msg) in self._waiters:
-                waiters = self._waiters[type(msg)]
-                while waiters:
-                    fut = waiters.popleft()
-                    if not fut.done():  # skip callers that timed out
-                        fut.set_result(msg)
-                        break
-            else:
-                logger.warning("unexpected message from the tokenizer: %r", type(msg))
+            try:
+                self._route(msg)
+            except Exception:  # noqa: BLE001 - the dispatcher must outlive any one message
+                logger.exception("frontend: failed to route %s", type(msg).__name__)
+
+    def _route(self, msg: object) -> None:
+        if isinstance(msg, list):
+            for d in msg:
+                q = self.queues.get(d.rid)
+                if q is not None:  # else: the handler is gone (client left, aborted)
+                    q.put_nowait(d)
+        elif type(msg) in self._waiters:
+            waiters = self._waiters[type(msg)]
+            while waiters:
+                fut = waiters.popleft()
+                if not fut.done():  # skip callers that timed out
+                    fut.set_result(msg)
+                    break
+        else:
+            logger.warning("unexpected message from the tokenizer: %r", type(msg))
 
     def _send(self, msg: object) -> None:
-        # PUSH with no peer limit sends at once; not awaiting lets aborts go out from `finally`
-        # blocks of cancelled tasks too (a client that disconnected).
+        # zmq.asyncio sends at once while below the high-water mark; not awaiting lets aborts go
+        # out from `finally` blocks of cancelled tasks too (a client that disconnected).
         self._push.sock.send_multipart(encode(msg), copy=False)
 
     def submit(self, req: TokenizeReq,

@@ -140,6 +140,7 @@ class ChatCompletionRequest(_SamplingRequest):
 
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16  # OpenAI's default for (legacy) completions
     logprobs: int | None = None
     echo: bool = False
     suffix: str | None = None

@@ -59,8 +59,8 @@ class TokenizerManager:
             gen = self.prompts.build(req)
         except InvalidRequestError as exc:
             return [], [[refusal(req.rid, str(exc), exc.param)]]
-        except (TypeError, ValueError) as exc:  # e.g. a string where a number belongs
-            return [], [[refusal(req.rid, f"invalid request: {exc}", None)]]
+        except Exception as exc:  # noqa: BLE001 - e.g. a string where a number belongs
+            return [], [[refusal(req.rid, f"invalid request: {type(exc).__name__}: {exc}", None)]]
         sp = gen.sampling
         self.requests[req.rid] = RequestState(
             detok=IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens),
@@ -158,25 +158,29 @@ def run_tokenizer(endpoints: Endpoints, name: str, config: EngineConfig) -> None
         for m in front_msgs:
             to_frontend.put(m)
 
+    def handle(msg: object, from_client: bool) -> None:
+        if isinstance(msg, TokenOut):
+            sched_msgs, deltas = manager.handle_token_out(msg)
+            send(sched_msgs, [deltas] if deltas else [])
+        elif isinstance(msg, TokenizeReq):
+            send(*manager.handle_tokenize(msg))
+        elif isinstance(msg, AbortReq):
+            send(manager.handle_abort(msg), [])
+        elif isinstance(msg, (StatsReq, FlushCacheReq)) and from_client:
+            to_scheduler.put(msg)
+        elif isinstance(msg, (SchedulerStats, FlushCacheReq)):
+            to_frontend.put(msg)  # the scheduler's answers
+        else:
+            logger.warning("unexpected message %r", type(msg).__name__)
+
     while True:
         events = dict(poller.poll())
         # Scheduler output first: it is what streaming clients are waiting for.
-        if from_scheduler.sock in events:
-            for msg in from_scheduler.drain():
-                if isinstance(msg, TokenOut):
-                    sched_msgs, deltas = manager.handle_token_out(msg)
-                    send(sched_msgs, [deltas] if deltas else [])
-                elif isinstance(msg, (SchedulerStats, FlushCacheReq)):
-                    to_frontend.put(msg)
-                else:
-                    logger.warning("unexpected message from the scheduler: %r", type(msg))
-        if from_frontend.sock in events:
-            for msg in from_frontend.drain():
-                if isinstance(msg, TokenizeReq):
-                    send(*manager.handle_tokenize(msg))
-                elif isinstance(msg, AbortReq):
-                    send(manager.handle_abort(msg), [])
-                elif isinstance(msg, (StatsReq, FlushCacheReq)):
-                    to_scheduler.put(msg)
-                else:
-                    logger.warning("unexpected message from the frontend: %r", type(msg))
+        for queue, from_client in ((from_scheduler, False), (from_frontend, True)):
+            if queue.sock not in events:
+                continue
+            for msg in queue.drain():
+                try:
+                    handle(msg, from_client)
+                except Exception:  # noqa: BLE001 - one bad message must not stop the server
+                    logger.exception("tokenizer: failed to handle %s", type(msg).__name__)

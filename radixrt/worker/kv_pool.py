@@ -36,18 +36,16 @@ class KVPool:
         self.dtype = dtype
         self.device = torch.device(device)
         slots = shape.num_slots + shape.page_size
-        # Uninitialised (zeroing GiBs costs seconds at start-up): a slot is always written
-        # before it is read, except the scratch page, which masked padding reads — zero it.
+        # Zeroed: attention reads whole pages and masks the unwritten tail of the last one, and
+        # a masked NaN from uninitialised memory would still poison the output (0 * NaN).
         self.k_cache = [
-            torch.empty(slots, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
+            torch.zeros(slots, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
             for _ in range(shape.num_layers)
         ]
         self.v_cache = [
-            torch.empty(slots, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
+            torch.zeros(slots, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
             for _ in range(shape.num_layers)
         ]
-        for cache in self.k_cache + self.v_cache:
-            cache[shape.num_slots :].zero_()
 
     @property
     def scratch_page(self) -> int:

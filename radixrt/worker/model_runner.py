@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from radixrt.attention.base import AttentionBackend, AttentionMetadata
-from radixrt.config import DTYPES, EngineConfig
+from radixrt.config import EngineConfig, torch_dtype
 from radixrt.ipc.messages import ForwardBatch, StepResult
 from radixrt.models.config import ModelConfig
 from radixrt.models.loader import load_model
@@ -75,7 +75,7 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, model_cfg: ModelConfig | None = None) -> None:
         self.config = config
         self.device = torch.device(config.device)
-        self.dtype = DTYPES[config.dtype]
+        self.dtype = torch_dtype(config.dtype)
         self.model_cfg = model_cfg or ModelConfig.from_dir(config.model_path)
         torch.manual_seed(config.seed)
         self.model = load_model(config.model_path, self.dtype, self.device, self.model_cfg)
@@ -93,6 +93,10 @@ class ModelRunner:
         self.sampler = Sampler(m.vocab_size, self.device, config.seed)
         logger.info("KV pool: %d pages x %d tokens (%.2f GiB)", num_pages, self.page_size,
                     self.pool.shape.bytes_per_page(self.dtype) * num_pages / 2**30)
+        # CUDA graphs for decode (None on CPU, with torch attention, or --disable-cuda-graph).
+        from radixrt.worker.cuda_graph import create_cuda_graph_runner
+
+        self.cuda_graph = create_cuda_graph_runner(self)
 
     @property
     def num_pages(self) -> int:
@@ -144,10 +148,12 @@ class ModelRunner:
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [num sampled rows, vocab] for the rows with batch.sample set."""
         meta, positions = self.build_metadata(batch)
-        self.attn.plan(meta)
         cu_end = np.cumsum(batch.num_new.astype(np.int64)) - 1
         logits_idx = torch.from_numpy(cu_end[batch.sample]).to(self.device)
         input_ids = torch.from_numpy(batch.input_ids.astype(np.int64)).to(self.device)
+        if self.cuda_graph is not None and self.cuda_graph.can_run(meta):
+            return self.cuda_graph.replay(meta, input_ids, positions, logits_idx)
+        self.attn.plan(meta)
         return self.model(input_ids, positions, self.attn, logits_idx)
 
     def step(self, batch: ForwardBatch) -> StepResult:

@@ -12,11 +12,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 300.0
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, None if it does not exist."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "
+    return fields[0], int(fields[1])
 
 
 def free_port() -> int:
@@ -55,11 +64,36 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"server not ready after {timeout_s} s:\n{self.log()}")
 
-    def descendants(self) -> list[psutil.Process]:
+    def descendants(self) -> list[int]:
+        """PIDs of every process below the server (read from /proc: Linux only)."""
+        parents: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (st := _stat(int(entry))) is not None:
+                parents[int(entry)] = st[1]
+        out, frontier = [], [self.proc.pid]
+        while frontier:
+            parent = frontier.pop()
+            kids = [c for c, pp in parents.items() if pp == parent]
+            out += kids
+            frontier += kids
+        return out
+
+    @staticmethod
+    def cmdline(pid: int) -> str:
         try:
-            return psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return ""
+
+    @staticmethod
+    def wait_gone(pids: list[int], timeout_s: float) -> list[int]:
+        """Wait until none of pids runs (zombies count as gone); return those still running."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            running = [p for p in pids if (st := _stat(p)) is not None and st[0] != "Z"]
+            if not running or time.monotonic() > deadline:
+                return running
+            time.sleep(0.1)
 
     def stop(self, timeout_s: float = 30.0) -> int:
         if self.proc.poll() is None:
@@ -67,8 +101,8 @@ class ServerProcess:
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                for p in self.descendants():
-                    p.kill()
+                for pid in self.descendants():
+                    os.kill(pid, signal.SIGKILL)
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-import psutil
 import pytest
 from openai import OpenAI
 
@@ -35,7 +34,7 @@ def test_capital_of_france(server: ServerProcess, default_model_dir: Path) -> No
 
 
 def test_sigterm_aborts_requests_and_stops_every_process(server: ServerProcess) -> None:
-    everyone = [psutil.Process(server.proc.pid), *server.descendants()]
+    everyone = [server.proc.pid, *server.descendants()]
     assert len(everyone) >= 4  # frontend, worker, scheduler, tokenizer
     lines: list[str] = []
 
@@ -62,7 +61,4 @@ def test_sigterm_aborts_requests_and_stops_every_process(server: ServerProcess) 
     assert time.monotonic() - started < 15
     assert not t.is_alive()
     assert lines[-1] in ("data: [DONE]", "") or lines[-1].startswith("error"), lines[-3:]
-    deadline = time.monotonic() + 10
-    while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in everyone):
-        assert time.monotonic() < deadline, [p for p in everyone if p.is_running()]
-        time.sleep(0.1)
+    assert server.wait_gone(everyone, 10) == []

@@ -9,8 +9,10 @@ TorchAttentionBackend.
 
 from __future__ import annotations
 
+import os
 import sys
 import types
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -128,7 +130,8 @@ def test_csr_lists_match_page_table_and_torch_backend(ps: int) -> None:
         torch_keys: dict[int, list[int]] = {}
         for j, i in enumerate(ref.decode_rows):
             valid = ref.decode_mask[j, 0, 0]
-            torch_keys[i] = ref.decode_slots[j][valid].tolist()
+            page_slots = ref.decode_pages[j][:, None] * ps + torch.arange(ps)[None, :]
+            torch_keys[i] = page_slots.flatten()[valid].tolist()
         for i, (_t0, _n, key_slots, _mask) in zip(ref.prefill_rows, ref.prefill_plans,
                                                       strict=True):
             if key_slots is not None:
@@ -329,7 +332,10 @@ def test_module_imports_without_flashinfer_and_backend_says_what_is_missing(
     # A fresh interpreter where `import flashinfer` fails: our modules still import.
     code = ("import sys; sys.modules['flashinfer'] = None; "
             "import radixrt.attention.flashinfer_backend, radixrt.worker.cuda_graph")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(repo), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo, env=env)
     from radixrt.attention.flashinfer_backend import FlashInferAttentionBackend
 
     monkeypatch.setitem(sys.modules, "flashinfer", None)

@@ -83,6 +83,7 @@ def test_prompt_shapes() -> None:
     assert completion(prompt=[1, 2, 3]).prompts() == [[1, 2, 3]]
     assert completion(prompt=[[1], [2, 3]]).prompts() == [[1], [2, 3]]
     assert completion(prompt="x", logprobs=2).to_sampling_params().top_logprobs == 2
+    assert completion(prompt="x").to_sampling_params().max_new_tokens == 16  # OpenAI's default
 
 
 @pytest.mark.parametrize("body, param", [
