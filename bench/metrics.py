@@ -108,18 +108,23 @@ def _pcts(d: dict[str, float | None] | None, fmt: str = "{:.0f}") -> str:
 
 
 def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:
-    head = ("| System | Workload | OK / sent | Duration (s) | Req/s | Input tok/s | Output tok/s "
-            "| TTFT p50 / p90 / p99 (ms) | ITL p50 / p90 / p99 (ms) | E2E p50 (ms) "
-            "| Cache hit |")
-    rows = [head, "|" + "---|" * 11]
+    # A column for CPU taken by other processes, when the runner measured it.
+    noise = any(s.get("foreign_cpu_share") is not None for s in summaries)
+    cols = ["System", "Workload", "OK / sent", "Duration (s)", "Req/s", "Input tok/s",
+            "Output tok/s", "TTFT p50 / p90 / p99 (ms)", "ITL p50 / p90 / p99 (ms)",
+            "E2E p50 (ms)", "Cache hit"] + (["Other CPU"] if noise else [])
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for s in summaries:
         hit = s.get("cache_hit_rate")
-        rows.append(
-            f"| {s.get('system') or '–'} | {s['workload']} | {s['completed']} / {s['num_requests']} "
-            f"| {_f(s['duration_s'])} | {_f(s['request_throughput'], '{:.2f}')} "
-            f"| {_f(s['input_throughput'], '{:.0f}')} | {_f(s['output_throughput'], '{:.1f}')} "
-            f"| {_pcts(s['ttft_ms'])} | {_pcts(s['itl_ms'])} | {_f(s['e2e_ms']['p50'], '{:.0f}')} "
-            f"| {_f(None if hit is None else 100 * hit, '{:.0f} %')} |")
+        cells = [s.get("system") or "–", s["workload"], f"{s['completed']} / {s['num_requests']}",
+                 _f(s["duration_s"]), _f(s["request_throughput"], "{:.2f}"),
+                 _f(s["input_throughput"], "{:.0f}"), _f(s["output_throughput"], "{:.1f}"),
+                 _pcts(s["ttft_ms"]), _pcts(s["itl_ms"]), _f(s["e2e_ms"]["p50"], "{:.0f}"),
+                 _f(None if hit is None else 100 * hit, "{:.0f} %")]
+        if noise:
+            share = s.get("foreign_cpu_share")
+            cells.append(_f(None if share is None else 100 * share, "{:.0f} %"))
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

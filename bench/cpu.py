@@ -1,0 +1,94 @@
+"""CPU accounting from /proc, to tell a clean measurement from one that shared the cores.
+
+On a small CPU box, torch's worker threads slow down many times over when anything else runs
+(they spin and get preempted), so a benchmark must know how much CPU *other* processes used
+while it ran: busy time of the whole machine minus that of the server's process group and
+the benchmark client itself. Linux only; elsewhere every function returns None.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU-seconds all cores spent busy since boot (user+nice+system+irq+softirq+steal)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def group_cpu_seconds(pgids: set[int], pids: set[int]) -> float | None:
+    """CPU-seconds (user+system) of live processes in the given process groups or pid set."""
+    total = 0.0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        # comm may contain spaces and parentheses: the fields start after the last ')'.
+        rest = stat[stat.rfind(")") + 2:].split()
+        if int(name) in pids or int(rest[2]) in pgids:
+            total += (int(rest[11]) + int(rest[12])) / _TICK
+    return total
+
+
+@dataclass
+class CpuSnapshot:
+    wall: float
+    busy: float | None
+    ours: float | None
+
+
+class CpuMonitor:
+    """Share of the machine's CPU that other processes used between start() and stop()."""
+
+    def __init__(self, server_pgid: int | None) -> None:
+        self.pgids = {server_pgid} if server_pgid is not None else set()
+        self.pids = {os.getpid()}
+        self._start: CpuSnapshot | None = None
+
+    def snapshot(self) -> CpuSnapshot:
+        return CpuSnapshot(time.monotonic(), machine_busy_seconds(),
+                           group_cpu_seconds(self.pgids, self.pids))
+
+    def start(self) -> None:
+        self._start = self.snapshot()
+
+    def stop(self) -> dict[str, float | None]:
+        """{"foreign_cpu_share": other processes' CPU / capacity, "ours_cpu_share": ...}."""
+        a, b = self._start, self.snapshot()
+        ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if a is None or None in (a.busy, b.busy, a.ours, b.ours) or b.wall <= a.wall:
+            return {"foreign_cpu_share": None, "ours_cpu_share": None}
+        capacity = (b.wall - a.wall) * (ncpu or 1)
+        ours = (b.ours or 0.0) - (a.ours or 0.0)
+        foreign = max(0.0, (b.busy or 0.0) - (a.busy or 0.0) - ours)
+        return {"foreign_cpu_share": foreign / capacity, "ours_cpu_share": ours / capacity}
+
+
+def busy_fraction(interval: float = 3.0) -> float | None:
+    """Fraction of all cores busy over the next `interval` seconds."""
+    a = machine_busy_seconds()
+    t0 = time.monotonic()
+    time.sleep(interval)
+    b = machine_busy_seconds()
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if a is None or b is None:
+        return None
+    return (b - a) / ((time.monotonic() - t0) * (ncpu or 1))
