@@ -7,10 +7,12 @@ and compute-bound); a chunk with no cached prefix attends to its own k/v without
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 from radixrt.attention.base import AttentionBackend, AttentionMetadata
+from radixrt.attention.cascade import SharedGroup, attend_with_lse, find_shared_prefixes, merge
 from radixrt.worker.kv_pool import KVPool
 
 
@@ -29,17 +31,31 @@ class TorchAttentionBackend(AttentionBackend):
         self.prefill_rows = [i for i, n in enumerate(num_new) if n > 1]
         device = meta.page_table.device
         # Decode group: each request's pages (padded with the scratch page), gathered whole:
-        # a page is page_size contiguous rows, so this copies in large blocks.
+        # a page is page_size contiguous rows, so this copies in large blocks. Leading pages
+        # that several requests share (one radix-cache prefix) are gathered once per group.
+        self.shared_groups: list[SharedGroup] = []
         if self.decode_rows:
             rows = torch.tensor(self.decode_rows, device=device)
             seq = meta.seq_lens[rows].long()
-            max_len = int(max(meta.start_pos_host[i] + 1 for i in self.decode_rows))
-            n_pages = -(-max_len // ps)
-            pages = meta.page_table[rows][:, :n_pages].long()
+            seq_host = np.array([meta.start_pos_host[i] + 1 for i in self.decode_rows])
+            n_pages = -(-int(seq_host.max()) // ps)
+            table = meta.page_table[rows][:, :n_pages].long()
+            groups, shared = find_shared_prefixes(table.cpu().numpy(), seq_host, ps)
+            if groups:
+                self.shared_groups = [
+                    SharedGroup(torch.as_tensor(r, device=device), table[r[0], :c].clone())
+                    for r, c in groups]
+                # Each row's own pages start after its shared ones.
+                start = torch.as_tensor(shared, device=device)
+                n_pages = int(max(-(-seq_host // ps) - shared))
+                col = start[:, None] + torch.arange(n_pages, device=device)[None, :]
+                table = meta.page_table[rows].long().gather(
+                    1, col.clamp(max=meta.page_table.shape[1] - 1))
+                seq = seq - start * ps
             pos = torch.arange(n_pages * ps, device=device)
             valid_page = torch.arange(n_pages, device=device)[None, :] * ps < seq[:, None]
-            self.decode_pages = torch.where(valid_page, pages,
-                                            torch.full_like(pages, self.pool.scratch_page))
+            self.decode_pages = torch.where(valid_page, table,
+                                            torch.full_like(table, self.pool.scratch_page))
             self.decode_mask = (pos[None, :] < seq[:, None])[:, None, None, :]  # [B,1,1,L]
             self.decode_token_idx = meta.cu_new[rows].long()
         # Prefill group: per request, token range and (when it has a prefix) key slots.
@@ -85,11 +101,27 @@ class TorchAttentionBackend(AttentionBackend):
 
     def _decode(self, q: torch.Tensor, layer_id: int) -> torch.Tensor:
         # q [B, H, D] -> [B, H, 1, D]; keys [B, P, ps, Hkv, D] -> [B, Hkv, P*ps, D]
-        b = q.shape[0]
+        b, h, d = q.shape
         kp, vp = self.pool.k_pages(layer_id), self.pool.v_pages(layer_id)
-        keys = kp[self.decode_pages].flatten(1, 2).transpose(1, 2).to(q.dtype)
-        values = vp[self.decode_pages].flatten(1, 2).transpose(1, 2).to(q.dtype)
-        o = F.scaled_dot_product_attention(
-            q.view(b, -1, 1, q.shape[-1]), keys, values, attn_mask=self.decode_mask,
-            scale=self.scale, enable_gqa=True)
-        return o.squeeze(2)
+        keys = kp.index_select(0, self.decode_pages.flatten()).view(
+            b, -1, kp.shape[2], d).transpose(1, 2).to(q.dtype)
+        values = vp.index_select(0, self.decode_pages.flatten()).view(
+            b, -1, kp.shape[2], d).transpose(1, 2).to(q.dtype)
+        if not self.shared_groups:
+            o = F.scaled_dot_product_attention(
+                q.view(b, h, 1, d), keys, values, attn_mask=self.decode_mask,
+                scale=self.scale, enable_gqa=True)
+            return o.squeeze(2)
+        hkv = keys.shape[1]
+        qg = q.view(b, hkv, h // hkv, d)  # query heads grouped by the KV head they read
+        out, lse = attend_with_lse(qg, keys, values, self.decode_mask, self.scale)
+        for g in self.shared_groups:
+            ks = kp.index_select(0, g.pages).flatten(0, 1).transpose(0, 1).to(q.dtype)
+            vs = vp.index_select(0, g.pages).flatten(0, 1).transpose(0, 1).to(q.dtype)
+            n = len(g.rows)
+            qs = qg[g.rows].permute(1, 0, 2, 3).reshape(1, hkv, -1, d)  # all group queries
+            o_s, lse_s = attend_with_lse(qs, ks.unsqueeze(0), vs.unsqueeze(0), None, self.scale)
+            o_s = o_s.view(hkv, n, -1, d).permute(1, 0, 2, 3)
+            lse_s = lse_s.view(hkv, n, -1, 1).permute(1, 0, 2, 3)
+            out[g.rows] = merge(o_s, lse_s, out[g.rows], lse[g.rows])
+        return out.reshape(b, h, d)
