@@ -158,7 +158,8 @@ def target_checks(summaries: Sequence[dict[str, Any]], cached: str = "radixrt",
                   uncached: str = "radixrt-nocache", naive: str = "hf") -> list[dict[str, Any]]:
     """radixrt against its cache-disabled self and the HF server, per the project's targets:
     multi-turn and shared-prefix throughput >= 3x cache-off and rounds-2+ TTFT p50 <= 1/3 of it;
-    unique prompts within 5 %; far ahead of the HF server (reported, no fixed bar)."""
+    unique prompts within 5 % (read as: no more than 5 % slower); far ahead of the HF server
+    (reported, no fixed bar)."""
     by = {(s["system"], s["workload"]): s for s in summaries}
     out: list[dict[str, Any]] = []
 
@@ -175,8 +176,9 @@ def target_checks(summaries: Sequence[dict[str, Any]], cached: str = "radixrt",
                 add(wl, "throughput cache on / off", thr, ">= 3.0",
                     None if thr is None else thr >= 3.0)
             elif wl == "unique":
-                add(wl, "throughput cache on / off", thr, "0.95 – 1.05",
-                    None if thr is None else abs(thr - 1.0) <= 0.05)
+                # The cache must cost nothing where nothing is shared: at most 5 % slower.
+                add(wl, "throughput cache on / off", thr, ">= 0.95",
+                    None if thr is None else thr >= 0.95)
             else:
                 add(wl, "throughput cache on / off", thr, "(none)", None)
             if wl == "multi_turn":
@@ -197,7 +199,7 @@ def targets_table(checks: Sequence[dict[str, Any]]) -> str:
     rows = ["| Workload | Metric | Value | Target | Met |", "|---|---|---|---|---|"]
     for c in checks:
         met = {True: "yes", False: "**no**", None: "–"}[c["passed"]]
-        rows.append(f"| {c['workload']} | {c['metric']} | {_f(c['value'], '{:.2f}')} "
+        rows.append(f"| {c['workload']} | {c['metric']} | {_f(c['value'], '{:.3f}')} "
                     f"| {c['target']} | {met} |")
     return "\n".join(rows)
 

@@ -349,12 +349,13 @@ def render_docs(suite: dict[str, Any], figures: list[Path], docs_path: Path,
               "```",
               "pip install -e '.[bench]'",
               "python -m bench.run_suite --quick            # all systems, all workloads",
+              "python -m bench.run_suite --quick --wait-idle 600 --retries 2   # on a shared box",
               "python -m bench.run_suite --quick --workloads multi_turn --systems radixrt,hf",
               "python -m bench.run_suite --quick --peer-url http://127.0.0.1:8080 --systems peer",
               "python -m bench.client --base-url http://127.0.0.1:30000 --workload rag",
               "```", "",
               "`--quick` sizes are in `bench/workloads.py` (PRESETS['quick']); without it the "
-              "`full` preset runs (about 4x the requests, SGLang-like lengths).", ""]
+              "`full` preset runs (3-4x the requests, twice the lengths).", ""]
     return "\n".join(lines)
 
 
@@ -398,6 +399,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--docs", type=Path, default=ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--figures-dir", type=Path, default=ROOT / "docs" / "figures")
     ap.add_argument("--no-docs", action="store_true", help="write results JSON only")
+    ap.add_argument("--from-json", type=Path, default=None, metavar="SUITE_JSON",
+                    help="run nothing: rewrite the docs and figures from an earlier suite.json")
     ap.add_argument("--startup-timeout", type=float, default=600.0)
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                     help="before each workload wait up to S seconds for the machine to idle")
@@ -436,8 +439,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def write_docs(suite: dict[str, Any], args: argparse.Namespace) -> None:
+    figures = metrics.plot_summaries(suite["summaries"], args.figures_dir)
+    args.docs.parent.mkdir(parents=True, exist_ok=True)
+    args.docs.write_text(render_docs(suite, figures, args.docs, previous_notes(args.docs)))
+    log(f"wrote {args.docs} and {len(figures)} figures")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json is not None:
+        suite = json.loads(args.from_json.read_text())
+        suite["targets"] = metrics.target_checks(suite["summaries"])  # current definitions
+        write_docs(suite, args)
+        return 0
     command = "python -m bench.run_suite " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     t_start, started = time.monotonic(), time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -491,10 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(metrics.targets_table(suite["targets"]))
     if not args.no_docs and summaries:
-        figures = metrics.plot_summaries(summaries, args.figures_dir)
-        args.docs.parent.mkdir(parents=True, exist_ok=True)
-        args.docs.write_text(render_docs(suite, figures, args.docs, previous_notes(args.docs)))
-        log(f"wrote {args.docs} and {len(figures)} figures")
+        write_docs(suite, args)
     log(f"done in {suite['runtime_s'] / 60:.1f} min")
     return 1 if any(s.error for s in systems) else 0
 

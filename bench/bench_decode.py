@@ -1,0 +1,90 @@
+"""Probe: decode time per step against any running server, by context length and batch size.
+
+Sends `batch` streaming completions with prompts of `context` tokens at once and times the
+steps after every request has its first token (so only decodes run). Also times the prefill of
+one prompt per context length (max_tokens 1). Use it to see how a step's cost grows with
+context and batch, e.g. to compare attention backends.
+
+    python -m bench.bench_decode --base-url http://127.0.0.1:30000 [--contexts 16,1024,2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+import httpx
+
+from bench.client import load_tokenizer, normalize_base_url
+from bench.workloads import TextSource
+
+
+async def stream_times(c: httpx.AsyncClient, url: str, model: str, prompt: str,
+                       max_tokens: int) -> list[float]:
+    """perf_counter() arrival time of every content chunk."""
+    times: list[float] = []
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+            "ignore_eos": True, "stream": True}
+    async with c.stream("POST", f"{url}/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if line.startswith("data:") and "[DONE]" not in line:
+                obj = json.loads(line[5:])
+                if obj.get("choices") and obj["choices"][0].get("text"):
+                    times.append(time.perf_counter())
+    return times
+
+
+async def probe(url: str, contexts: list[int], batches: list[int], steps: int,
+                tokenizer: Any) -> list[dict[str, Any]]:
+    src, rng = TextSource(tokenizer), random.Random(7)
+    rows = []
+    async with httpx.AsyncClient(timeout=900) as c:
+        model = (await c.get(f"{url}/models")).json()["data"][0]["id"]
+        await stream_times(c, url, model, "Warm up.", 4)
+        for ctx in contexts:
+            t0 = time.perf_counter()
+            await stream_times(c, url, model, src.text(rng, ctx), 1)
+            prefill_ms = 1000 * (time.perf_counter() - t0)
+            for b in batches:
+                prompts = [src.text(rng, ctx) for _ in range(b)]
+                res = await asyncio.gather(*(stream_times(c, url, model, p, steps + 1)
+                                             for p in prompts))
+                # From the moment the last request got its first token, all b decode together.
+                start, end = max(r[0] for r in res), max(r[-1] for r in res)
+                n = min(sum(1 for t in r if t > start) for r in res)
+                step_ms = 1000 * (end - start) / max(n, 1)
+                rows.append({"context": ctx, "batch": b, "decode_ms_per_step": step_ms,
+                             "decode_ms_per_token": step_ms / b, "prefill_ms": prefill_ms})
+                print(f"| {ctx} | {b} | {step_ms:.0f} | {step_ms / b:.1f} | {prefill_ms:.0f} |",
+                      flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_decode", description=__doc__)
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--contexts", default="16,1024,2048")
+    ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--steps", type=int, default=48, help="decode steps per measurement")
+    ap.add_argument("--tokenizer", default=None, help="HF tokenizer dir (default: radixrt's)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    print("| Context | Batch | Decode ms/step | ms/token | Prefill of one prompt (ms) |")
+    print("|---|---|---|---|---|")
+    rows = asyncio.run(probe(normalize_base_url(args.base_url),
+                             [int(x) for x in args.contexts.split(",")],
+                             [int(x) for x in args.batch_sizes.split(",")], args.steps,
+                             load_tokenizer(args.tokenizer)))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
