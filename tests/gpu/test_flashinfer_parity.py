@@ -19,8 +19,7 @@ pytestmark = [pytest.mark.gpu,
 flashinfer = pytest.importorskip("flashinfer")
 
 from radixrt.config import EngineConfig  # noqa: E402
-from radixrt.ipc.messages import ForwardBatch, NewSlot  # noqa: E402
-from radixrt.sampling_params import SamplingParams  # noqa: E402
+from radixrt.ipc.messages import ForwardBatch  # noqa: E402
 from radixrt.worker.cuda_graph import CudaGraphRunner, graph_forward  # noqa: E402
 from radixrt.worker.model_runner import ModelRunner  # noqa: E402
 
@@ -57,16 +56,7 @@ class Trio:
         new = [s for s in slots if s not in self.seqs]
         pages = {s: list(range((s + 1) * self.per_req - 1, s * self.per_req - 1, -1))
                  for s in new}
-        fb = ForwardBatch(
-            step=0, slots=np.array(slots, np.int32), start_pos=np.array(starts, np.int32),
-            num_new=np.array([len(c) for c in chunks], np.int32),
-            input_ids=np.concatenate([np.array(c, np.int32) for c in chunks]),
-            sample=np.ones(len(slots), bool),
-            page_slots=np.array(list(pages), np.int32),
-            page_offsets=np.zeros(len(pages), np.int32),
-            page_lens=np.array([len(p) for p in pages.values()], np.int32),
-            page_ids=np.array([x for p in pages.values() for x in p], np.int32),
-            new_slots=[NewSlot(s, SamplingParams(temperature=0)) for s in new])
+        fb = ForwardBatch.from_chunks(slots, starts, chunks, pages)
         outs = []
         for runner, graphs in ((self.ref, None), (self.fi, None), (self.gr, self.graphs)):
             runner._apply_updates(fb)

@@ -8,8 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from radixrt.config import EngineConfig
-from radixrt.ipc.messages import ForwardBatch, NewSlot
-from radixrt.sampling_params import SamplingParams
+from radixrt.ipc.messages import ForwardBatch
 from radixrt.scheduler.local import LocalEngine
 from radixrt.worker.model_runner import ModelRunner
 
@@ -24,18 +23,7 @@ def hf_last_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
 def step(runner: ModelRunner, slots: list[int], starts: list[int], chunks: list[list[int]],
          pages: dict[int, list[int]] | None = None) -> torch.Tensor:
     """One forward: request slots[i] feeds chunks[i] at positions starts[i]...; logits of each."""
-    pages = pages or {}
-    fb = ForwardBatch(
-        step=0, slots=np.array(slots, np.int32), start_pos=np.array(starts, np.int32),
-        num_new=np.array([len(c) for c in chunks], np.int32),
-        input_ids=np.concatenate([np.array(c, np.int32) for c in chunks]),
-        sample=np.ones(len(slots), bool),
-        page_slots=np.array(list(pages), np.int32),
-        page_offsets=np.zeros(len(pages), np.int32),
-        page_lens=np.array([len(p) for p in pages.values()], np.int32),
-        page_ids=np.array([x for p in pages.values() for x in p], np.int32),
-        new_slots=[NewSlot(s, SamplingParams(temperature=0)) for s in slots if s in pages],
-    )
+    fb = ForwardBatch.from_chunks(slots, starts, chunks, pages)
     runner._apply_updates(fb)
     return runner.forward(fb)
 
