@@ -24,8 +24,8 @@ from radixrt.attention.base import AttentionBackend, AttentionMetadata
 
 if TYPE_CHECKING:
     from radixrt.config import EngineConfig
+    from radixrt.kvcache.pool import KVPool
     from radixrt.models.config import ModelConfig
-    from radixrt.worker.kv_pool import KVPool
 
 # FlashInfer's recommended float workspace (split-k partial results); shared by all wrappers
 # of one backend, since only one of them runs at a time on the stream.
@@ -164,7 +164,7 @@ def warmup_kernels(num_qo_heads: int, num_kv_heads: int, head_dim: int,
 
     Run before timing (or in parallel processes per head shape, to overlap nvcc builds).
     """
-    from radixrt.worker.kv_pool import KVPool, KVPoolShape
+    from radixrt.kvcache.pool import KVPool, KVPoolShape
 
     pool = KVPool(KVPoolShape(1, 8, page_size, num_kv_heads, head_dim), dtype, device)
 

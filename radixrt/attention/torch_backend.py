@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from radixrt.attention.base import AttentionBackend, AttentionMetadata
 from radixrt.attention.cascade import SharedGroup, attend_with_lse, find_shared_prefixes, merge
-from radixrt.worker.kv_pool import KVPool
+from radixrt.kvcache.pool import KVPool
 
 
 class TorchAttentionBackend(AttentionBackend):

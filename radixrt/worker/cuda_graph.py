@@ -37,7 +37,7 @@ from radixrt.attention.flashinfer_backend import (
 
 if TYPE_CHECKING:
     from radixrt.ipc.messages import ForwardBatch
-    from radixrt.worker.kv_pool import KVPool
+    from radixrt.kvcache.pool import KVPool
     from radixrt.worker.model_runner import ModelRunner
 
 logger = logging.getLogger("radixrt")

@@ -11,9 +11,9 @@ import torch
 from radixrt.attention.base import AttentionBackend, AttentionMetadata
 from radixrt.config import EngineConfig, torch_dtype
 from radixrt.ipc.messages import ForwardBatch, StepResult
+from radixrt.kvcache.pool import KVPool, KVPoolShape
 from radixrt.models.config import ModelConfig
 from radixrt.models.loader import load_model
-from radixrt.worker.kv_pool import KVPool, KVPoolShape
 from radixrt.worker.sampler import Sampler
 
 logger = logging.getLogger("radixrt")

@@ -9,7 +9,7 @@ import torch
 from radixrt.attention import cascade
 from radixrt.attention.base import AttentionMetadata
 from radixrt.attention.torch_backend import TorchAttentionBackend
-from radixrt.worker.kv_pool import KVPool, KVPoolShape
+from radixrt.kvcache.pool import KVPool, KVPoolShape
 
 
 def decode_meta(tables: list[list[int]], seq_lens: list[int], ps: int) -> AttentionMetadata:

@@ -28,8 +28,8 @@ from radixrt.attention.flashinfer_backend import (
 )
 from radixrt.attention.torch_backend import TorchAttentionBackend
 from radixrt.ipc.messages import ForwardBatch
+from radixrt.kvcache.pool import KVPool, KVPoolShape
 from radixrt.worker.cuda_graph import capture_batch_sizes, pad_decode_inputs
-from radixrt.worker.kv_pool import KVPool, KVPoolShape
 from radixrt.worker.model_runner import ModelRunner
 
 # ----------------------------------------------------------------------------- helpers
