@@ -99,12 +99,18 @@ async def run(url: str, workload: Workload, label: str,
 def failures(result: RunResult, kill_s: float) -> dict[str, Any]:
     failed = [r for r in result.records if r.error and not r.error.startswith("skipped")]
     skipped = [r for r in result.records if r.error and r.error.startswith("skipped")]
+    # The bench client records "HTTP <status>: <body>" for an error answer, and the
+    # message of an error event that ended a started stream.
+    answered = [r for r in failed if (r.error or "").startswith("HTTP ")]
     return {"failed": len(failed), "skipped": len(skipped),
+            "failed_status": sorted({(r.error or "")[5:8] for r in answered}),
+            "failed_before_output": len(answered),
+            "failed_mid_stream": len(failed) - len(answered),
             "ok": sum(r.ok for r in result.records), "sent": len(result.records),
             "sent_after_kill": sum(r.send_time > kill_s for r in result.records
                                    if not (r.error or "").startswith("skipped")),
             "failed_after_kill": sum(r.send_time > kill_s for r in failed),
-            "errors": sorted({(r.error or "")[:160] for r in failed})[:3]}
+            "errors": sorted({(r.error or "")[:300] for r in failed})}
 
 
 def start_router(urls: list[str], policy: str, logs: Path) -> ServerProcess:
@@ -210,7 +216,9 @@ def render(out: dict[str, Any]) -> str:
         f"{w['description']}. Replicas: {out['model']} ({out['dtype']}), "
         f"{out['threads_per_replica']} torch thread(s) each, on loopback (one CPU machine); "
         "caches flushed between runs. Hit rate: cached prompt "
-        "tokens / prompt tokens, as the servers report them.",
+        "tokens / prompt tokens, as the servers report them. Times depend on the machine and "
+        "its load (the hit rates hardly do: only load-balancing decisions read the in-flight "
+        "counts).",
         "",
         "| Setup | OK / sent | Cache hit rate | vs one replica | Hit rate, rounds 2+ "
         "| TTFT p50 (ms) | Duration (s) | Requests per replica |",
@@ -229,11 +237,13 @@ def render(out: dict[str, Any]) -> str:
         "",
         f"Replica killed mid-run (SIGKILL to its process group after {k['done_at_kill']} of "
         f"{k['sent']} requests): {k['in_flight_at_kill']:.0f} requests were in flight on it "
-        f"(router metric read just before the kill); {k['failed']} requests failed "
-        f"({'; '.join(k['errors']) or 'none'}); {k['skipped']} later rounds of those "
-        f"conversations were not sent (the client cannot continue a conversation without "
-        f"its reply); the other {k['ok']} succeeded. Of the {k['sent_after_kill']} requests "
-        f"sent after the kill, {k['failed_after_kill']} failed (requests per replica: "
+        f"(router metric read just before the kill); {k['failed']} requests failed: "
+        f"{k['failed_before_output']} with an OpenAI-style error answer "
+        f"({'/'.join(k['failed_status']) or 'none'}) before any output, {k['failed_mid_stream']} with an error event ending a started "
+        f"stream. {k['skipped']} later rounds of those conversations were not sent (a "
+        f"conversation cannot go on without its reply); the other {k['ok']} requests "
+        f"succeeded. Of the {k['sent_after_kill']} requests sent after the kill, "
+        f"{k['failed_after_kill']} failed (requests per replica: "
         f"{' / '.join(f'{n:.0f}' for n in k['per_replica'])}).",
     ]
     return "\n".join(lines)
