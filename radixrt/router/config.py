@@ -24,10 +24,10 @@ class RouterConfig:
     balance_rel_threshold: float = 1.5
     max_tree_chars: int = 4_000_000  # per replica (~1M tokens of remembered prompts)
     health_interval_s: float = 2.0
-    health_timeout_s: float = 2.0
-    # Consecutive failed checks (timeouts, non-200) that mark a replica dead; a refused
-    # connection marks it dead at once.
-    health_failures: int = 2
+    # Generous: a replica's frontend can be slow to answer on a saturated machine, and a
+    # refused connection (the process is gone) marks a replica dead at once anyway.
+    health_timeout_s: float = 5.0
+    health_failures: int = 3  # consecutive failed checks (timeouts, non-200) that mark it dead
     max_body_bytes: int = 32 * 1024 * 1024
     connect_timeout_s: float = 5.0
     api_key: str | None = None

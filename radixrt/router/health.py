@@ -1,11 +1,13 @@
 """Replicas, their health, and the periodic health checker.
 
-A replica is dead after `health_failures` consecutive failed checks (timeout, non-200 such as
+A replica is dead after `health_failures` consecutive failed checks (timeouts, non-200 such as
 a server shutting down), or at once when its port refuses connections (the proxy reports
-refused connections here too). Dying cuts the requests in flight on it, so that they fail
-promptly with a clear error even when the network, not the process, went away; the policy
-forgets what it routed there (its cache is gone or unreachable). A dead replica keeps being
-checked and is used again once it answers.
+refused connections here too). A dead replica gets no new requests and keeps being checked;
+it is used again once it answers. Unless it only timed out (a busy replica keeps its cache),
+the policy forgets what was routed there: its process, and so its cache, is gone.
+
+Requests in flight on a replica declared dead are left alone: if its process died, their
+connections already failed; if it is only slow, they may still finish.
 """
 
 from __future__ import annotations
@@ -13,18 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import httpx
 
 from radixrt.router.metrics import RouterMetrics
 
 logger = logging.getLogger("radixrt.router")
-
-
-class Cuttable(Protocol):
-    def cut(self, reason: str) -> None: ...
 
 
 @dataclass(eq=False)
@@ -34,7 +31,7 @@ class Replica:
     healthy: bool = False
     in_flight: int = 0
     failures: int = 0  # consecutive failed checks
-    exchanges: set[Cuttable] = field(default_factory=set)  # requests in flight on it
+    remembered: bool = False  # the policy may hold routing history for it
 
     @property
     def name(self) -> str:
@@ -57,36 +54,32 @@ class ReplicaSet:
     def mark_alive(self, r: Replica) -> None:
         r.failures = 0
         if not r.healthy:
-            r.healthy = True
+            r.healthy = r.remembered = True
             self.metrics.healthy.labels(r.name).set(1)
             logger.info("replica %s is healthy", r.name)
 
-    def mark_dead(self, r: Replica, why: str) -> None:
-        if not r.healthy:
-            return  # nothing was routed to it since it was last declared dead
-        logger.warning("replica %s is dead (%s); failing over", r.name, why)
-        r.healthy = False
-        self.metrics.healthy.labels(r.name).set(0)
-        self.on_dead(r)
-        for ex in list(r.exchanges):
-            ex.cut(f"replica {r.name} was declared dead ({why})")
+    def mark_dead(self, r: Replica, why: str, cache_lost: bool = True) -> None:
+        if r.healthy:
+            logger.warning("replica %s is dead (%s); failing over", r.name, why)
+            r.healthy = False
+            self.metrics.healthy.labels(r.name).set(0)
+        if cache_lost and r.remembered:  # (a timed-out replica may turn out to be gone)
+            r.remembered = False
+            self.on_dead(r)
 
-    def check_failed(self, r: Replica, why: str, threshold: int) -> None:
+    def check_failed(self, r: Replica, why: str, threshold: int, cache_lost: bool) -> None:
         r.failures += 1
         if r.failures >= threshold:
-            self.mark_dead(r, why)
+            self.mark_dead(r, why, cache_lost)
 
-    def started(self, r: Replica, ex: Cuttable) -> None:
+    def started(self, r: Replica) -> None:
         r.in_flight += 1
-        r.exchanges.add(ex)
         self.metrics.requests.labels(r.name).inc()
         self.metrics.in_flight.labels(r.name).set(r.in_flight)
 
-    def finished(self, r: Replica, ex: Cuttable) -> None:
-        if ex in r.exchanges:
-            r.exchanges.discard(ex)
-            r.in_flight -= 1
-            self.metrics.in_flight.labels(r.name).set(r.in_flight)
+    def finished(self, r: Replica) -> None:
+        r.in_flight -= 1
+        self.metrics.in_flight.labels(r.name).set(r.in_flight)
 
 
 class HealthChecker:
@@ -106,13 +99,15 @@ class HealthChecker:
         except httpx.ConnectError as exc:  # nothing listens there: no need to wait
             self.replicas.mark_dead(r, f"connection failed: {exc or type(exc).__name__}")
             return
-        except httpx.HTTPError as exc:
-            self.replicas.check_failed(r, f"health check: {type(exc).__name__}", self.failures)
+        except httpx.HTTPError as exc:  # timeouts: maybe only busy, so its cache stays known
+            self.replicas.check_failed(r, f"health check: {type(exc).__name__}", self.failures,
+                                       cache_lost=False)
             return
         if resp.status_code == 200:
             self.replicas.mark_alive(r)
-        else:
-            self.replicas.check_failed(r, f"/health answered {resp.status_code}", self.failures)
+        else:  # e.g. 503 while shutting down
+            self.replicas.check_failed(r, f"/health answered {resp.status_code}", self.failures,
+                                       cache_lost=True)
 
     async def check_all(self) -> None:
         await asyncio.gather(*(self.check(r) for r in self.replicas.replicas))

@@ -13,8 +13,7 @@ class RouterMetrics:
         self.errors = Counter(
             "radixrt_router_request_errors",
             "Failed requests by replica and kind: connect (refused, retried elsewhere), "
-            "disconnect (the replica went away mid-request), dead (declared dead by health "
-            "checks mid-request), status_5xx (the replica answered 5xx)",
+            "disconnect (the replica went away mid-request), status_5xx (it answered 5xx)",
             ["replica", "kind"], registry=r)
         self.in_flight = Gauge("radixrt_router_requests_in_flight",
                                "Requests sent to a replica and not finished", ["replica"],

@@ -30,6 +30,7 @@ from radixrt.router.proxy import (
     SSEFramer,
     error_response,
     forward_headers,
+    keepalive_options,
     sse_error,
 )
 
@@ -80,9 +81,11 @@ class Router:
 
     async def start(self) -> None:
         # No read timeout: a generation may queue and run for minutes.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=512)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=self.config.connect_timeout_s),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
+            transport=httpx.AsyncHTTPTransport(limits=limits,
+                                               socket_options=keepalive_options()),
             trust_env=False)
         await self.health.check_all()  # serve with the replicas' real state from the start
         self.health.start()
@@ -130,7 +133,7 @@ class Router:
                 self.metrics.matched_chars.inc(decision.matched)
             replica = decision.replica
             ex = Exchange(self.client, self._upstream(replica, request, body))  # type: ignore[arg-type]
-            self.replicas.started(replica, ex)
+            self.replicas.started(replica)
             release = self._releaser(replica, ex)
             try:
                 head = await self._head_or_disconnect(ex, request)
@@ -147,8 +150,7 @@ class Router:
                 self.replicas.mark_dead(replica, head.message)
                 tried.append(replica)
                 continue
-            if head.kind != "dead":
-                self.health.check_now(replica)
+            self.health.check_now(replica)
             return error_response(502, f"replica {replica.name} failed before answering: "
                                        f"{head.message}")
         if head.status >= 500:
@@ -170,16 +172,19 @@ class Router:
         return _with_headers(Response(b"".join(chunks), status_code=head.status), headers)
 
     def _releaser(self, replica: Replica, ex: Exchange) -> Callable[[], None]:
-        def release() -> None:
-            self.replicas.finished(replica, ex)
-            if not ex.task.done():
-                ex.task.cancel()  # closes the upstream connection: the replica aborts
+        done = False
+
+        def release() -> None:  # once, however the request ends
+            nonlocal done
+            if not done:
+                done = True
+                self.replicas.finished(replica)
+                ex.close()
         return release
 
     def _failed(self, replica: Replica, failure: Failure) -> None:
         self.metrics.errors.labels(replica.name, failure.kind).inc()
-        if failure.kind != "dead":
-            self.health.check_now(replica)  # a dying replica: find out now, not next round
+        self.health.check_now(replica)  # a dying replica: find out now, not next round
         logger.warning("request on %s failed: %s", replica.name, failure.message)
 
     async def _head_or_disconnect(self, ex: Exchange, request: Request) -> Head | Failure | None:

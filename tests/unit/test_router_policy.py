@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from radixrt.router.config import RouterConfig, build_parser, config_from_args
-from radixrt.router.health import Replica
+from radixrt.router.health import Replica, ReplicaSet
 from radixrt.router.keys import MAX_KEY_CHARS, routing_key
+from radixrt.router.metrics import RouterMetrics
 from radixrt.router.policy import CacheAwarePolicy, RoundRobinPolicy
 from radixrt.router.proxy import SSEFramer, forward_headers
 
@@ -165,3 +166,27 @@ def test_forward_headers_drops_hop_by_hop() -> None:
                             ("Host", "x"), ("Content-Length", "3"), ("X-Custom", "1"),
                             ("Date", "now")], frozenset({"date"}))
     assert kept == [("Authorization", "Bearer k"), ("X-Custom", "1")]
+
+
+def test_replica_deaths_forget_history_only_when_the_cache_is_gone() -> None:
+    forgotten: list[str] = []
+    rs = ReplicaSet(("http://a", "http://b"), RouterMetrics(), lambda r: forgotten.append(r.url))
+    a, b = rs.replicas
+    assert rs.healthy() == []  # unknown until checked
+    rs.mark_alive(a)
+    rs.mark_alive(b)
+    for _ in range(2):  # timeouts below the threshold: still healthy
+        rs.check_failed(a, "timeout", threshold=3, cache_lost=False)
+    assert a.healthy
+    rs.check_failed(a, "timeout", threshold=3, cache_lost=False)
+    assert rs.healthy() == [b] and forgotten == []  # busy, maybe: its cache stays known
+    rs.mark_dead(a, "connection refused")  # ...but it is gone after all
+    rs.mark_dead(a, "connection refused")
+    assert forgotten == ["http://a"]  # once
+    rs.mark_alive(a)
+    assert a.failures == 0 and rs.healthy() == [a, b]
+    rs.started(a)
+    rs.started(a)
+    rs.finished(a)
+    assert a.in_flight == 1
+    assert rs.metrics.render().count(b'radixrt_router_requests_in_flight{replica="http://a"} 1.0')
