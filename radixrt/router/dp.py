@@ -206,6 +206,18 @@ def run_data_parallel(parser: argparse.ArgumentParser, args: argparse.Namespace)
     from radixrt.router.server import RouterServer, port_unavailable, setup_logging
 
     setup_logging(args.log_level or "info", "dp")
+    try:  # routing flags, checked before anything starts
+        config_from_args(args, worker_urls=("http://127.0.0.1:1",))
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.model_path is None:  # build the default model once, not in every replica
+        from radixrt.default_model import default_model_dir
+
+        args.model_path = str(default_model_dir())
+    if not Path(args.model_path).is_dir():
+        logger.error("radixrt failed to start: model directory %s does not exist",
+                     args.model_path)
+        return 1
     if (err := port_unavailable(args.host, args.port)) is not None:
         logger.error("radixrt failed to start: cannot listen on %s:%d: %s", args.host,
                      args.port, err)

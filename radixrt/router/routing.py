@@ -228,8 +228,12 @@ class Router:
                               else f"{type(res).__name__}: {res}")
         failed = {u: s for u, s in status.items() if s != 200}
         if failed:
-            return error_response(502, f"flush_cache failed on {len(failed)} of {len(targets)} "
-                                       f"replicas: {failed}")
+            codes = set(failed.values())
+            only = codes.pop() if len(codes) == 1 else None
+            # The same client error everywhere (e.g. 401, no API key) is the client's.
+            code = only if isinstance(only, int) and 400 <= only < 500 else 502
+            return error_response(code, f"flush_cache failed on {len(failed)} of "
+                                        f"{len(targets)} replicas: {failed}")
         return Response(json.dumps({"success": True, "message": f"Cache flushed on "
                                     f"{len(targets)} replicas.", "replicas": status}),
                         media_type="application/json")
