@@ -15,7 +15,7 @@ RESULT = {
          "hit_rate_rounds_2plus": 0.8, "ttft_p50_ms": 100.0, "duration_s": 5.0,
          "vs_one_replica": 1.0},
         {"setup": "two replicas, cache_aware", "ok": 8, "sent": 8, "cache_hit_rate": 0.58,
-         "hit_rate_rounds_2plus": 0.78, "ttft_p50_ms": 80.0, "duration_s": 4.0,
+         "hit_rate_rounds_2plus": 0.78, "hit_rate_by_round": [0.1, 0.78], "ttft_p50_ms": 80.0, "duration_s": 4.0,
          "vs_one_replica": 0.58 / 0.6, "per_replica": [5.0, 4.0],
          "decisions": {"prefix_match": 4.0, "short_match": 4.0}},
     ],
@@ -28,7 +28,8 @@ RESULT = {
 
 def test_render_reports_every_run() -> None:
     text = render(RESULT)
-    assert "| two replicas, cache_aware | 8 / 8 | 58.0% | 97% | 78.0% | 80 | 4.0 | 5 / 4 |" in text
+    assert ("| two replicas, cache_aware | 8 / 8 | 58.0% | 97% | 78.0% | 10% / 78% | 80 | 4.0 "
+            "| 5 / 4 |") in text
     assert "prefix_match 4, short_match 4" in text
     assert "2 requests were in flight" in text and "2 requests sent after the kill, 0 failed" \
         in text
