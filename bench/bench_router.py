@@ -117,7 +117,8 @@ def start_router(urls: list[str], policy: str, logs: Path) -> ServerProcess:
     port = free_port()
     cmd = [sys.executable, "-m", "radixrt.router", "--port", str(port), "--policy", policy,
            "--health-interval", "0.5", "--worker-urls", *urls]
-    return ServerProcess(f"router-{policy}", cmd, port, logs / f"router-{policy}.log").start()
+    # Not started: `with` starts it and waits until it is ready.
+    return ServerProcess(f"router-{policy}", cmd, port, logs / f"router-{policy}.log")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,7 +63,7 @@ class Exchange:
             await self.queue.put(Failure(_describe(exc), "disconnect"))
             return
         try:
-            await self.queue.put(Head(resp.status_code, list(resp.headers.items())))
+            await self.queue.put(Head(resp.status_code, resp.headers.multi_items()))
             async for chunk in resp.aiter_raw():
                 await self.queue.put(chunk)
             await self.queue.put(_END)
