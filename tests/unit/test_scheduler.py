@@ -7,9 +7,9 @@ import pytest
 
 from radixrt.config import EngineConfig
 from radixrt.sampling_params import SamplingParams
-from radixrt.scheduler.local import LocalEngine
 from radixrt.scheduler.policy import SchedulePolicy
 from radixrt.scheduler.request import Request
+from radixrt.testing.local_engine import LocalEngine
 from radixrt.worker.model_runner import ModelRunner
 
 GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}

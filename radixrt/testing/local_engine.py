@@ -1,4 +1,4 @@
-"""Scheduler and ModelRunner in one process, no sockets: for tests and micro-benchmarks."""
+"""Scheduler and ModelRunner in one process, no sockets: the test and micro-benchmark driver."""
 
 from __future__ import annotations
 
