@@ -15,6 +15,7 @@ from typing import Any
 from radixrt.backend import start_backend
 from radixrt.config import build_engine_config
 from radixrt.ipc.messages import TextDelta, TokenizeReq
+from radixrt.model_info import ModelInfo
 from radixrt.process_group import ProcessGroup
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
 from radixrt.tokenizer.process import run_tokenizer
@@ -30,10 +31,11 @@ class Engine:
         from radixrt.frontend.client import TokenizerClient
 
         self.config = build_engine_config(model_path, **options)
+        self.model_info = ModelInfo.load(self.config)
         self.group = ProcessGroup()
         try:
-            self.info = start_backend(self.group, self.config)
-            self.group.start("tokenizer", run_tokenizer, self.config)
+            self.group.start("tokenizer", run_tokenizer, self.config.log_level, self.model_info)
+            self.info = start_backend(self.group, self.config, self.model_info)
             self.group.wait_ready()
             self.client = TokenizerClient(self.group.endpoints)
         except BaseException:

@@ -23,9 +23,10 @@ from radixrt.frontend.metrics import Metrics
 from radixrt.frontend.protocol import ModelCard, ModelList
 from radixrt.frontend.serving import APIError, OpenAIServing, bad_request, json_response
 from radixrt.ipc.sockets import Endpoints
+from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import InvalidRequestError
 from radixrt.tokenizer.detokenize import TokenTexts
-from radixrt.tokenizer.tokenize import load_model_info, load_tokenizer
+from radixrt.tokenizer.tokenize import load_tokenizer
 
 logger = logging.getLogger("radixrt.frontend")
 
@@ -48,14 +49,13 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-def create_app(config: ServerConfig, endpoints: Endpoints,
+def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo,
                tokenizer: PreTrainedTokenizerBase | None = None) -> FastAPI:
     """The app for a server whose tokenizer process listens at `endpoints`.
 
     The frontend's own tokenizer (token texts for logprobs) loads in a thread after start-up,
     so that it does not delay serving.
     """
-    info = load_model_info(config.engine, tokenizer)
     texts: asyncio.Future[TokenTexts] | None = None
 
     async def token_texts() -> TokenTexts:

@@ -42,9 +42,9 @@ from radixrt.frontend.protocol import (
     parse_request,
 )
 from radixrt.ipc.messages import TextDelta, TokenizeReq
+from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
 from radixrt.tokenizer.detokenize import TokenTexts
-from radixrt.tokenizer.tokenize import ModelInfo
 
 DISCONNECTED = "disconnected"  # queue sentinels, next to TextDeltas
 SHUTDOWN = "shutdown"

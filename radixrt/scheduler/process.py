@@ -17,6 +17,7 @@ from radixrt.ipc.messages import (
     StepResult,
 )
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
+from radixrt.model_info import ModelInfo
 from radixrt.process_group import report_ready
 from radixrt.scheduler.scheduler import Scheduler
 
@@ -24,9 +25,10 @@ logger = logging.getLogger("radixrt")
 
 
 class SchedulerLoop:
-    def __init__(self, endpoints: Endpoints, config: EngineConfig, worker_info: dict) -> None:
-        self.sched = Scheduler(config, worker_info["num_pages"], worker_info["context_length"],
-                               tuple(worker_info["eos_ids"]), worker_info["vocab_size"])
+    def __init__(self, endpoints: Endpoints, config: EngineConfig, info: ModelInfo,
+                 worker_info: dict) -> None:
+        self.sched = Scheduler(config, worker_info["num_pages"], info.context_length,
+                               info.eos_token_ids, info.vocab_size)
         ctx = zmq.Context.instance()
         self.inbox = PullQueue(ctx, endpoints.to_scheduler, bind=True)
         self.to_detok = PushQueue(ctx, endpoints.to_detokenizer, bind=False)
@@ -85,9 +87,10 @@ class SchedulerLoop:
                 self.to_detok.put(out)
 
 
-def run_scheduler(endpoints: Endpoints, name: str, config: EngineConfig, worker_info: dict) -> None:
+def run_scheduler(endpoints: Endpoints, name: str, config: EngineConfig, info: ModelInfo,
+                  worker_info: dict) -> None:
     logging.basicConfig(level=config.log_level.upper(),
                         format=f"[%(asctime)s {name}] %(message)s", datefmt="%H:%M:%S")
-    loop = SchedulerLoop(endpoints, config, worker_info)
+    loop = SchedulerLoop(endpoints, config, info, worker_info)
     report_ready(endpoints, name, **worker_info)
     loop.run()

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import zmq
 
-from radixrt.config import EngineConfig
 from radixrt.ipc.messages import (
     AbortReq,
     FlushCacheReq,
@@ -26,6 +25,7 @@ from radixrt.ipc.messages import (
     TokenOut,
 )
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
+from radixrt.model_info import ModelInfo
 from radixrt.process_group import report_ready
 from radixrt.sampling_params import InvalidRequestError
 from radixrt.tokenizer.detokenize import IncrementalDetokenizer, StopStringMatcher
@@ -47,8 +47,8 @@ class TokenizerManager:
     `handle_*` return the messages to send: (to the scheduler, to the frontend).
     """
 
-    def __init__(self, config: EngineConfig, prompts: PromptTokenizer | None = None):
-        self.prompts = prompts or PromptTokenizer(config)
+    def __init__(self, info: ModelInfo, prompts: PromptTokenizer | None = None):
+        self.prompts = prompts or PromptTokenizer(info)
         self.tokenizer = self.prompts.tokenizer
         self.requests: dict[str, RequestState] = {}
 
@@ -137,11 +137,11 @@ def refusal(rid: str, message: str, param: str | None) -> TextDelta:
                      error_param=param)
 
 
-def run_tokenizer(endpoints: Endpoints, name: str, config: EngineConfig) -> None:
-    """Process main (ProcessGroup.start("tokenizer", run_tokenizer, config))."""
-    logging.basicConfig(level=config.log_level.upper(),
+def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelInfo) -> None:
+    """Process main (ProcessGroup.start("tokenizer", run_tokenizer, log_level, info))."""
+    logging.basicConfig(level=log_level.upper(),
                         format=f"[%(asctime)s {name}] %(message)s", datefmt="%H:%M:%S")
-    manager = TokenizerManager(config)
+    manager = TokenizerManager(info)
     ctx = zmq.Context.instance()
     from_frontend = PullQueue(ctx, endpoints.to_tokenizer, bind=True)
     from_scheduler = PullQueue(ctx, endpoints.to_detokenizer, bind=True)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from radixrt.config import EngineConfig
 from radixrt.ipc.messages import AbortReq, GenerateReq, TokenizeReq, TokenOut
+from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import SamplingParams
 from radixrt.tokenizer.detokenize import (
     REPLACEMENT,
@@ -186,8 +186,8 @@ def test_token_texts(tok: PreTrainedTokenizerBase) -> None:
 
 @pytest.fixture(scope="module")
 def manager(default_model_dir: Path, tok: PreTrainedTokenizerBase) -> TokenizerManager:
-    config = EngineConfig(str(default_model_dir), context_length=64)
-    return TokenizerManager(config, PromptTokenizer(config, tok))
+    info = ModelInfo.from_dir(default_model_dir, context_length=64)
+    return TokenizerManager(info, PromptTokenizer(info, tok))
 
 
 def token_out(rid: str, ids: list[int], finish: str | None = None,
