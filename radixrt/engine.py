@@ -138,7 +138,7 @@ class _Result:
         self.text.append(d.text)
         self.ids.extend(d.token_ids)
         if d.logprobs:
-            self.logprobs.extend(d.logprobs)
+            self.logprobs.extend(e.logprob for e in d.logprobs)
         if d.error:
             self.error, self.error_param = d.error, d.error_param
         self.meta = {

@@ -1,8 +1,8 @@
 """Start the server's processes, wait until each says it is ready, and tear them all down.
 
 Every child is a `spawn`ed multiprocessing.Process whose target takes
-(config, endpoints, name) plus extra args, and calls `report_ready(endpoints, name, info)` once
-it serves. A child that fails before that reports the error instead (`report_failure`), so the
+(endpoints, name) plus extra args, and calls `report_ready(endpoints, ChildReady(name))` (a
+worker: a WorkerReady) once it serves. A child that fails before that reports the error instead (`report_failure`), so the
 parent prints one clear line rather than a traceback per process.
 """
 
@@ -17,45 +17,25 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
+from radixrt.ipc.messages import ChildFailed, ChildReady, ControlMsg
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
 
 logger = logging.getLogger("radixrt")
-
-
-@dataclass
-class ChildReady:
-    name: str
-    info: dict[str, Any]
-
-
-@dataclass
-class ChildFailed:
-    name: str
-    error: str
 
 
 class StartupError(RuntimeError):
     pass
 
 
-def report_ready(endpoints: Endpoints, name: str, **info: Any) -> None:
-    ctx = zmq.Context.instance()
-    q = PushQueue(ctx, endpoints.ready, bind=False)
-    q.sock.setsockopt(zmq.LINGER, 5000)
-    q.put(ChildReady(name, info))
-    q.close()
-
-
-def report_failure(endpoints: Endpoints, name: str, exc: BaseException) -> None:
-    ctx = zmq.Context.instance()
-    q = PushQueue(ctx, endpoints.ready, bind=False)
-    q.sock.setsockopt(zmq.LINGER, 5000)
-    q.put(ChildFailed(name, f"{type(exc).__name__}: {exc}"))
+def report(endpoints: Endpoints, msg: ControlMsg) -> None:
+    """Send a ChildReady (or WorkerReady) once serving, or a ChildFailed, to the parent."""
+    q = PushQueue(zmq.Context.instance(), endpoints.ready, bind=False, hop=ControlMsg)
+    q.sock.setsockopt(zmq.LINGER, 5000)  # deliver it even if the child exits right after
+    q.put(msg)
     q.close()
 
 
@@ -69,7 +49,7 @@ def child_main(target: Callable[..., None], endpoints: Endpoints, name: str, *ar
     except Exception as exc:  # noqa: BLE001 - reported to the parent, then exit non-zero
         logger.error("%s failed:\n%s", name, traceback.format_exc())
         try:
-            report_failure(endpoints, name, exc)
+            report(endpoints, ChildFailed(name, f"{type(exc).__name__}: {exc}"))
         finally:
             os._exit(1)
 
@@ -90,10 +70,10 @@ class ProcessGroup:
     def __init__(self, endpoints: Endpoints | None = None) -> None:
         self.endpoints = endpoints or Endpoints.create()
         self.ctx = zmq.Context.instance()
-        self._ready_q = PullQueue(self.ctx, self.endpoints.ready, bind=True)
+        self._ready_q = PullQueue(self.ctx, self.endpoints.ready, bind=True, hop=ControlMsg)
         self._mp = mp.get_context("spawn")
         self.procs: dict[str, mp.process.BaseProcess] = {}
-        self.ready_info: dict[str, dict[str, Any]] = {}
+        self.ready_info: dict[str, ChildReady] = {}
         self._stopping = False
         self._monitor: threading.Thread | None = None
 
@@ -104,7 +84,7 @@ class ProcessGroup:
         p.start()
         self.procs[name] = p
 
-    def wait_ready(self, timeout_s: float = 600.0) -> dict[str, dict[str, Any]]:
+    def wait_ready(self, timeout_s: float = 600.0) -> dict[str, ChildReady]:
         """Block until every started child reported ready; raise StartupError otherwise."""
         deadline = time.monotonic() + timeout_s
         pending = set(self.procs) - set(self.ready_info)
@@ -127,7 +107,7 @@ class ProcessGroup:
             if isinstance(msg, ChildFailed):
                 self.shutdown()
                 raise StartupError(f"{msg.name} failed to start: {msg.error}")
-            self.ready_info[msg.name] = msg.info
+            self.ready_info[msg.name] = msg
             pending.discard(msg.name)
         return self.ready_info
 

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,6 @@ from radixrt.frontend.protocol import (
 from radixrt.ipc.messages import TextDelta, TokenizeReq
 from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
-from radixrt.tokenizer.detokenize import TokenTexts
 
 DISCONNECTED = "disconnected"  # queue sentinels, next to TextDeltas
 SHUTDOWN = "shutdown"
@@ -114,10 +113,8 @@ class Generation:
 
 
 class OpenAIServing:
-    def __init__(self, config: ServerConfig, info: ModelInfo,
-                 texts: Callable[[], Awaitable[TokenTexts]], metrics: Metrics) -> None:
+    def __init__(self, config: ServerConfig, info: ModelInfo, metrics: Metrics) -> None:
         self.config, self.info, self.metrics = config, info, metrics
-        self.token_texts = texts  # loaded in the background: only logprobs need it
         engine = config.engine
         self.served_name = engine.served_model_name
         self.model_names = {engine.served_model_name, Path(engine.model_path).name}
@@ -263,28 +260,22 @@ class OpenAIServing:
 
     # ------------------------------------------------------------ logprobs
 
-    async def chat_logprobs(self, d: TextDelta) -> ChatLogprobs:
-        t = await self.token_texts()
-        entries = []
-        for j, (tid, lp) in enumerate(zip(d.token_ids, d.logprobs or [], strict=False)):
-            tops = d.top_logprobs[j] if d.top_logprobs else []
-            entries.append(ChatLogprobEntry(
-                token=t.text_of(tid), logprob=lp, bytes=t.bytes_of(tid),
-                top_logprobs=[TopLogprob(token=t.text_of(i), logprob=p, bytes=t.bytes_of(i))
-                              for i, p in tops]))
-        return ChatLogprobs(content=entries)
+    @staticmethod
+    def chat_logprobs(d: TextDelta) -> ChatLogprobs:
+        return ChatLogprobs(content=[
+            ChatLogprobEntry(token=e.token, logprob=e.logprob, bytes=e.bytes, top_logprobs=[
+                TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top or []])
+            for e in d.logprobs or []])
 
-    async def completion_logprobs(self, d: TextDelta, offset: int) -> CompletionLogprobs:
-        t = await self.token_texts()
+    @staticmethod
+    def completion_logprobs(d: TextDelta, offset: int) -> CompletionLogprobs:
         out = CompletionLogprobs()
-        for j, (tid, lp) in enumerate(zip(d.token_ids, d.logprobs or [], strict=False)):
-            text = t.text_of(tid)
-            out.tokens.append(text)
-            out.token_logprobs.append(lp)
-            tops = d.top_logprobs[j] if d.top_logprobs else []
-            out.top_logprobs.append({t.text_of(i): p for i, p in tops})
+        for e in d.logprobs or []:
+            out.tokens.append(e.token)
+            out.token_logprobs.append(e.logprob)
+            out.top_logprobs.append({t.token: t.logprob for t in e.top or []})
             out.text_offset.append(offset)
-            offset += len(text)
+            offset += len(e.token)
         return out
 
     # ------------------------------------------------------------ chat
@@ -310,7 +301,7 @@ class OpenAIServing:
             return Response(status_code=499)
         choices = [
             ChatChoice(index=gen.index(rid), message=ChatResponseMessage(content=d.text),
-                       logprobs=await self.chat_logprobs(d) if sp.logprobs else None,
+                       logprobs=self.chat_logprobs(d) if sp.logprobs else None,
                        finish_reason=d.finish_reason)
             for rid, d in outs.items()
         ]
@@ -339,7 +330,7 @@ class OpenAIServing:
             choice = ChatStreamChoice(index=gen.index(d.rid), finish_reason=d.finish_reason,
                                       delta=DeltaMessage(content=d.text) if d.text else DeltaMessage())
             if sp.logprobs and d.token_ids:
-                choice.logprobs = await self.chat_logprobs(d)
+                choice.logprobs = self.chat_logprobs(d)
             yield chunk([choice])
         if include_usage:
             yield chunk([], gen.usage())
@@ -381,7 +372,7 @@ class OpenAIServing:
             return Response(status_code=499)
         choices = [
             CompletionChoice(index=gen.index(rid), text=d.text, finish_reason=d.finish_reason,
-                             logprobs=await self.completion_logprobs(d, 0) if sp.logprobs
+                             logprobs=self.completion_logprobs(d, 0) if sp.logprobs
                              else None)
             for rid, d in outs.items()
         ]
@@ -402,7 +393,7 @@ class OpenAIServing:
             choice = CompletionChoice(index=gen.index(d.rid), text=d.text,
                                       finish_reason=d.finish_reason, logprobs=None)
             if sp.logprobs and d.token_ids:
-                choice.logprobs = await self.completion_logprobs(d, offsets[d.rid])
+                choice.logprobs = self.completion_logprobs(d, offsets[d.rid])
                 offsets[d.rid] += sum(len(t) for t in choice.logprobs.tokens)
             yield sse(CompletionResponse(id=api_id, created=created, model=model,
                                          choices=[choice]))

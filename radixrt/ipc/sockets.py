@@ -1,7 +1,8 @@
 """ZeroMQ plumbing: typed PUSH/PULL queues over ipc:// endpoints in a per-server temp dir.
 
 Codec: pickle protocol 5 with out-of-band buffers, so numpy arrays travel as raw bytes with no
-copy into the pickle stream. Only the message dataclasses of radixrt.ipc.messages are sent.
+copy into the pickle stream. Only the message dataclasses of radixrt.ipc.messages are sent, and
+each queue is typed by its hop: it sends and accepts only subclasses of that hop's base type.
 """
 
 from __future__ import annotations
@@ -24,6 +25,24 @@ def encode(obj: Any) -> list[bytes | pickle.PickleBuffer]:
 
 def decode(frames: list[Any]) -> Any:
     return pickle.loads(frames[0], buffers=frames[1:])
+
+
+class WrongHop(TypeError):
+    """A message of another hop was put on (or arrived at) a typed queue."""
+
+
+def check_hop(msg: Any, hop: type | tuple[type, ...], addr: str) -> Any:
+    if not isinstance(msg, hop):
+        names = hop.__name__ if isinstance(hop, type) else "/".join(h.__name__ for h in hop)
+        raise WrongHop(f"{type(msg).__name__} is not a {names} ({addr})")
+    return msg
+
+
+def _socket(ctx: zmq.Context, kind: int, addr: str, bind: bool) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    (sock.bind if bind else sock.connect)(addr)
+    return sock
 
 
 @dataclass(frozen=True)
@@ -68,39 +87,42 @@ class Endpoints:
 
 
 class PushQueue:
-    """Sending end. `bind=True` for the long-lived side that owns the address."""
+    """Sending end of one hop. `bind=True` for the long-lived side that owns the address."""
 
-    def __init__(self, ctx: zmq.Context, addr: str, bind: bool) -> None:
-        self.sock = ctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.LINGER, 0)
+    def __init__(self, ctx: zmq.Context, addr: str, bind: bool, hop: type | tuple[type, ...]
+                 ) -> None:
+        self.sock = _socket(ctx, zmq.PUSH, addr, bind)
         self.sock.setsockopt(zmq.SNDHWM, 0)
-        (self.sock.bind if bind else self.sock.connect)(addr)
+        self.addr, self.hop = addr, hop
 
-    def put(self, obj: Any) -> None:
-        self.sock.send_multipart(encode(obj), copy=False)
+    def put(self, msg: Any) -> None:
+        self.sock.send_multipart(encode(check_hop(msg, self.hop, self.addr)), copy=False)
 
     def close(self) -> None:
         self.sock.close()
 
 
 class PullQueue:
-    def __init__(self, ctx: zmq.Context, addr: str, bind: bool) -> None:
-        self.sock = ctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.LINGER, 0)
+    """Receiving end of one hop."""
+
+    def __init__(self, ctx: zmq.Context, addr: str, bind: bool, hop: type | tuple[type, ...]
+                 ) -> None:
+        self.sock = _socket(ctx, zmq.PULL, addr, bind)
         self.sock.setsockopt(zmq.RCVHWM, 0)
-        (self.sock.bind if bind else self.sock.connect)(addr)
+        self.addr, self.hop = addr, hop
 
     def get(self, timeout_ms: int | None = None) -> Any:
         """Block until a message arrives (or raise TimeoutError after timeout_ms)."""
         if timeout_ms is not None and not self.sock.poll(timeout_ms):
             raise TimeoutError
-        return decode(self.sock.recv_multipart(copy=False))
+        return check_hop(decode(self.sock.recv_multipart(copy=False)), self.hop, self.addr)
 
     def get_nowait(self) -> Any | None:
         try:
-            return decode(self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False))
+            frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return None
+        return check_hop(decode(frames), self.hop, self.addr)
 
     def drain(self) -> list[Any]:
         out = []
@@ -113,26 +135,33 @@ class PullQueue:
 
 
 class AsyncPushQueue:
-    def __init__(self, ctx: zmq.asyncio.Context, addr: str, bind: bool) -> None:
-        self.sock = ctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        (self.sock.bind if bind else self.sock.connect)(addr)
+    """PushQueue for asyncio code (the HTTP frontend)."""
 
-    async def put(self, obj: Any) -> None:
-        await self.sock.send_multipart(encode(obj), copy=False)
+    def __init__(self, ctx: zmq.asyncio.Context, addr: str, bind: bool,
+                 hop: type | tuple[type, ...]) -> None:
+        self.sock = _socket(ctx, zmq.PUSH, addr, bind)
+        self.addr, self.hop = addr, hop
+
+    def put_nowait(self, msg: Any) -> None:
+        """Send without awaiting: zmq.asyncio sends at once while below the high-water mark,
+        so this also works from `finally` blocks of cancelled tasks."""
+        self.sock.send_multipart(encode(check_hop(msg, self.hop, self.addr)), copy=False)
 
     def close(self) -> None:
         self.sock.close()
 
 
 class AsyncPullQueue:
-    def __init__(self, ctx: zmq.asyncio.Context, addr: str, bind: bool) -> None:
-        self.sock = ctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        (self.sock.bind if bind else self.sock.connect)(addr)
+    """PullQueue for asyncio code (the HTTP frontend)."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, addr: str, bind: bool,
+                 hop: type | tuple[type, ...]) -> None:
+        self.sock = _socket(ctx, zmq.PULL, addr, bind)
+        self.addr, self.hop = addr, hop
 
     async def get(self) -> Any:
-        return decode(await self.sock.recv_multipart(copy=False))
+        frames = await self.sock.recv_multipart(copy=False)
+        return check_hop(decode(frames), self.hop, self.addr)
 
     def close(self) -> None:
         self.sock.close()

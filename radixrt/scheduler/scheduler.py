@@ -1,7 +1,7 @@
 """The scheduler: waiting/running queues, radix-cache matching, page allocation, batching.
 
 Runs without sockets: `add_request` / `abort` / `schedule` -> ForwardBatch -> (worker) ->
-`process_result` -> TokenOut. The process wrapper in scheduler/process.py adds ZeroMQ.
+`process_result` -> TokenOutBatch. The process wrapper in scheduler/process.py adds ZeroMQ.
 
 Every running request is fed `fill_ids[num_computed : num_computed + chunk]` each step: a
 decode is a chunk of one token, a prefill is split into chunks under the step's token budget.
@@ -26,6 +26,7 @@ from radixrt.ipc.messages import (
     SchedulerStats,
     StepResult,
     TokenOut,
+    TokenOutBatch,
 )
 from radixrt.scheduler.page_allocator import PageAllocator
 from radixrt.scheduler.policy import SchedulePolicy
@@ -330,7 +331,7 @@ class Scheduler:
         return fb
 
     # ------------------------------------------------------------------ results
-    def process_result(self, result: StepResult) -> TokenOut:
+    def process_result(self, result: StepResult) -> TokenOutBatch:
         t0 = time.perf_counter()
         batch = self._inflight
         self._inflight = []
@@ -375,8 +376,8 @@ class Scheduler:
         if len(r.output_ids) >= s.max_new_tokens or r.fill_len >= self.context_length:
             r.finish_reason = "length"
 
-    def collect_outputs(self, batch: list[tuple[Request, int]] | None = None) -> TokenOut:
-        """TokenOut for requests with new tokens or a new finish since the last call."""
+    def collect_outputs(self, batch: list[tuple[Request, int]] | None = None) -> TokenOutBatch:
+        """A TokenOut for each request with new tokens or a new finish since the last call."""
         reqs: list[Request] = []
         seen: set[int] = set()
         for r in [r for r, _ in (batch or [])] + self.finished:
@@ -384,30 +385,27 @@ class Scheduler:
                 seen.add(id(r))
                 reqs.append(r)
         self.finished = []
-        out = TokenOut([], [], [], [], [], [], [], [], [], [])
+        outs = []
         for r in reqs:
-            out.rids.append(r.rid)
-            out.new_ids.append(r.new_ids)
-            out.finish_reasons.append(r.finish_reason)
-            out.matched_stops.append(r.matched_stop)
-            out.prompt_tokens.append(len(r.prompt_ids))
-            out.cached_tokens.append(max(r.cached_tokens, 0))
-            out.completion_tokens.append(len(r.output_ids))
-            out.logprobs.append(r.new_logprobs if r.sampling.logprobs else None)
-            out.top_logprobs.append(r.new_top if r.sampling.top_logprobs else None)
-            out.errors.append(r.error)
+            outs.append(TokenOut(
+                r.rid, r.new_ids, r.finish_reason, r.matched_stop,
+                prompt_tokens=len(r.prompt_ids), cached_tokens=max(r.cached_tokens, 0),
+                completion_tokens=len(r.output_ids),
+                logprobs=r.new_logprobs if r.sampling.logprobs else None,
+                top_logprobs=r.new_top if r.sampling.top_logprobs else None, error=r.error))
             r.new_ids, r.new_logprobs, r.new_top = [], [], []
             if r.finished:
                 self.requests.pop(r.rid, None)
-        return out
+        return TokenOutBatch(outs)
 
     # ------------------------------------------------------------------ maintenance
-    def flush_cache(self) -> bool:
-        """Drop the whole prefix cache. Only when idle (locked nodes cannot go)."""
-        if self.running:
-            return False
-        self.allocator.free(self.cache.reset())
-        return True
+    def flush_cache(self) -> int:
+        """Drop the whole prefix cache; returns the pages freed. Only when idle (locked nodes
+        cannot go)."""
+        assert not self.running, "flush_cache while requests run"
+        freed = self.cache.reset()
+        self.allocator.free(freed)
+        return len(freed)
 
     def get_stats(self) -> SchedulerStats:
         s = self.stats

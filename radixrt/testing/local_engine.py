@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from radixrt.config import EngineConfig
-from radixrt.ipc.messages import GenerateReq, TokenOut
+from radixrt.ipc.messages import GenerateReq, TokenOutBatch
 from radixrt.sampling_params import SamplingParams
 from radixrt.scheduler.scheduler import Scheduler
 from radixrt.worker.model_runner import ModelRunner
@@ -36,19 +36,22 @@ class LocalEngine:
         self.scheduler.add_request(GenerateReq(rid, list(input_ids),
                                                SamplingParams.from_dict(sampling), cache_salt))
 
-    def step(self) -> TokenOut:
+    def step(self) -> TokenOutBatch:
         batch = self.scheduler.schedule()
         out = (self.scheduler.collect_outputs() if batch is None
                else self.scheduler.process_result(self.runner.step(batch)))
-        for i, rid in enumerate(out.rids):
-            o = self.outputs[rid]
-            o.output_ids.extend(out.new_ids[i])
-            o.cached_tokens, o.prompt_tokens = out.cached_tokens[i], out.prompt_tokens[i]
-            o.finish_reason = out.finish_reasons[i]
-            o.error = out.errors[i]
-            if out.logprobs[i]:
-                o.logprobs.extend(out.logprobs[i])
+        self.record(out)
         return out
+
+    def record(self, out: TokenOutBatch) -> None:
+        """Add a step's outputs to self.outputs."""
+        for t in out.outs:
+            o = self.outputs[t.rid]
+            o.output_ids.extend(t.new_ids)
+            o.cached_tokens, o.prompt_tokens = t.cached_tokens, t.prompt_tokens
+            o.finish_reason, o.error = t.finish_reason, t.error
+            if t.logprobs:
+                o.logprobs.extend(t.logprobs)
 
     def run(self, check: bool = False, on_step: Callable[[int], None] | None = None,
             max_steps: int = 100_000) -> dict[str, LocalOutput]:

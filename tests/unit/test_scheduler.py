@@ -107,9 +107,7 @@ def test_chunked_prefill_respects_budget(tiny, runner) -> None:
             continue
         sizes.append(int(batch.num_new.sum()))
         assert batch.num_new.sum() <= 16 or batch.num_new.max() == 1
-        out = eng.scheduler.process_result(eng.runner.step(batch))
-        for i, rid in enumerate(out.rids):
-            eng.outputs[rid].output_ids.extend(out.new_ids[i])
+        eng.record(eng.scheduler.process_result(eng.runner.step(batch)))
     assert sizes[:5] == [16, 16, 16, 16, 11]  # 70 = 4 chunks of 16 + 6 (+5 of "short")
     ref = engine(tiny, runner).generate([long_prompt], GREEDY)[0]
     assert eng.outputs["long"].output_ids == ref.output_ids
