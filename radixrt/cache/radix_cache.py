@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from radixrt.cache.base import CacheKey, MatchResult, PrefixCache
+from radixrt.cache.base import common_prefix_len as common_prefix_len_ref
 
 try:  # the native core is optional: a source checkout without a build still works
     from radixrt import _radix_core as _native_core
@@ -89,18 +90,6 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     """Node arrays are read-only: match_prefix hands them out without copying."""
     a.flags.writeable = False
     return a
-
-
-def common_prefix_len_ref(a: np.ndarray, b: np.ndarray, page_size: int = 1) -> int:
-    """Length of the common prefix of a and b, rounded down to a page multiple (numpy)."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    neq = a[:n] != b[:n]
-    i = int(neq.argmax())  # argmax stops at the first True
-    if not neq[i]:
-        i = n
-    return i - i % page_size
 
 
 def _child_key_ref(tokens: np.ndarray, pos: int, page_size: int) -> ChildKey:

@@ -37,8 +37,7 @@ class SchedulerLoop:
 
     def __init__(self, endpoints: Endpoints, config: EngineConfig, info: ModelInfo,
                  worker: WorkerReady) -> None:
-        self.sched = Scheduler(config, worker.num_pages, info.context_length,
-                               info.eos_token_ids, info.vocab_size)
+        self.sched = Scheduler(config, info, worker.num_pages)
         ctx = zmq.Context.instance()
         self.inbox = PullQueue(ctx, endpoints.to_scheduler, bind=True, hop=TokenizerSchedulerMsg)
         self.to_tokenizer = PushQueue(ctx, endpoints.to_detokenizer, bind=False,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from radixrt.config import EngineConfig
 from radixrt.ipc.messages import GenerateReq, TokenOutBatch
+from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import SamplingParams
 from radixrt.scheduler.scheduler import Scheduler
 from radixrt.worker.model_runner import ModelRunner
@@ -23,11 +24,14 @@ class LocalOutput:
 
 
 class LocalEngine:
-    def __init__(self, config: EngineConfig, runner: ModelRunner | None = None) -> None:
+    """A Scheduler feeding a ModelRunner directly. `runner` may be shared between engines (its
+    pool must be at least `num_pages`, which defaults to the runner's)."""
+
+    def __init__(self, config: EngineConfig, runner: ModelRunner | None = None,
+                 num_pages: int | None = None) -> None:
         self.runner = runner or ModelRunner(config)
-        m = self.runner.model_cfg
-        self.scheduler = Scheduler(config, self.runner.num_pages, self.runner.context_length,
-                                   m.eos_token_ids, m.vocab_size)
+        self.scheduler = Scheduler(config, ModelInfo.load(config),
+                                   num_pages or self.runner.num_pages)
         self.outputs: dict[str, LocalOutput] = {}
 
     def add(self, rid: str, input_ids: list[int], sampling: SamplingParams | dict | None = None,
