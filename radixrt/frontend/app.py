@@ -18,9 +18,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from radixrt.config import ServerConfig
 from radixrt.frontend.client import AsyncTokenizerClient
+from radixrt.frontend.errors import APIError
 from radixrt.frontend.metrics import Metrics
 from radixrt.frontend.protocol import ModelCard, ModelList
-from radixrt.frontend.serving import APIError, OpenAIServing, bad_request, json_response
+from radixrt.frontend.responses import json_response
+from radixrt.frontend.serving import OpenAIServing
 from radixrt.ipc.sockets import Endpoints
 from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import InvalidRequestError
@@ -71,7 +73,7 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
 
     @app.exception_handler(InvalidRequestError)
     async def invalid(_: Request, exc: InvalidRequestError) -> Response:
-        return bad_request(exc).response()
+        return APIError.bad_request(exc).response()
 
     @app.exception_handler(RequestValidationError)
     async def validation(_: Request, exc: RequestValidationError) -> Response:
