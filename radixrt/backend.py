@@ -6,8 +6,6 @@ from radixrt.config import EngineConfig
 from radixrt.ipc.messages import WorkerReady
 from radixrt.model_info import ModelInfo
 from radixrt.process_group import ProcessGroup
-from radixrt.scheduler.process import run_scheduler
-from radixrt.worker.process import run_worker
 
 
 def start_backend(group: ProcessGroup, config: EngineConfig, info: ModelInfo) -> WorkerReady:
@@ -16,8 +14,8 @@ def start_backend(group: ProcessGroup, config: EngineConfig, info: ModelInfo) ->
     if config.tp_size != 1:
         raise ValueError("tensor parallelism (--tp-size > 1) is not supported yet")
     for rank in range(config.tp_size):
-        group.start(f"worker{rank}", run_worker, config, info, rank)
+        group.start(f"worker{rank}", "worker", config, info, rank)
     ready = group.wait_ready()["worker0"]
     assert isinstance(ready, WorkerReady)
-    group.start("scheduler", run_scheduler, config, info, ready)
+    group.start("scheduler", "scheduler", config, info, ready)
     return ready

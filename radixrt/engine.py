@@ -18,7 +18,6 @@ from radixrt.ipc.messages import TextDelta, TokenizeReq
 from radixrt.model_info import ModelInfo
 from radixrt.process_group import ProcessGroup
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
-from radixrt.tokenizer.process import run_tokenizer
 
 logger = logging.getLogger("radixrt")
 
@@ -34,7 +33,7 @@ class Engine:
         self.model_info = ModelInfo.load(self.config)
         self.group = ProcessGroup()
         try:
-            self.group.start("tokenizer", run_tokenizer, self.config.log_level, self.model_info)
+            self.group.start("tokenizer", "tokenizer", self.config.log_level, self.model_info)
             self.info = start_backend(self.group, self.config, self.model_info)
             self.group.wait_ready()
             self.client = TokenizerClient(self.group.endpoints)

@@ -77,10 +77,8 @@ def setup_logging(level: str) -> None:
 
 def run_server(config: ServerConfig, info: ModelInfo) -> int:
     """Start the processes and serve; return the exit status."""
-    # Imported here: the backend pulls in torch, which --help does not need.
     from radixrt.backend import start_backend
     from radixrt.frontend.app import create_app
-    from radixrt.tokenizer.process import run_tokenizer
 
     engine = config.engine
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -88,7 +86,7 @@ def run_server(config: ServerConfig, info: ModelInfo) -> int:
     group = ProcessGroup()
     try:
         # The tokenizer first: it loads while the worker loads the model.
-        group.start("tokenizer", run_tokenizer, engine.log_level, info)
+        group.start("tokenizer", "tokenizer", engine.log_level, info)
         start_backend(group, engine, info)
         group.wait_ready()
         app = create_app(config, group.endpoints, info)
