@@ -26,6 +26,11 @@ ParamsInput = dict | SamplingParams | None
 
 
 class Engine:
+    """The offline engine: the server's tokenizer, scheduler and worker processes, driven
+    from this process instead of HTTP. Works from any entry point (script, python -c,
+    notebook); use it as a context manager or call shutdown() (an unclosed one stops at exit).
+    """
+
     def __init__(self, model_path: str | None = None, **options: Any) -> None:
         from radixrt.frontend.client import TokenizerClient
 

@@ -42,7 +42,7 @@ PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 class StartupError(RuntimeError):
-    pass
+    """A child process could not start; the message is the one line to print."""
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,9 @@ def walk_ref(root: TreeNode, tokens: np.ndarray, page_size: int) -> tuple[list[T
 
 
 class RadixCache(PrefixCache):
+    """The radix tree of KV pages (see the module docstring): page-granular compressed trie,
+    one root per namespace, lock refs, incrementally kept LRU set of evictable leaves."""
+
     # Stale heap entries tolerated beyond 2x the live ones before a rebuild (tests set 0 so
     # that rebuilds happen all the time).
     heap_slack: int = 64

@@ -38,13 +38,6 @@ def check_hop(msg: Any, hop: type | tuple[type, ...], addr: str) -> Any:
     return msg
 
 
-def _socket(ctx: zmq.Context, kind: int, addr: str, bind: bool) -> zmq.Socket:
-    sock = ctx.socket(kind)
-    sock.setsockopt(zmq.LINGER, 0)
-    (sock.bind if bind else sock.connect)(addr)
-    return sock
-
-
 @dataclass(frozen=True)
 class Endpoints:
     """ipc:// addresses of every queue of one server (or Engine) instance."""
@@ -71,7 +64,7 @@ class Endpoints:
         return self._addr("to_scheduler")
 
     @property
-    def to_detokenizer(self) -> str:  # scheduler -> tokenizer process (TokenOut)
+    def to_detokenizer(self) -> str:  # scheduler -> tokenizer process (TokenOutBatch)
         return self._addr("scheduler_out")
 
     def to_worker(self, rank: int) -> str:
@@ -86,43 +79,58 @@ class Endpoints:
         return self._addr("ready")
 
 
-class PushQueue:
-    """Sending end of one hop. `bind=True` for the long-lived side that owns the address."""
+class _Queue:
+    """One end of a hop: a ZeroMQ socket that sends or accepts only that hop's messages.
+    `bind=True` for the long-lived side that owns the address."""
+
+    kind: int  # zmq.PUSH / zmq.PULL
+    hwm_option: int | None = None  # set to 0 (unlimited): a step's message is never dropped
 
     def __init__(self, ctx: zmq.Context, addr: str, bind: bool, hop: type | tuple[type, ...]
                  ) -> None:
-        self.sock = _socket(ctx, zmq.PUSH, addr, bind)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock = ctx.socket(self.kind)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if self.hwm_option is not None:
+            self.sock.setsockopt(self.hwm_option, 0)
+        (self.sock.bind if bind else self.sock.connect)(addr)
         self.addr, self.hop = addr, hop
 
-    def put(self, msg: Any) -> None:
-        self.sock.send_multipart(encode(check_hop(msg, self.hop, self.addr)), copy=False)
+    def _encode(self, msg: Any) -> list[bytes | pickle.PickleBuffer]:
+        return encode(check_hop(msg, self.hop, self.addr))
+
+    def _decode(self, frames: list[Any]) -> Any:
+        return check_hop(decode(frames), self.hop, self.addr)
 
     def close(self) -> None:
         self.sock.close()
 
 
-class PullQueue:
-    """Receiving end of one hop."""
+class PushQueue(_Queue):
+    """Sending end of a hop (blocking code)."""
 
-    def __init__(self, ctx: zmq.Context, addr: str, bind: bool, hop: type | tuple[type, ...]
-                 ) -> None:
-        self.sock = _socket(ctx, zmq.PULL, addr, bind)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.addr, self.hop = addr, hop
+    kind, hwm_option = zmq.PUSH, zmq.SNDHWM
+
+    def put(self, msg: Any) -> None:
+        self.sock.send_multipart(self._encode(msg), copy=False)
+
+
+class PullQueue(_Queue):
+    """Receiving end of a hop (blocking code)."""
+
+    kind, hwm_option = zmq.PULL, zmq.RCVHWM
 
     def get(self, timeout_ms: int | None = None) -> Any:
         """Block until a message arrives (or raise TimeoutError after timeout_ms)."""
         if timeout_ms is not None and not self.sock.poll(timeout_ms):
             raise TimeoutError
-        return check_hop(decode(self.sock.recv_multipart(copy=False)), self.hop, self.addr)
+        return self._decode(self.sock.recv_multipart(copy=False))
 
     def get_nowait(self) -> Any | None:
         try:
             frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return None
-        return check_hop(decode(frames), self.hop, self.addr)
+        return self._decode(frames)
 
     def drain(self) -> list[Any]:
         out = []
@@ -130,38 +138,22 @@ class PullQueue:
             out.append(msg)
         return out
 
-    def close(self) -> None:
-        self.sock.close()
 
-
-class AsyncPushQueue:
+class AsyncPushQueue(_Queue):
     """PushQueue for asyncio code (the HTTP frontend)."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, addr: str, bind: bool,
-                 hop: type | tuple[type, ...]) -> None:
-        self.sock = _socket(ctx, zmq.PUSH, addr, bind)
-        self.addr, self.hop = addr, hop
+    kind = zmq.PUSH
 
     def put_nowait(self, msg: Any) -> None:
         """Send without awaiting: zmq.asyncio sends at once while below the high-water mark,
         so this also works from `finally` blocks of cancelled tasks."""
-        self.sock.send_multipart(encode(check_hop(msg, self.hop, self.addr)), copy=False)
-
-    def close(self) -> None:
-        self.sock.close()
+        self.sock.send_multipart(self._encode(msg), copy=False)
 
 
-class AsyncPullQueue:
+class AsyncPullQueue(_Queue):
     """PullQueue for asyncio code (the HTTP frontend)."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, addr: str, bind: bool,
-                 hop: type | tuple[type, ...]) -> None:
-        self.sock = _socket(ctx, zmq.PULL, addr, bind)
-        self.addr, self.hop = addr, hop
+    kind = zmq.PULL
 
     async def get(self) -> Any:
-        frames = await self.sock.recv_multipart(copy=False)
-        return check_hop(decode(frames), self.hop, self.addr)
-
-    def close(self) -> None:
-        self.sock.close()
+        return self._decode(await self.sock.recv_multipart(copy=False))

@@ -25,6 +25,9 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCa
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The architecture fields our model code needs, from a model's config.json (through
+    ModelInfo, or read from a directory)."""
+
     architecture: str
     hidden_size: int
     intermediate_size: int

@@ -15,6 +15,8 @@ from radixrt.worker.model_runner import ModelRunner
 
 @dataclass
 class LocalOutput:
+    """Everything one request produced, accumulated over steps."""
+
     output_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     cached_tokens: int = 0

@@ -47,6 +47,8 @@ Outbox = tuple[list[TokenizerSchedulerMsg], list[TextDelta]]
 
 @dataclass
 class RequestState:
+    """The tokenizer process's view of one running request."""
+
     detok: IncrementalDetokenizer
     stops: StopStringMatcher
     aborted: bool = False  # the frontend gave up on it: nothing more is sent for it

@@ -73,6 +73,10 @@ def make_attention_backend(config: EngineConfig, pool: KVPool, model_cfg: ModelC
 
 
 class ModelRunner:
+    """The worker's engine room: model weights, KV pool, page table of every slot, attention
+    backend and sampler. `step(ForwardBatch)` applies the batch's changes, runs the model over
+    the flattened tokens and samples the rows that finish their prompt."""
+
     def __init__(self, config: EngineConfig, model_cfg: ModelConfig | None = None) -> None:
         self.config = config
         self.device = torch.device(config.device)

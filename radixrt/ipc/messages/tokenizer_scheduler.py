@@ -51,6 +51,8 @@ class TokenOutBatch(TokenizerSchedulerMsg):
 
 @dataclass
 class AbortReq(FrontendTokenizerMsg, TokenizerSchedulerMsg):
+    """Stop a request (client gone, stop string matched); its pages are freed."""
+
     rid: str
 
 
@@ -61,6 +63,8 @@ class StatsReq(FrontendTokenizerMsg, TokenizerSchedulerMsg):
 
 @dataclass
 class SchedulerStats(FrontendTokenizerMsg, TokenizerSchedulerMsg):
+    """The scheduler's queues, pages and cumulative counters (the answer to a StatsReq)."""
+
     running: int = 0
     waiting: int = 0
     pages_total: int = 0
