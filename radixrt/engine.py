@@ -14,7 +14,7 @@ from typing import Any
 
 from radixrt.backend import start_backend
 from radixrt.config import build_engine_config
-from radixrt.ipc.messages import TextDelta, TokenizeReq
+from radixrt.ipc.messages import SchedulerStats, TextDelta, TokenizeReq
 from radixrt.model_info import ModelInfo
 from radixrt.process_group import ProcessGroup
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
@@ -39,7 +39,7 @@ class Engine:
         self.group = ProcessGroup()
         try:
             self.group.start("tokenizer", "tokenizer", self.config.log_level, self.model_info)
-            self.info = start_backend(self.group, self.config, self.model_info)
+            self.worker = start_backend(self.group, self.config, self.model_info)
             self.group.wait_ready()
             self.client = TokenizerClient(self.group.endpoints)
         except BaseException:
@@ -103,10 +103,11 @@ class Engine:
         return [results[r.rid].to_dict() for r in reqs]
 
     # ------------------------------------------------------------------ maintenance
-    def flush_cache(self) -> None:
-        self.client.flush_cache()
+    def flush_cache(self) -> int:
+        """Drop the prefix cache once no request runs; returns the KV pages freed."""
+        return self.client.flush_cache().pages_freed
 
-    def get_stats(self) -> Any:
+    def get_stats(self) -> SchedulerStats:
         return self.client.stats()
 
     def shutdown(self) -> None:
