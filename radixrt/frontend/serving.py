@@ -114,7 +114,7 @@ class OpenAIServing:
             gen.queue.put_nowait(SHUTDOWN)
 
     def _sampling(self, body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
-        sp = body.to_sampling_params()
+        sp = body.to_sampling_params(self.info.sampling_defaults)
         check_sampling(sp, self.info.vocab_size, self.info.context_length)
         return sp
 
@@ -279,10 +279,13 @@ class OpenAIServing:
         shape = ChatShape(f"chatcmpl-{uuid.uuid4().hex}", self.check_model(body.model),
                           self._sampling(body))
         messages = [m.to_dict() for m in body.messages]
+        add_generation_prompt = body.generation_prompt()
         reqs = [TokenizeReq(rid=f"{shape.api_id}-{i}", messages=messages,
                             sampling=self._choice_sampling(shape.sp, i), stream=body.stream,
                             cache_salt=body.cache_salt,
-                            chat_template_kwargs=body.chat_template_kwargs)
+                            chat_template_kwargs=body.chat_template_kwargs,
+                            add_generation_prompt=add_generation_prompt,
+                            continue_final_message=body.continue_final_message)
                 for i in range(body.n)]
         return await self._respond(request, reqs, body.n, shape, body.stream, body.include_usage)
 
@@ -304,7 +307,7 @@ class OpenAIServing:
         body = parse_request(GenerateRequest, await request.body())
         if (body.text is None) == (body.input_ids is None):
             raise APIError(400, "give exactly one of text, input_ids", param="text")
-        sp = body.to_sampling_params()
+        sp = body.to_sampling_params(self.info.sampling_defaults)
         check_sampling(sp, self.info.vocab_size, self.info.context_length)
         rid = f"gen-{uuid.uuid4().hex}-0"
         req = TokenizeReq(rid=rid, prompt=body.text, input_ids=body.input_ids, sampling=sp,

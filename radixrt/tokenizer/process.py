@@ -79,7 +79,7 @@ class TokenizerManager:
         sp = gen.sampling
         self.requests[req.rid] = RequestState(
             detok=IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens),
-            stops=StopStringMatcher(list(sp.stop)),
+            stops=StopStringMatcher(list(sp.stop), sp.include_stop_str_in_output),
         )
         return [gen], []
 

@@ -23,6 +23,8 @@ class TokenizeReq(FrontendTokenizerMsg):
     stream: bool = False
     cache_salt: str | None = None
     chat_template_kwargs: dict | None = None
+    add_generation_prompt: bool = True  # end a chat prompt with the assistant's turn opener
+    continue_final_message: bool = False  # leave the final chat message open instead
 
 
 @dataclass
