@@ -1,14 +1,16 @@
-"""Request fields this server knows but does not act on: each is a 400 naming it, unless its
-value asks for exactly what the server does anyway (the owners' rule: never accept a field and
-silently ignore it; accept it only where ignoring it IS its meaning).
+"""The base of every request model, and the fields the server knows but does not act on.
 
-Fields not listed here and not declared on a request model are a 400 as well ("Unrecognized
-request argument"); the tables only give the known ones a clearer message.
+An unknown field is a 400 naming it ("Unrecognized request argument"); a known but
+unimplemented one is a 400 saying why, unless its value asks for exactly what the server does
+anyway (the owners' rule: never accept a field and silently ignore it; accept it only where
+ignoring it IS its meaning). An explicit null means the field's default.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 # field -> values that request what this server does anyway (accepted, nothing to do).
 OPENAI_DEFAULT_VALUES: dict[str, tuple[Any, ...]] = {
@@ -54,3 +56,34 @@ def unsupported_message(field: str, reasons: dict[str, str]) -> str:
     if reason is None:
         return f"Unrecognized request argument supplied: {field}"
     return f"{field} is not supported: {reason}"
+
+
+def _nullable_optionals(schema: dict[str, Any], cls: type) -> None:
+    """The OpenAPI schema says what parsing does: every optional field may be null."""
+    required = set(schema.get("required", ()))
+    props = schema.get("properties", {})
+    for name, prop in props.items():
+        options = prop.get("anyOf", [prop])
+        if name in required or any(o.get("type") == "null" for o in options):
+            continue
+        keep = {k: prop.pop(k) for k in ("title", "default", "description") if k in prop}
+        props[name] = {"anyOf": [prop, {"type": "null"}], **keep}
+
+
+class _Request(BaseModel):
+    """Base of every request model: an unknown field is a 400 naming it, and an explicit null
+    means the field's default (the OpenAI spec allows null for every optional field)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_nullable_optionals)
+    # Undeclared fields whose value asks for what the server does anyway (dropped), and the
+    # reasons the other known ones are refused (frontend/fields.py).
+    DEFAULT_VALUES: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    UNSUPPORTED: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {k: v for k, v in data.items()
+                if v is not None and not accepted_as_default(k, v, cls.DEFAULT_VALUES)}

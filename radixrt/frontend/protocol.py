@@ -13,56 +13,17 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_serializer
 
 from radixrt.frontend.fields import (
     OPENAI_DEFAULT_VALUES,
     OPENAI_UNSUPPORTED,
-    accepted_as_default,
+    _Request,
     unsupported_message,
 )
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
 
 # ---------------------------------------------------------------- requests
-
-
-def _nullable_optionals(schema: dict[str, Any], cls: type) -> None:
-    """The OpenAPI schema says what parsing does: every optional field may be null."""
-    required = set(schema.get("required", ()))
-    props = schema.get("properties", {})
-    for name, prop in props.items():
-        options = prop.get("anyOf", [prop])
-        if name in required or any(o.get("type") == "null" for o in options):
-            continue
-        keep = {k: prop.pop(k) for k in ("title", "default", "description") if k in prop}
-        props[name] = {"anyOf": [prop, {"type": "null"}], **keep}
-
-
-class _Request(BaseModel):
-    """Base of every request model: an unknown field is a 400 naming it, and an explicit null
-    means the field's default (the OpenAI spec allows null for every optional field)."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_nullable_optionals)
-    # Undeclared fields whose value asks for what the server does anyway (dropped), and the
-    # reasons the other known ones are refused (frontend/fields.py).
-    DEFAULT_VALUES: ClassVar[dict[str, tuple[Any, ...]]] = {}
-    UNSUPPORTED: ClassVar[dict[str, str]] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_means_default(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        return {k: v for k, v in data.items()
-                if v is not None and not accepted_as_default(k, v, cls.DEFAULT_VALUES)}
 
 
 class TextPart(_Request):
@@ -210,13 +171,18 @@ class ChatCompletionRequest(_SamplingRequest):
         return self.logprobs, self.top_logprobs or 0
 
     def generation_prompt(self) -> bool:
-        """Whether the template adds the assistant's turn opener (add_generation_prompt)."""
-        if self.continue_final_message and self.add_generation_prompt:
-            raise InvalidRequestError("continue_final_message and add_generation_prompt cannot "
-                                      "both be true", "add_generation_prompt")
-        if self.add_generation_prompt is None:
-            return not self.continue_final_message
-        return self.add_generation_prompt
+        return generation_prompt(self.add_generation_prompt, self.continue_final_message)
+
+
+def generation_prompt(add_generation_prompt: bool | None, continue_final_message: bool) -> bool:
+    """Whether the template adds the assistant's turn opener: as asked, else unless the final
+    message is continued; both at once is a 400 (vLLM's rule)."""
+    if continue_final_message and add_generation_prompt:
+        raise InvalidRequestError("continue_final_message and add_generation_prompt cannot "
+                                  "both be true", "add_generation_prompt")
+    if add_generation_prompt is None:
+        return not continue_final_message
+    return add_generation_prompt
 
 
 class CompletionRequest(_SamplingRequest):
@@ -286,8 +252,9 @@ R = TypeVar("R", bound=_Request)
 
 def validation_error(exc: ValidationError,
                      model: type[_Request] | None = None) -> InvalidRequestError:
-    """The first pydantic error as an InvalidRequestError naming the top-level field."""
-    err = exc.errors()[0]
+    """A pydantic error as an InvalidRequestError naming the top-level field: the deepest one
+    (of a union's alternatives, the one that got furthest says most)."""
+    err = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
     loc = [str(x) for x in err.get("loc", ())]
     if err["type"] == "json_invalid":
         return InvalidRequestError(f"malformed JSON body: {err['msg']}", None)

@@ -7,7 +7,7 @@ import dataclasses
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from radixrt.ipc.messages import GenerateReq, TokenizeReq
+from radixrt.ipc.messages import DecodeReq, EncodeReq, GenerateReq, TokenizeReq
 from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import InvalidRequestError
 
@@ -72,17 +72,22 @@ class PromptTokenizer:
         if req.prompt is not None:
             return self.tokenizer.encode(req.prompt), "prompt"
         ids = list(req.input_ids or [])
-        vocab = self.info.vocab_size
-        for t in ids:
-            if not isinstance(t, int) or not 0 <= t < vocab:
-                raise InvalidRequestError(f"token id {t} is outside the vocabulary", "prompt")
+        self.check_ids(ids, "prompt")
         return ids, "prompt"
 
     def apply_chat_template(self, messages: list[dict], kwargs: dict | None = None,
                             add_generation_prompt: bool = True,
                             continue_final_message: bool = False) -> list[int]:
-        """Token ids of the rendered chat. continue_final_message (vLLM's meaning) renders the
-        final message open-ended, so the model continues it (assistant prefill)."""
+        """Token ids of the rendered chat."""
+        text = self.render_chat(messages, kwargs, add_generation_prompt, continue_final_message)
+        # The template already holds the special tokens (BOS, role markers): add none twice.
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def render_chat(self, messages: list[dict], kwargs: dict | None = None,
+                    add_generation_prompt: bool = True,
+                    continue_final_message: bool = False) -> str:
+        """The chat as the template renders it. continue_final_message (vLLM's meaning) leaves
+        the final message open-ended, so the model continues it (assistant prefill)."""
         if not messages:
             raise InvalidRequestError("messages must not be empty", "messages")
         clash = sorted(OWN_TEMPLATE_ARGS & set(kwargs or {}))
@@ -110,8 +115,29 @@ class PromptTokenizer:
             raise InvalidRequestError(f"chat template failed: {exc}", "messages") from exc
         if continue_final_message:
             text = open_final_message(text, messages[-1]["content"])
-        # The template already holds the special tokens (BOS, role markers): add none twice.
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return text
+
+    def encode(self, req: EncodeReq) -> list[int]:
+        """/tokenize: ids of a prompt or of a rendered chat (no length limit: it only counts)."""
+        if (req.prompt is None) == (req.messages is None):
+            raise InvalidRequestError("give exactly one of prompt, messages", "prompt")
+        if req.prompt is not None:
+            text = req.prompt
+        else:
+            text = self.render_chat(req.messages or [], req.chat_template_kwargs,
+                                    req.add_generation_prompt, req.continue_final_message)
+        return self.tokenizer.encode(text, add_special_tokens=req.add_special_tokens)
+
+    def decode(self, req: DecodeReq) -> str:
+        """/detokenize: the text of token ids (special tokens included, as vLLM does)."""
+        self.check_ids(req.ids, "tokens")
+        return self.tokenizer.decode(req.ids)
+
+    def check_ids(self, ids: list[int], param: str) -> None:
+        vocab = self.info.vocab_size
+        for t in ids:
+            if not isinstance(t, int) or not 0 <= t < vocab:
+                raise InvalidRequestError(f"token id {t} is outside the vocabulary", param)
 
     def build(self, req: TokenizeReq) -> GenerateReq:
         ids, param = self.prompt_ids(req)
