@@ -228,6 +228,7 @@ def peer_comparison(summaries: Sequence[dict[str, Any]], ours: str = "radixrt",
             "completion_tokens": (a["output_tokens"], b["output_tokens"]),
             "completed": (a["completed"], b["completed"]),
             "sent": (a["num_requests"], b["num_requests"]),
+            "foreign_cpu_share": (a.get("foreign_cpu_share"), b.get("foreign_cpu_share")),
         })
     return rows
 
@@ -265,16 +266,18 @@ def peer_table(rows: Sequence[dict[str, Any]]) -> str:
         return _f(None if x is None else 100 * x, "{:.0f} %")
 
     head = ["Workload", f"Output tok/s {ours} / {peer}", "Ratio",
-            "TTFT p50 (ms)", "Ratio", "Cache hit", "Prompt tokens", "Completion tokens"]
+            "TTFT p50 (ms)", "Ratio", "Cache hit", "Prompt tokens", "Completion tokens",
+            "Other CPU"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        (ta, tb), (ha, hb) = r["ttft_p50_ms"], r["cache_hit_rate"]
+        (ta, tb), (ha, hb), (na, nb) = r["ttft_p50_ms"], r["cache_hit_rate"], r["foreign_cpu_share"]
         cells = [r["workload"],
                  f"{_f(r['throughput'][0])} / {_f(r['throughput'][1])}",
                  f"**{_f(r['throughput_ratio'], '{:.2f}')}x**",
                  f"{_f(ta, '{:.0f}')} / {_f(tb, '{:.0f}')} ({r['ttft_scope']})",
                  _f(r["ttft_ratio"], "{:.2f}"), f"{pct(ha)} / {pct(hb)}",
-                 "{} / {}".format(*r["prompt_tokens"]), "{} / {}".format(*r["completion_tokens"])]
+                 "{} / {}".format(*r["prompt_tokens"]), "{} / {}".format(*r["completion_tokens"]),
+                 f"{pct(na)} / {pct(nb)}"]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 

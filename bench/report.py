@@ -38,7 +38,8 @@ def _peer_section(summaries: list[dict[str, Any]]) -> list[str]:
             "radixrt / llama-server; throughput higher is better, TTFT lower is better "
             "(multi-turn: rounds 2 and later, where the cache shows). Cache hit: cached / "
             "prompt tokens as each server reports them (llama-server: "
-            "`usage.prompt_tokens_details.cached_tokens`, its slot and RAM prompt cache).", "",
+            "`usage.prompt_tokens_details.cached_tokens`, its slot and RAM prompt cache). Other CPU: "
+            "what other processes took of the machine during each run (see Machine).", "",
             metrics.peer_table(rows), ""]
 
 
