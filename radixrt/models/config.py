@@ -11,6 +11,10 @@ class ModelLoadError(RuntimeError):
     """A model directory cannot be served; the message names the problem."""
 
 
+# A model directory's packed int4 weights (radixrt/models/quant_checkpoint.py); named here,
+# free of torch, so that the frontend can see whether a model has them.
+INT4_CHECKPOINT = "quantized/int4.safetensors"
+
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM")
 
