@@ -167,6 +167,16 @@ def _scratch_tensor(numel: int) -> torch.Tensor:
 
 # Kernel paths of radixrt._quant_cpu (see csrc/quant_cpu.cpp), plus "blas" (dequantize + BLAS).
 KERNEL_PATHS = {"auto": 0, "f32": 1, "i8": 2, "portable": 3}
+# The path QuantizedLinear uses; benchmarks switch it (set_linear_path) to compare kernels.
+_linear_path = "auto"
+
+
+def set_linear_path(path: str) -> None:
+    """Route every QuantizedLinear through `path` (see quant_matmul); "auto" by default."""
+    global _linear_path
+    if path != "blas" and path not in KERNEL_PATHS:
+        raise ValueError(f"unknown path {path!r}")
+    _linear_path = path
 
 
 def quant_matmul(x: torch.Tensor, w: QuantWeight, path: str = "auto") -> torch.Tensor:
@@ -227,7 +237,7 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = quant_matmul(x.reshape(-1, self.in_features).float(), self.weight_q)
+        y = quant_matmul(x.reshape(-1, self.in_features).float(), self.weight_q, _linear_path)
         if self.bias is not None:
             y += self.bias.float()
         return y.to(x.dtype).reshape(*lead, self.out_features)
