@@ -6,6 +6,14 @@ one prompt per context length (max_tokens 1). Use it to see how a step's cost gr
 context and batch, e.g. to compare attention backends.
 
     python -m bench.bench_decode --base-url http://127.0.0.1:30000 [--contexts 16,1024,2048]
+
+With --in-process it drives ModelRunners directly (no server, no sockets; bench/bench_runner.py):
+one decode step of --batch-sizes requests over --contexts tokens each, a --prefill-tokens
+prefill, load time and weight memory, for every --quantization (and --dtype), A/B in one
+process with the steps interleaved:
+
+    python -m bench.bench_decode --in-process --contexts 900 --batch-sizes 4 \
+        --quantization none,int8,int4
 """
 
 from __future__ import annotations
@@ -67,13 +75,28 @@ async def probe(url: str, contexts: list[int], batches: list[int], steps: int,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_decode", description=__doc__)
-    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--base-url", help="the server to probe (or --in-process)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="time ModelRunners in this process instead of a server")
+    ap.add_argument("--model", default=None, help="--in-process: model dir (default: embedded)")
+    ap.add_argument("--quantization", default="none,int4",
+                    help="--in-process: comma-separated quantizations to compare")
+    ap.add_argument("--dtype", default="float32", help="--in-process: model dtype(s), comma-separated")
+    ap.add_argument("--prefill-tokens", type=int, default=512,
+                    help="--in-process: tokens of the timed prefill (0: none)")
+    ap.add_argument("--threads", type=int, default=None, help="--in-process: torch threads")
     ap.add_argument("--contexts", default="16,1024,2048")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--steps", type=int, default=48, help="decode steps per measurement")
     ap.add_argument("--tokenizer", default=None, help="HF tokenizer dir (default: radixrt's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.in_process:
+        from bench.bench_runner import run_in_process
+
+        return run_in_process(args)
+    if not args.base_url:
+        ap.error("--base-url is required (or --in-process)")
     print("| Context | Batch | Decode ms/step | ms/token | Prefill of one prompt (ms) |")
     print("|---|---|---|---|---|")
     rows = asyncio.run(probe(normalize_base_url(args.base_url),
