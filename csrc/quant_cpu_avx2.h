@@ -93,6 +93,20 @@ AVX2_TARGET void prepare(const float* x, int64_t groups, float* xs, int8_t* xq, 
     }
 }
 
+// Weight row n's scales (dw, and mw for q4) as fp32, and the q4 minimum term of each
+// activation row: mins[r] = m_w . (group sums of x row r0 + r).
+template <int RT, bool Q4>
+AVX2_TARGET inline void row_prologue(const Act& a, int64_t r0, const Weights& w, int64_t n,
+                                     float* dw, float* mw, float* mins) {
+    const int64_t nb = a.K / kGroup;
+    row_scales(w.d + n * nb, nb, dw);
+    for (int r = 0; r < RT; ++r) mins[r] = 0.f;
+    if (Q4) {
+        row_scales(w.m + n * nb, nb, mw);
+        for (int r = 0; r < RT; ++r) mins[r] = dot8(mw, a.xs + (r0 + r) * nb, nb);
+    }
+}
+
 // ----------------------------------------------------------------------------- f32 path
 
 // Group g of a weight matrix as 4 x 8 floats q * d (q4: nibbles 0..15; q8: int8).
@@ -129,12 +143,8 @@ struct F32Kernel {
         const int64_t K = a.K, nb = K / kGroup;
         float *dw = scratch, *mw = scratch + nb;
         for (int64_t n = n0; n < n1; ++n) {
-            row_scales(w.d + n * nb, nb, dw);
-            float mins[RT] = {};
-            if (Q4) {
-                row_scales(w.m + n * nb, nb, mw);
-                for (int r = 0; r < RT; ++r) mins[r] = dot8(mw, a.xs + (r0 + r) * nb, nb);
-            }
+            float mins[RT];
+            row_prologue<RT, Q4>(a, r0, w, n, dw, mw, mins);
             __m256 acc[SETS][RT][NA];
             for (int s = 0; s < SETS; ++s)
                 for (int r = 0; r < RT; ++r)
@@ -179,12 +189,8 @@ struct I8Kernel {
         float *dw = scratch, *mw = scratch + nb, *sc = scratch + 2 * nb;
         const __m256i ones = _mm256_set1_epi16(1);
         for (int64_t n = n0; n < n1; ++n) {
-            row_scales(w.d + n * nb, nb, dw);
-            float mins[RT] = {};
-            if (Q4) {
-                row_scales(w.m + n * nb, nb, mw);
-                for (int r = 0; r < RT; ++r) mins[r] = dot8(mw, a.xs + (r0 + r) * nb, nb);
-            }
+            float mins[RT];
+            row_prologue<RT, Q4>(a, r0, w, n, dw, mw, mins);
             for (int r = 0; r < RT; ++r) {  // sc = d_w * d_x per group
                 const float* xd = a.xd + (r0 + r) * nb;
                 for (int64_t b = 0; b < nb; ++b) sc[r * nb + b] = dw[b] * xd[b];
