@@ -17,6 +17,7 @@ import uvicorn
 
 from radixrt.config import ServerConfig
 from radixrt.process_group import ProcessGroup, StartupError
+from radixrt.router.dp import add_dp_args, run_data_parallel
 from radixrt.server_args import add_engine_args, engine_config_from_args
 
 logger = logging.getLogger("radixrt")
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--api-key", default=None, metavar="KEY",
                    help="require `Authorization: Bearer KEY` on every endpoint but /health")
     add_engine_args(parser)
+    add_dp_args(parser)
     return parser
 
 
@@ -148,7 +150,10 @@ def run_server(config: ServerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dp_size > 1:  # N whole servers behind the router (radixrt/router/dp.py)
+        return run_data_parallel(parser, args)
     engine = engine_config_from_args(args)
     setup_logging(engine.log_level)
     if not Path(engine.model_path).is_dir():  # one clear line instead of one per process
