@@ -9,11 +9,11 @@ context and batch, e.g. to compare attention backends.
 
 With --in-process it drives ModelRunners directly (no server, no sockets; bench/bench_runner.py):
 one decode step of --batch-sizes requests over --contexts tokens each, a --prefill-tokens
-prefill, load time and weight memory, for every --quantization (and --dtype), A/B in one
+prefill, load time and weight memory, for every --quantizations (and --dtypes) case, A/B in one
 process with the steps interleaved:
 
     python -m bench.bench_decode --in-process --contexts 900 --batch-sizes 4 \
-        --quantization none,int8,int4
+        --quantizations none,int8,int4
 """
 
 from __future__ import annotations
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--in-process", action="store_true",
                     help="time ModelRunners in this process instead of a server")
     ap.add_argument("--model", default=None, help="--in-process: model dir (default: embedded)")
-    ap.add_argument("--quantization", default="none,int4",
+    ap.add_argument("--quantizations", default="none,int4",
                     help="--in-process: comma-separated quantizations to compare")
-    ap.add_argument("--dtype", default="float32", help="--in-process: model dtype(s), comma-separated")
+    ap.add_argument("--dtypes", default="float32", help="--in-process: model dtypes, comma-separated")
     ap.add_argument("--prefill-tokens", type=int, default=512,
                     help="--in-process: tokens of the timed prefill (0: none)")
     ap.add_argument("--threads", type=int, default=None, help="--in-process: torch threads")

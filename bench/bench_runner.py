@@ -75,8 +75,8 @@ def run_in_process(args: argparse.Namespace) -> int:
     total = (batch * pages_per_slot + prefill_pages + 1) * ps
     rng = np.random.default_rng(0)
     cases: list[Case] = []
-    for dtype in args.dtype.split(","):
-        for quant in args.quantization.split(","):
+    for dtype in args.dtypes.split(","):
+        for quant in args.quantizations.split(","):
             cfg = build_engine_config(args.model, device="cpu", dtype=dtype, quantization=quant,
                                       page_size=ps, max_total_tokens=total)
             cases.append(build(cfg, f"{quant} / {dtype}"))

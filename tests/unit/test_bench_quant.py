@@ -28,7 +28,7 @@ def test_bench_decode_in_process_runs(make_tiny_model, tmp_path: Path) -> None: 
     out = tmp_path / "d.json"
     assert bench_decode.main(["--in-process", "--model", str(make_tiny_model("qwen2")),
                               "--contexts", "40", "--batch-sizes", "3", "--steps", "3",
-                              "--prefill-tokens", "20", "--quantization", "none,int4",
+                              "--prefill-tokens", "20", "--quantizations", "none,int4",
                               "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["case"] for r in rows] == ["none / float32", "int4 / float32"]
