@@ -36,6 +36,27 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+class LinearTimer:
+    """Seconds spent inside the model's linear layers (nn.Linear or QuantizedLinear, lm_head
+    included), via forward hooks: the part of a step that quantization changes."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from radixrt.models.quant import QuantizedLinear
+
+        self.seconds = 0.0
+        self._t0 = 0.0
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Linear, QuantizedLinear)):
+                m.register_forward_pre_hook(self._pre)
+                m.register_forward_hook(self._post)
+
+    def _pre(self, *_: object) -> None:
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_: object) -> None:
+        self.seconds += time.perf_counter() - self._t0
+
+
 @dataclass
 class Case:
     name: str
@@ -43,9 +64,11 @@ class Case:
     load_s: float
     rss_mb: float
     weights_mb: float
+    timer: LinearTimer
     pos: list[int] = field(default_factory=list)  # next position of each decoding slot
     last: list[int] = field(default_factory=list)  # last sampled token of each slot
     decode_s: list[float] = field(default_factory=list)
+    linear_s: list[float] = field(default_factory=list)
     prefill_s: list[float] = field(default_factory=list)
 
 
@@ -55,7 +78,7 @@ def build(cfg: EngineConfig, name: str) -> Case:
     runner = ModelRunner(cfg)
     load_s = time.perf_counter() - t0
     return Case(name, runner, load_s, (rss_bytes() - rss0) / 2**20,
-                weight_bytes(runner.model) / 2**20)
+                weight_bytes(runner.model) / 2**20, LinearTimer(runner.model))
 
 
 def step(runner: ModelRunner, batch: ForwardBatch) -> tuple[list[int], float]:
@@ -95,8 +118,10 @@ def run_in_process(args: argparse.Namespace) -> int:
         for case in cases:
             b = ForwardBatch.from_chunks(list(range(batch)), case.pos, [[t] for t in case.last],
                                          step=i + 1)
+            case.timer.seconds = 0.0
             ids, dt = step(case.runner, b)
             case.decode_s.append(dt)
+            case.linear_s.append(case.timer.seconds)
             case.last = ids
             case.pos = [p + 1 for p in case.pos]
     if args.prefill_tokens:
@@ -113,19 +138,20 @@ def run_in_process(args: argparse.Namespace) -> int:
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; decode: {batch} "
           f"requests x {context}+ tokens, {args.steps} steps; prefill {args.prefill_tokens} tokens")
     print("| quantization / dtype | load (s) | weights (MiB) | RSS growth (MiB) "
-          "| decode ms/step median (min) | prefill ms median (min) |")
-    print("|---|---|---|---|---|---|")
+          "| decode ms/step median (min) | of which linear layers | prefill ms median (min) |")
+    print("|---|---|---|---|---|---|---|")
     for c in cases:
         dec = [1e3 * t for t in c.decode_s[1:]]  # step 0 warms up
+        lin = statistics.median(1e3 * t for t in c.linear_s[1:])
         pre = [1e3 * t for t in c.prefill_s] or [float("nan")]
         row = {"case": c.name, "load_s": c.load_s, "weights_mib": c.weights_mb,
                "rss_mib": c.rss_mb, "decode_ms": statistics.median(dec),
-               "decode_min_ms": min(dec), "prefill_ms": statistics.median(pre),
+               "decode_min_ms": min(dec), "decode_linear_ms": lin, "prefill_ms": statistics.median(pre),
                "prefill_min_ms": min(pre), "batch": batch, "context": context,
                "prefill_tokens": args.prefill_tokens}
         rows.append(row)
         print(f"| {c.name} | {c.load_s:.1f} | {c.weights_mb:.0f} | {c.rss_mb:.0f} | "
-              f"{row['decode_ms']:.1f} ({row['decode_min_ms']:.1f}) | "
+              f"{row['decode_ms']:.1f} ({row['decode_min_ms']:.1f}) | {lin:.1f} | "
               f"{row['prefill_ms']:.0f} ({row['prefill_min_ms']:.0f}) |", flush=True)
     share = cpu["foreign_cpu_share"]
     if share is not None:
