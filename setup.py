@@ -10,6 +10,15 @@ ext_modules = [
         cxx_std=17,
         extra_compile_args=["-O3"],
     ),
+    # Paged CPU attention. OpenMP: import it after torch so it binds to torch's libgomp.
+    Pybind11Extension(
+        "radixrt._attention_cpu",
+        ["csrc/attention_cpu.cpp"],
+        depends=["csrc/attention_cpu_kernels.inc"],
+        cxx_std=17,
+        extra_compile_args=["-O3", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
+    ),
 ]
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext})
