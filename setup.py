@@ -16,7 +16,9 @@ ext_modules = [
         ["csrc/attention_cpu.cpp"],
         depends=["csrc/attention_cpu_kernels.inc"],
         cxx_std=17,
-        extra_compile_args=["-O3", "-fopenmp"],
+        # -fno-trapping-math lets GCC vectorize float selects (no numeric change);
+        # -Wno-psabi: the kernels pass vectors only between inlined functions.
+        extra_compile_args=["-O3", "-fopenmp", "-fno-trapping-math", "-Wno-psabi"],
         extra_link_args=["-fopenmp"],
     ),
 ]

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from radixrt.attention.base import AttentionBackend, AttentionMetadata
+from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_metadata
 from radixrt.config import EngineConfig, torch_dtype
 from radixrt.ipc.messages import ForwardBatch, StepResult
 from radixrt.kvcache.pool import KVPool, KVPoolShape
@@ -116,34 +116,8 @@ class ModelRunner:
 
     def build_metadata(self, batch: ForwardBatch) -> tuple[AttentionMetadata, torch.Tensor]:
         """Attention metadata and flat positions of one batch (host arrays -> device once)."""
-        ps = self.page_size
-        num_new = batch.num_new.astype(np.int64)
-        start = batch.start_pos.astype(np.int64)
-        cu = np.zeros(len(num_new) + 1, dtype=np.int64)
-        np.cumsum(num_new, out=cu[1:])
-        # Position of every new token: start[i] + 0..num_new[i]-1.
-        req_of_tok = np.repeat(np.arange(len(num_new)), num_new)
-        positions = start[req_of_tok] + (np.arange(cu[-1]) - cu[req_of_tok])
-        seq_lens = start + num_new
-        n_pages = int(-(-seq_lens.max() // ps)) if len(seq_lens) else 0
-        table = self.page_table[batch.slots][:, :n_pages]
-        out_slots = table[req_of_tok, positions // ps].astype(np.int64) * ps + positions % ps
-        dev = self.device
-        meta = AttentionMetadata(
-            batch_size=len(num_new),
-            start_pos=torch.from_numpy(start.astype(np.int32)).to(dev),
-            num_new=torch.from_numpy(num_new.astype(np.int32)).to(dev),
-            seq_lens=torch.from_numpy(seq_lens.astype(np.int32)).to(dev),
-            cu_new=torch.from_numpy(cu.astype(np.int32)).to(dev),
-            page_table=torch.from_numpy(np.ascontiguousarray(table)).to(dev),
-            out_slots=torch.from_numpy(out_slots).to(dev),
-            page_size=ps,
-            start_pos_host=start.tolist(),
-            num_new_host=num_new.tolist(),
-            is_decode=bool(len(num_new)) and int(num_new.max()) == 1,
-            max_seq_len=int(seq_lens.max()) if len(seq_lens) else 0,
-        )
-        return meta, torch.from_numpy(positions).to(dev)
+        return build_metadata(batch.start_pos, batch.num_new, self.page_table[batch.slots],
+                              self.page_size, self.device)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [num sampled rows, vocab] for the rows with batch.sample set."""
