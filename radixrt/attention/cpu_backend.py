@@ -11,21 +11,13 @@ The torch backend stays the reference these kernels are tested against.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from radixrt.attention.base import AttentionBackend, AttentionMetadata
 from radixrt.attention.cascade import MIN_SHARED_PAGES
 from radixrt.kvcache.pool import KVPool
 
-MODULE = "radixrt._attention_cpu"
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
-
-
-def native_available() -> bool:
-    """True when the extension is built (checked without importing it)."""
-    return importlib.util.find_spec(MODULE) is not None
 
 
 def load_native():  # type: ignore[no-untyped-def]

@@ -64,6 +64,11 @@ def make_attention_backend(config: EngineConfig, pool: KVPool, model_cfg: ModelC
         from radixrt.attention.torch_backend import TorchAttentionBackend
 
         return TorchAttentionBackend(pool, model_cfg.num_heads, model_cfg.head_dim)
+    if config.attention_backend == "cpu":
+        from radixrt.attention.cpu_backend import CpuAttentionBackend
+
+        return CpuAttentionBackend(pool, model_cfg.num_heads, model_cfg.head_dim,
+                                   torch_dtype(config.dtype))
     if config.attention_backend == "flashinfer":
         from radixrt.attention.flashinfer_backend import FlashInferAttentionBackend
 
@@ -79,10 +84,11 @@ class ModelRunner:
         self.model_cfg = model_cfg or ModelConfig.from_dir(config.model_path)
         torch.manual_seed(config.seed)
         self.model = load_model(config.model_path, self.dtype, self.device, self.model_cfg)
-        num_pages = size_kv_pool(config, self.model_cfg, self.dtype, self.device)
+        self.kv_dtype = torch_dtype(config.kv_dtype)
+        num_pages = size_kv_pool(config, self.model_cfg, self.kv_dtype, self.device)
         m = self.model_cfg
         self.pool = KVPool(KVPoolShape(m.num_layers, num_pages, config.page_size,
-                                       m.num_kv_heads, m.head_dim), self.dtype, self.device)
+                                       m.num_kv_heads, m.head_dim), self.kv_dtype, self.device)
         self.page_size = config.page_size
         self.context_length = context_length(config, m)
         self.max_pages_per_req = -(-self.context_length // self.page_size) + 1
@@ -91,8 +97,10 @@ class ModelRunner:
                                   self.pool.scratch_page, dtype=np.int32)
         self.attn = make_attention_backend(config, self.pool, m)
         self.sampler = Sampler(m.vocab_size, self.device, config.seed)
-        logger.info("KV pool: %d pages x %d tokens (%.2f GiB)", num_pages, self.page_size,
-                    self.pool.shape.bytes_per_page(self.dtype) * num_pages / 2**30)
+        logger.info("KV pool: %d pages x %d tokens, %s (%.2f GiB); %s attention", num_pages,
+                    self.page_size, config.kv_dtype,
+                    self.pool.shape.bytes_per_page(self.kv_dtype) * num_pages / 2**30,
+                    config.attention_backend)
         # CUDA graphs for decode (None on CPU, with torch attention, or --disable-cuda-graph).
         from radixrt.worker.cuda_graph import create_cuda_graph_runner
 
