@@ -49,7 +49,7 @@ struct KernelArgs {
   const int32_t* tok_q = nullptr;    // q row of each listed token
   const int32_t* tok_pos = nullptr;  // its position: it sees keys at positions <= this
   float* partials = nullptr;         // [slot][Hq][D + 2]: m, l, acc
-  int small_rows = 0;                // tasks with more query rows transpose keys into tiles
+  int small_rows = 0;                // tasks with more query rows put the rows on lanes
 };
 
 struct Task {
@@ -73,6 +73,7 @@ struct KvWrite {
 };
 
 // One namespace per instruction set, all from the same source.
+#define RADIXRT_ATTN_SPECIALIZE 1
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
 namespace isa_avx512 {
@@ -87,6 +88,8 @@ namespace isa_avx2 {
 }  // namespace isa_avx2
 #pragma GCC pop_options
 
+#undef RADIXRT_ATTN_SPECIALIZE
+#define RADIXRT_ATTN_SPECIALIZE 0
 namespace isa_baseline {
 #include "attention_cpu_kernels.inc"
 }  // namespace isa_baseline
@@ -157,8 +160,8 @@ struct PlanOptions {
   int num_threads = 0;        // <= 0: omp_get_max_threads()
   int cascade_min_pages = 0;  // 0: no shared-prefix grouping
   int min_chunk = 256;        // fewest keys in a split of one request's context
-  int tile_rows = 48;         // query rows per extend task (tokens x group heads)
-  int small_rows = 8;         // up to this many rows: dot products, no key tiles
+  int tile_rows = 48;         // query rows per extend task (tokens x group heads), <= 48
+  int small_rows = 8;         // up to this many rows: dot products; more: rows on lanes
 };
 
 class Plan {
@@ -356,7 +359,7 @@ class Plan {
         add_unit(t0, nt, s0, s1, row, part, static_cast<int64_t>(rows) * (s1 - s0));
       }
     };
-    const int bq = std::max(1, opt_.tile_rows / G);
+    const int bq = std::max(1, std::min(opt_.tile_rows, isa_baseline::kTileRows) / G);
     for (int64_t b = 0; b < B; ++b) {
       const int n = cu[b + 1] - cu[b];
       if (n == 1) {
