@@ -159,9 +159,11 @@ using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>
 struct PlanOptions {
   int num_threads = 0;        // <= 0: omp_get_max_threads()
   int cascade_min_pages = 0;  // 0: no shared-prefix grouping
+  int cascade_min_rows = 16;  // a group needs this many query rows (requests x group heads)
   int min_chunk = 256;        // fewest keys in a split of one request's context
   int tile_rows = 48;         // query rows per extend task (tokens x group heads), <= 48
   int small_rows = 8;         // up to this many rows: dot products; more: rows on lanes
+  int min_parallel_work = 1024;  // query rows x keys below which a step runs on one thread
 };
 
 class Plan {
@@ -254,7 +256,7 @@ class Plan {
     const int64_t nmerge = static_cast<int64_t>(merge_q_.size());
     constexpr int64_t kWriteChunk = 64;
     py::gil_scoped_release nogil;
-#pragma omp parallel num_threads(nthreads_)
+#pragma omp parallel num_threads(nthreads_) if (nthreads_ > 1)
     {
       float* scratch = scratch_.data() + omp_get_thread_num() * scratch_stride_;
 #pragma omp for schedule(static)
@@ -325,7 +327,8 @@ class Plan {
               common = p;
               break;
             }
-        if (common >= opt_.cascade_min_pages) {
+        if (common >= opt_.cascade_min_pages &&
+            static_cast<int>(rows.size()) * G >= opt_.cascade_min_rows) {
           for (int32_t b : rows) shared[b] = static_cast<int32_t>(common);
           groups_.emplace_back(rows, static_cast<int32_t>(common));
         }
@@ -338,6 +341,8 @@ class Plan {
       total += G * (n * start[b] + n * (n + 1) / 2 - static_cast<double>(shared[b]) * ps);
     }
     for (auto& g : groups_) total += static_cast<double>(G) * g.first.size() * g.second * ps;
+    // Too little work to pay for waking the other threads (a few microseconds): run serial.
+    if (total * a_.Hkv < opt_.min_parallel_work) nthreads_ = 1;
     const double target = nthreads_ > 1 ? total / (4.0 * nthreads_) : 1e300;
     auto chunk_for = [&](int rows) {
       const double c = std::max<double>(opt_.min_chunk, target / rows);
@@ -433,9 +438,11 @@ PYBIND11_MODULE(_attention_cpu, m) {
       .def(py::init<>())
       .def_readwrite("num_threads", &PlanOptions::num_threads)
       .def_readwrite("cascade_min_pages", &PlanOptions::cascade_min_pages)
+      .def_readwrite("cascade_min_rows", &PlanOptions::cascade_min_rows)
       .def_readwrite("min_chunk", &PlanOptions::min_chunk)
       .def_readwrite("tile_rows", &PlanOptions::tile_rows)
-      .def_readwrite("small_rows", &PlanOptions::small_rows);
+      .def_readwrite("small_rows", &PlanOptions::small_rows)
+      .def_readwrite("min_parallel_work", &PlanOptions::min_parallel_work);
   py::class_<Plan>(m, "Plan")
       .def(py::init<I32Array, I32Array, I32Array, I64Array, int, int, int, int, int64_t, bool,
                     bool, float, PlanOptions>(),

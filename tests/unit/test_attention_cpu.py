@@ -101,6 +101,8 @@ def run_both(starts: list[int], num_new: list[int], ps: int, kv_heads: int, grou
     cpu = CpuAttentionBackend(pools[1], heads, dim, dtype, num_threads=threads,
                               cascade_min_pages=cascade_pages)
     cpu.options.min_chunk = min_chunk
+    cpu.options.min_parallel_work = 0  # small test batches still split and merge
+    cpu.options.cascade_min_rows = 1  # and group any shared prefix
     cpu.plan(meta)
     got = cpu.forward(q, k, v, 0)
     return got, ref, pools[1], pools[0], cpu
@@ -181,14 +183,20 @@ def test_cascade_groups_match_reference_grouping() -> None:
     rows[2, :5] = rows[0, :5]   # 5 with 0 (and 1)
     rows[5, :20] = rows[4, :20]  # 20 with 4, but 4 has written only 25 of them
     meta, _ = build_metadata(np.array(starts), np.ones(6, np.int64), rows, ps)
-    plan = ext.Plan(meta.page_table.numpy(), meta.cu_new.numpy(), meta.start_pos.numpy(),
-                    meta.out_slots.numpy(), 4, 2, 64, ps, 1000, False, False, 0.125,
-                    _options(cascade_min_pages=cascade.MIN_SHARED_PAGES))
+    def plan(min_rows: int):  # type: ignore[no-untyped-def]
+        return ext.Plan(meta.page_table.numpy(), meta.cu_new.numpy(), meta.start_pos.numpy(),
+                        meta.out_slots.numpy(), 4, 2, 64, ps, 1000, False, False, 0.125,
+                        _options(cascade_min_pages=cascade.MIN_SHARED_PAGES,
+                                 cascade_min_rows=min_rows))
+    # By default a group needs 16 query rows (here 8 requests x 2 heads): too few here.
+    assert plan(16).groups() == []
+    plan = plan(1)
     seq = np.array(starts) + 1
     want, _ = cascade.find_shared_prefixes(meta.page_table.numpy(), seq, ps)
     assert sorted((sorted(r.tolist()), c) for r, c in want) == sorted(
         (sorted(r), c) for r, c in plan.groups())
     assert sorted((sorted(r), c) for r, c in plan.groups()) == [([0, 1, 2], 5), ([4, 5], 20)]
+    assert plan.num_partial_slots > 0
 
 
 def _options(**kw: int):  # type: ignore[no-untyped-def]
@@ -259,3 +267,14 @@ def test_shares_torchs_libgomp() -> None:
     libs = eval(out)  # a printed list of paths
     assert len(libs) == 1, libs
     assert os.path.dirname(torch.__file__) in libs[0]
+
+
+def test_small_steps_run_on_one_thread() -> None:
+    """A step with little work skips the parallel region; a long one uses every thread."""
+    def plan(start: int):  # type: ignore[no-untyped-def]
+        meta, _ = build_metadata(np.array([start]), np.array([1]), np.arange(300)[None], 16)
+        return ext.Plan(meta.page_table.numpy(), meta.cu_new.numpy(), meta.start_pos.numpy(),
+                        meta.out_slots.numpy(), 9, 3, 64, 16, 400, False, False, 0.125,
+                        _options(num_threads=2))
+    assert plan(20).num_threads == 1
+    assert plan(4000).num_threads == 2
