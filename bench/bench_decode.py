@@ -94,23 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         from bench.decode_step import run_in_process
 
         rows = run_in_process(args)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
-        return 0
-    if not args.base_url:
+    elif not args.base_url:
         ap.error("--base-url is required unless --in-process")
-    print("| Context | Batch | Decode ms/step | ms/token | Prefill of one prompt (ms) |")
-    print("|---|---|---|---|---|")
-    rows = asyncio.run(probe(normalize_base_url(args.base_url),
-                             [int(x) for x in args.contexts.split(",")],
-                             [int(x) for x in args.batch_sizes.split(",")], args.steps,
-                             load_tokenizer(args.tokenizer)))
+    else:
+        print("| Context | Batch | Decode ms/step | ms/token | Prefill of one prompt (ms) |")
+        print("|---|---|---|---|---|")
+        rows = asyncio.run(probe(normalize_base_url(args.base_url),
+                                 [int(x) for x in args.contexts.split(",")],
+                                 [int(x) for x in args.batch_sizes.split(",")], args.steps,
+                                 load_tokenizer(args.tokenizer)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
