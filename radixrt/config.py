@@ -119,6 +119,8 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """The HTTP server's configuration around the EngineConfig."""
+
     engine: EngineConfig
     host: str = "127.0.0.1"
     port: int = 30000

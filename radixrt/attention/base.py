@@ -75,6 +75,10 @@ def build_metadata(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.nda
 
 
 class AttentionBackend(ABC):
+    """Attention over the paged KV pool: `plan(meta)` once per step (host-side work, e.g. index
+    tensors or kernel plans), then `forward(q, k, v, layer_id)` per layer, which also writes the
+    step's new K/V into the pool."""
+
     @abstractmethod
     def plan(self, meta: AttentionMetadata) -> None:
         """Prepare for one step (index arrays, wrapper plans). Called once per step."""

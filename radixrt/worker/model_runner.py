@@ -12,6 +12,7 @@ from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_me
 from radixrt.config import EngineConfig, torch_dtype
 from radixrt.ipc.messages import ForwardBatch, StepResult
 from radixrt.kvcache.pool import KVPool, KVPoolShape
+from radixrt.model_info import resolve_context_length
 from radixrt.models.config import ModelConfig
 from radixrt.models.loader import load_model
 from radixrt.worker.sampler import Sampler
@@ -20,7 +21,7 @@ logger = logging.getLogger("radixrt")
 
 
 def context_length(config: EngineConfig, model_cfg: ModelConfig) -> int:
-    return config.context_length or model_cfg.max_position_embeddings
+    return resolve_context_length(config.context_length, model_cfg.max_position_embeddings)
 
 
 def max_slots(config: EngineConfig) -> int:
@@ -77,6 +78,10 @@ def make_attention_backend(config: EngineConfig, pool: KVPool, model_cfg: ModelC
 
 
 class ModelRunner:
+    """The worker's engine room: model weights, KV pool, page table of every slot, attention
+    backend and sampler. `step(ForwardBatch)` applies the batch's changes, runs the model over
+    the flattened tokens and samples the rows that finish their prompt."""
+
     def __init__(self, config: EngineConfig, model_cfg: ModelConfig | None = None) -> None:
         self.config = config
         self.device = torch.device(config.device)

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from radixrt.config import EngineConfig
-from radixrt.ipc.messages import ForwardBatch
-from radixrt.scheduler.local import LocalEngine
+from radixrt.testing.batches import batch_from_chunks
+from radixrt.testing.local_engine import LocalEngine
 from radixrt.worker.model_runner import ModelRunner
 
 TOL = 2e-4  # fp32: our math differs from HF only by summation order
@@ -25,7 +25,7 @@ def hf_last_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
 def step(runner: ModelRunner, slots: list[int], starts: list[int], chunks: list[list[int]],
          pages: dict[int, list[int]] | None = None) -> torch.Tensor:
     """One forward: request slots[i] feeds chunks[i] at positions starts[i]...; logits of each."""
-    fb = ForwardBatch.from_chunks(slots, starts, chunks, pages)
+    fb = batch_from_chunks(slots, starts, chunks, pages)
     runner._apply_updates(fb)
     return runner.forward(fb)
 
