@@ -278,3 +278,60 @@ def test_small_steps_run_on_one_thread() -> None:
                         _options(num_threads=2))
     assert plan(20).num_threads == 1
     assert plan(4000).num_threads == 2
+
+
+def test_config_resolves_backend_and_kv_dtype(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
+    from radixrt.config import build_engine_config, resolve_attention_backend
+    from radixrt.server_args import add_engine_args, engine_config_from_args
+
+    assert resolve_attention_backend("auto", "cpu", "float32") == "cpu"  # built here
+    assert resolve_attention_backend("auto", "cpu", "float16") == "torch"
+    assert resolve_attention_backend("auto", "cuda", "bfloat16") == "flashinfer"
+    assert resolve_attention_backend("auto", "cuda", "float32") == "torch"
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        resolve_attention_backend("tpu", "cpu", "float32")
+    cfg = build_engine_config(str(tmp_path), device="cpu", dtype="float32")
+    assert (cfg.attention_backend, cfg.kv_cache_dtype, cfg.kv_dtype) == ("cpu", "auto", "float32")
+    cfg = build_engine_config(str(tmp_path), device="cpu", dtype="float32",
+                              kv_cache_dtype="bfloat16")
+    assert cfg.kv_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="unknown KV cache dtype"):
+        build_engine_config(str(tmp_path), device="cpu", kv_cache_dtype="int8")
+    with pytest.raises(ValueError, match="flashinfer backend needs"):
+        build_engine_config(str(tmp_path), device="cuda", dtype="bfloat16",
+                            kv_cache_dtype="float32")
+    ap = argparse.ArgumentParser()
+    add_engine_args(ap)
+    args = ap.parse_args(["--model", str(tmp_path), "--device", "cpu", "--attention-backend",
+                          "torch", "--kv-cache-dtype", "bfloat16"])
+    cfg = engine_config_from_args(args)
+    assert (cfg.attention_backend, cfg.kv_dtype) == ("torch", "bfloat16")
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_runner_keeps_kv_in_bfloat16(make_tiny_model, backend: str) -> None:
+    """--kv-cache-dtype bfloat16 with float32 weights: the pool is bf16 and logits stay close
+    to the float32-KV run (bf16 KV rounding only)."""
+    from radixrt.config import EngineConfig
+    from radixrt.testing.batches import batch_from_chunks
+    from radixrt.worker.model_runner import ModelRunner
+
+    path = str(make_tiny_model("llama"))
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(3, 49152, 40).tolist()
+    logits = {}
+    for kv in ("auto", "bfloat16"):
+        runner = ModelRunner(EngineConfig(model_path=path, page_size=16, max_total_tokens=512,
+                                          max_running_requests=2, attention_backend=backend,
+                                          kv_cache_dtype=kv))
+        assert runner.pool.dtype == (torch.bfloat16 if kv == "bfloat16" else torch.float32)
+        fb = batch_from_chunks([0], [0], [prompt[:30]], {0: [3, 4, 5]})
+        runner._apply_updates(fb)
+        runner.forward(fb)
+        fb = batch_from_chunks([0], [30], [prompt[30:]])
+        runner._apply_updates(fb)
+        logits[kv] = runner.forward(fb)[0]
+    err = (logits["auto"] - logits["bfloat16"]).abs().max().item()
+    assert 0 < err < 0.1, err
