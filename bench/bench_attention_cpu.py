@@ -55,23 +55,26 @@ def batch_meta(starts: list[int], num_new: list[int], ps: int, num_pages: int, s
     return build_metadata(np.array(starts), np.array(num_new), rows, ps)[0]
 
 
-def time_step(backend: AttentionBackend, meta: AttentionMetadata, layers: int, pool_layers: int,
-              heads: int, kv_heads: int, dim: int, dtype: torch.dtype, reps: int) -> float:
-    """Median seconds of plan() + `layers` forward() calls."""
+def time_steps(backends: dict[str, AttentionBackend], meta: AttentionMetadata, layers: int,
+               pool_layers: int, heads: int, kv_heads: int, dim: int, dtype: torch.dtype,
+               reps: int) -> dict[str, list[float]]:
+    """Seconds of plan() + `layers` forward() calls, the backends interleaved rep by rep (a
+    busy neighbour then slows each alike); the first rep warms caches and is dropped."""
     t = int(meta.cu_new[-1])
     g = torch.Generator().manual_seed(1)
     q = torch.randn(t, heads, dim, generator=g).to(dtype)
     k = torch.randn(t, kv_heads, dim, generator=g).to(dtype)
     v = torch.randn(t, kv_heads, dim, generator=g).to(dtype)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in backends}
     for i in range(reps + 1):
-        t0 = time.perf_counter()
-        backend.plan(meta)
-        for layer in range(layers):
-            backend.forward(q, k, v, layer % pool_layers)
-        if i:  # the first run warms caches and thread pools
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, backend in backends.items():
+            t0 = time.perf_counter()
+            backend.plan(meta)
+            for layer in range(layers):
+                backend.forward(q, k, v, layer % pool_layers)
+            if i:
+                times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def parse_cases(text: str, sep: str) -> list[tuple[int, int]]:
@@ -100,11 +103,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             res: dict[str, Any] = {"kind": kind, "case": label, "dtype": str(dtype)[6:],
                                    "kv_dtype": str(kv_dtype)[6:], "layers": args.layers,
                                    "pool_layers": pool_layers}
-            for name in args.backends.split(","):
-                backend = make_backend(name, pool, heads, dim, dtype)
-                sec = time_step(backend, meta, args.layers, pool_layers, heads, kv_heads, dim,
-                                dtype, args.reps)
-                res[f"{name}_ms"] = 1000 * sec
+            names = args.backends.split(",")
+            backends = {n: make_backend(n, pool, heads, dim, dtype) for n in names}
+            times = time_steps(backends, meta, args.layers, pool_layers, heads, kv_heads, dim,
+                               dtype, args.reps)
+            for name in names:
+                res[f"{name}_ms"] = 1000 * statistics.median(times[name])
+                res[f"{name}_min_ms"] = 1000 * min(times[name])
             if "torch_ms" in res and "cpu_ms" in res:
                 res["speedup"] = res["torch_ms"] / res["cpu_ms"]
             rows.append(res)
@@ -139,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"threads {torch.get_num_threads()}; ms per step ({args.layers} layers: plan + "
-          f"write k/v + attention), median of {args.reps}")
+          f"write k/v + attention), median of {args.reps}, backends interleaved")
     print("| Kind | Case | dtype | KV | " + " | ".join(f"{b} ms" for b in
                                                        args.backends.split(",")) + " | speedup |")
     print("|---|---|---|---|" + "---|" * (len(args.backends.split(",")) + 1))

@@ -335,3 +335,19 @@ def test_runner_keeps_kv_in_bfloat16(make_tiny_model, backend: str) -> None:
         logits[kv] = runner.forward(fb)[0]
     err = (logits["auto"] - logits["bfloat16"]).abs().max().item()
     assert 0 < err < 0.1, err
+
+
+def test_benchmarks_run(make_tiny_model, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/bench_attention_cpu.py and bench_decode --in-process still run (tiny sizes)."""
+    from bench import bench_attention_cpu, bench_decode
+
+    assert bench_attention_cpu.main(["--decode", "2x40", "--extend", "20+16", "--types",
+                                     "float32:bfloat16", "--reps", "1", "--layers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| decode | 2x40 | float32 | bfloat16 |" in out and "| extend | 20+16 |" in out
+    assert bench_decode.main(["--in-process", "--model", str(make_tiny_model("llama")),
+                              "--contexts", "24", "--batch-sizes", "2", "--steps", "2",
+                              "--backends", "cpu", "--kv-dtypes", "auto,bfloat16",
+                              "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| cpu | float32 |") == 2 and "attention" in out
