@@ -21,6 +21,17 @@ ext_modules = [
         extra_compile_args=["-O3", "-fopenmp"],
         extra_link_args=["-fopenmp"],
     ),
+    # Paged CPU attention. OpenMP: import it after torch so it binds to torch's libgomp.
+    Pybind11Extension(
+        "radixrt._attention_cpu",
+        ["csrc/attention_cpu.cpp"],
+        depends=["csrc/attention_cpu_kernels.inc"],
+        cxx_std=17,
+        # -fno-trapping-math lets GCC vectorize float selects (no numeric change);
+        # -Wno-psabi: the kernels pass vectors only between inlined functions.
+        extra_compile_args=["-O3", "-fopenmp", "-fno-trapping-math", "-Wno-psabi"],
+        extra_link_args=["-fopenmp"],
+    ),
 ]
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext})

@@ -17,11 +17,11 @@ import torch
 from safetensors import safe_open
 
 from radixrt.config import EngineConfig, build_engine_config, resolve_quantization
-from radixrt.ipc.messages import ForwardBatch
 from radixrt.models import quant
 from radixrt.models.loader import load_model
 from radixrt.models.quant import QuantizedEmbedding, QuantizedLinear, dequantize_ref
 from radixrt.models.quant_checkpoint import INT4_FILE, blocks_to_weight
+from radixrt.testing.batches import batch_from_chunks
 from radixrt.worker.model_runner import ModelRunner
 
 if not quant.native_available() and os.environ.get("RADIXRT_REQUIRE_NATIVE") != "1":
@@ -134,7 +134,7 @@ def prompts(path: Path) -> list[list[int]]:
 
 def forward(runner: ModelRunner, slot: int, start: int, tokens: list[int],
             pages: list[int] | None = None) -> torch.Tensor:
-    batch = ForwardBatch.from_chunks([slot], [start], [tokens],
+    batch = batch_from_chunks([slot], [start], [tokens],
                                      None if pages is None else {slot: pages})
     runner._apply_updates(batch)
     return runner.forward(batch)[0]
