@@ -10,6 +10,17 @@ ext_modules = [
         cxx_std=17,
         extra_compile_args=["-O3"],
     ),
+    # Quantized matmuls. -fopenmp links libgomp.so.1, the soname of the libgomp that torch's
+    # CPU wheel bundles: imported after torch, both share one OpenMP runtime and thread pool.
+    # No -march: per-ISA code comes from target_clones / target attributes in the source.
+    Pybind11Extension(
+        "radixrt._quant_cpu",
+        ["csrc/quant_cpu.cpp"],
+        depends=["csrc/quant_cpu_avx2.h"],
+        cxx_std=17,
+        extra_compile_args=["-O3", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
+    ),
     # Paged CPU attention. OpenMP: import it after torch so it binds to torch's libgomp.
     Pybind11Extension(
         "radixrt._attention_cpu",

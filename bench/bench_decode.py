@@ -6,13 +6,15 @@ decodes run). Also times the prefill of one prompt per context length (max_token
 
 In process (--in-process): drives a ModelRunner directly (no server, no sockets): prefills
 `batch` random prompts of `context` tokens, then times decode steps (ModelRunner.step:
-forward + sampling), for each attention backend x model dtype x KV-cache dtype asked for, and
-with --profile prints torch.profiler's top ops of a few steps, attention labelled as
-`attention` (the cpu backend's kernels are not torch ops).
+forward + sampling), for each attention backend x model dtype x KV-cache dtype x quantization
+asked for, and with --profile prints torch.profiler's top ops of a few steps, attention
+labelled as `attention` (the cpu backend's kernels are not torch ops).
 
     python -m bench.bench_decode --base-url http://127.0.0.1:30000 [--contexts 16,1024,2048]
     python -m bench.bench_decode --in-process --contexts 900 --batch-sizes 4 \
         --backends torch,cpu --dtypes float32,bfloat16 --kv-dtypes auto,bfloat16 --profile
+    python -m bench.bench_decode --in-process --contexts 900 --batch-sizes 4 \
+        --backends cpu --quantizations none,int8,int4
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="torch,cpu", help="in-process attention backends")
     ap.add_argument("--dtypes", default="float32", help="in-process model dtypes")
     ap.add_argument("--kv-dtypes", default="auto", help="in-process KV-cache dtypes")
+    ap.add_argument("--quantizations", default="auto", help="in-process weight quantizations")
     ap.add_argument("--threads", type=int, default=None, help="in-process torch threads")
     ap.add_argument("--profile", action="store_true", help="in-process: torch.profiler top ops")
     ap.add_argument("--contexts", default="16,1024,2048")

@@ -10,6 +10,7 @@ from radixrt.config import (
     ATTENTION_BACKENDS,
     DTYPES,
     KV_CACHE_DTYPES,
+    QUANTIZATIONS,
     EngineConfig,
     build_engine_config,
 )
@@ -35,8 +36,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, metavar="DEV",
                    help="cpu, cuda or cuda:N (default auto: cuda when available)")
     g.add_argument("--dtype", default=None, choices=["auto", *DTYPES],
-                   help="weights and KV-cache type (default auto: bfloat16 on CUDA and on CPUs "
-                        "with AMX, else float32)")
+                   help="weights and KV-cache type (default auto: bfloat16 on CUDA; on a CPU "
+                        "bfloat16 only where a first-start probe measured it faster, cached in "
+                        "the radixrt cache dir)")
+    g.add_argument("--quantization", default=None, choices=["auto", *QUANTIZATIONS],
+                   help="weights as group-32 int4 (scale + min, GGUF Q4_1 math) or int8 (GGUF "
+                        "Q8_0 math), CPU only (default auto: int4 for a model whose published "
+                        "weights are int4, like the default model; none otherwise)")
     g.add_argument("--attention-backend", default=None, choices=list(ATTENTION_BACKENDS),
                    help="attention kernels: torch (the reference), cpu (radixrt's own CPU "
                         "kernels), flashinfer (CUDA). Default auto: flashinfer on CUDA, cpu on "

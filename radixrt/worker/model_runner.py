@@ -88,7 +88,8 @@ class ModelRunner:
         self.dtype = torch_dtype(config.dtype)
         self.model_cfg = model_cfg or ModelConfig.from_dir(config.model_path)
         torch.manual_seed(config.seed)
-        self.model = load_model(config.model_path, self.dtype, self.device, self.model_cfg)
+        self.model = load_model(config.model_path, self.dtype, self.device, self.model_cfg,
+                                quantization=config.quantization)
         self.kv_dtype = torch_dtype(config.kv_dtype)
         num_pages = size_kv_pool(config, self.model_cfg, self.kv_dtype, self.device)
         m = self.model_cfg
