@@ -23,6 +23,7 @@ import numpy as np
 
 from radixrt.config import EngineConfig
 from radixrt.ipc.messages import GenerateReq, StepResult
+from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import SamplingParams
 from radixrt.scheduler.scheduler import Scheduler
 
@@ -45,7 +46,8 @@ def make_scheduler(batch: int, prompt_len: int, max_new: int, cache: bool) -> Sc
     cfg = EngineConfig(model_path="", disable_radix_cache=not cache,
                        max_running_requests=max(batch, 1), max_queued_requests=1 << 20)
     pages = (batch * 2 + 8) * -(-(prompt_len + max_new + 32) // cfg.page_size)
-    return Scheduler(cfg, num_pages=pages, context_length=1 << 20, eos_ids=EOS, vocab_size=VOCAB)
+    info = ModelInfo(context_length=1 << 20, vocab_size=VOCAB, eos_token_ids=EOS)
+    return Scheduler(cfg, info, num_pages=pages)
 
 
 def add(s: Scheduler, rid: str, prompt_len: int, max_new: int, rng: np.random.Generator) -> None:

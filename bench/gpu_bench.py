@@ -463,7 +463,7 @@ class Bench:
                         for o in outs]
 
             return gen, eng.shutdown
-        from radixrt.scheduler.local import LocalEngine
+        from radixrt.testing.local_engine import LocalEngine
 
         eng = LocalEngine(self.cfg.replace(disable_radix_cache=not radix), runner=self.runner)
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from radixrt.backend import start_backend
 from radixrt.config import build_engine_config
-from radixrt.ipc.messages import TextDelta, TokenizeReq
+from radixrt.ipc.messages import SchedulerStats, TextDelta, TokenizeReq
+from radixrt.model_info import ModelInfo
 from radixrt.process_group import ProcessGroup
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
-from radixrt.tokenizer.process import run_tokenizer
 
 logger = logging.getLogger("radixrt")
 
@@ -26,14 +26,20 @@ ParamsInput = dict | SamplingParams | None
 
 
 class Engine:
+    """The offline engine: the server's tokenizer, scheduler and worker processes, driven
+    from this process instead of HTTP. Works from any entry point (script, python -c,
+    notebook); use it as a context manager or call shutdown() (an unclosed one stops at exit).
+    """
+
     def __init__(self, model_path: str | None = None, **options: Any) -> None:
         from radixrt.frontend.client import TokenizerClient
 
         self.config = build_engine_config(model_path, **options)
+        self.model_info = ModelInfo.load(self.config)
         self.group = ProcessGroup()
         try:
-            self.info = start_backend(self.group, self.config)
-            self.group.start("tokenizer", run_tokenizer, self.config)
+            self.group.start("tokenizer", "tokenizer", self.config.log_level, self.model_info)
+            self.worker = start_backend(self.group, self.config, self.model_info)
             self.group.wait_ready()
             self.client = TokenizerClient(self.group.endpoints)
         except BaseException:
@@ -97,10 +103,11 @@ class Engine:
         return [results[r.rid].to_dict() for r in reqs]
 
     # ------------------------------------------------------------------ maintenance
-    def flush_cache(self) -> None:
-        self.client.flush_cache()
+    def flush_cache(self) -> int:
+        """Drop the prefix cache once no request runs; returns the KV pages freed."""
+        return self.client.flush_cache().pages_freed
 
-    def get_stats(self) -> Any:
+    def get_stats(self) -> SchedulerStats:
         return self.client.stats()
 
     def shutdown(self) -> None:
@@ -136,7 +143,7 @@ class _Result:
         self.text.append(d.text)
         self.ids.extend(d.token_ids)
         if d.logprobs:
-            self.logprobs.extend(d.logprobs)
+            self.logprobs.extend(e.logprob for e in d.logprobs)
         if d.error:
             self.error, self.error_param = d.error, d.error_param
         self.meta = {

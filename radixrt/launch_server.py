@@ -16,7 +16,9 @@ from types import FrameType
 import uvicorn
 
 from radixrt.config import ServerConfig
+from radixrt.model_info import ModelInfo, ModelLoadError
 from radixrt.process_group import ProcessGroup, StartupError
+from radixrt.router.dp import add_dp_args, run_data_parallel
 from radixrt.server_args import add_engine_args, engine_config_from_args
 
 logger = logging.getLogger("radixrt")
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--api-key", default=None, metavar="KEY",
                    help="require `Authorization: Bearer KEY` on every endpoint but /health")
     add_engine_args(parser)
+    add_dp_args(parser)
     return parser
 
 
@@ -74,12 +77,10 @@ def setup_logging(level: str) -> None:
                         format="[%(asctime)s server] %(message)s", datefmt="%H:%M:%S")
 
 
-def run_server(config: ServerConfig) -> int:
+def run_server(config: ServerConfig, info: ModelInfo) -> int:
     """Start the processes and serve; return the exit status."""
-    # Imported here: the backend pulls in torch, which --help does not need.
     from radixrt.backend import start_backend
     from radixrt.frontend.app import create_app
-    from radixrt.tokenizer.process import run_tokenizer
 
     engine = config.engine
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -87,10 +88,10 @@ def run_server(config: ServerConfig) -> int:
     group = ProcessGroup()
     try:
         # The tokenizer first: it loads while the worker loads the model.
-        group.start("tokenizer", run_tokenizer, engine)
-        start_backend(group, engine)
+        group.start("tokenizer", "tokenizer", engine.log_level, info)
+        start_backend(group, engine, info)
         group.wait_ready()
-        app = create_app(config, group.endpoints)
+        app = create_app(config, group.endpoints, info)
     except StartupError as exc:
         logger.error("radixrt failed to start: %s", exc)
         group.shutdown()
@@ -148,19 +149,23 @@ def run_server(config: ServerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dp_size > 1:  # N whole servers behind the router (radixrt/router/dp.py)
+        return run_data_parallel(parser, args)
     engine = engine_config_from_args(args)
     setup_logging(engine.log_level)
-    if not Path(engine.model_path).is_dir():  # one clear line instead of one per process
-        logger.error("radixrt failed to start: model directory %s does not exist",
-                     engine.model_path)
+    try:  # one clear line instead of one per process
+        info = ModelInfo.load(engine)
+    except ModelLoadError as exc:
+        logger.error("radixrt failed to start: %s", exc)
         return 1
     if (err := _port_unavailable(args.host, args.port)) is not None:  # before loading a model
         logger.error("radixrt failed to start: cannot listen on %s:%d: %s", args.host, args.port,
                      err)
         return 1
     config = ServerConfig(engine=engine, host=args.host, port=args.port, api_key=args.api_key)
-    return run_server(config)
+    return run_server(config, info)
 
 
 def _port_unavailable(host: str, port: int) -> str | None:

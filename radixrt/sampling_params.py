@@ -15,6 +15,9 @@ class InvalidRequestError(ValueError):
 
 @dataclass
 class SamplingParams:
+    """How one request samples and stops; validated once (validate) and then carried to the
+    worker, which keeps it per slot."""
+
     max_new_tokens: int | None = 128  # None: the rest of the context (set by the tokenizer)
     min_new_tokens: int = 0
     temperature: float = 1.0

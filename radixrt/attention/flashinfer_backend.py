@@ -97,6 +97,9 @@ def build_paged_kv_inputs(meta: AttentionMetadata) -> PagedKVInputs:
 
 
 class FlashInferAttentionBackend(AttentionBackend):
+    """CUDA attention through FlashInfer's paged prefill/decode wrappers, planned once per step
+    and reading the KV pool in place (see the module docstring)."""
+
     def __init__(self, pool: KVPool, model_cfg: ModelConfig, config: EngineConfig | None = None,
                  *, prefill_backend: str | None = None,
                  workspace: torch.Tensor | None = None) -> None:

@@ -17,6 +17,9 @@ from radixrt.kvcache.pool import KVPool
 
 
 class TorchAttentionBackend(AttentionBackend):
+    """Pure-torch attention (CPU and reference on any device): decodes as one padded batch,
+    with cascade attention for decodes sharing leading pages; prefill chunks per request."""
+
     def __init__(self, pool: KVPool, num_heads: int, head_dim: int) -> None:
         self.pool = pool
         self.num_heads = num_heads

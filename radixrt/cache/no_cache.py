@@ -38,6 +38,14 @@ class NoPrefixCache(PrefixCache):
     def match_prefix(self, key: CacheKey) -> MatchResult:
         return MatchResult(np.zeros(0, dtype=np.int32), 0, self.ROOT)
 
+    def share_prefix(self, key: CacheKey, pages: np.ndarray, node: Any, cached_len: int
+                     ) -> tuple[MatchResult, np.ndarray]:
+        # Nothing becomes shared: the request keeps all its pages.
+        return self.match_prefix(key), np.zeros(0, dtype=np.int32)
+
+    def reusable_len(self, key: CacheKey, other: CacheKey) -> int:
+        return 0  # nothing is ever reused, so nobody waits for a sibling
+
     def insert(self, key: CacheKey, pages: np.ndarray) -> int:
         return len(pages) * self.page_size
 

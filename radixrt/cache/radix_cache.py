@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from radixrt.cache.base import CacheKey, MatchResult, PrefixCache
+from radixrt.cache.base import common_prefix_len as common_prefix_len_ref
 
 try:  # the native core is optional: a source checkout without a build still works
     from radixrt import _radix_core as _native_core
@@ -91,18 +92,6 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def common_prefix_len_ref(a: np.ndarray, b: np.ndarray, page_size: int = 1) -> int:
-    """Length of the common prefix of a and b, rounded down to a page multiple (numpy)."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    neq = a[:n] != b[:n]
-    i = int(neq.argmax())  # argmax stops at the first True
-    if not neq[i]:
-        i = n
-    return i - i % page_size
-
-
 def _child_key_ref(tokens: np.ndarray, pos: int, page_size: int) -> ChildKey:
     if page_size == 1:
         return int(tokens[pos])
@@ -136,6 +125,9 @@ def walk_ref(root: TreeNode, tokens: np.ndarray, page_size: int) -> tuple[list[T
 
 
 class RadixCache(PrefixCache):
+    """The radix tree of KV pages (see the module docstring): page-granular compressed trie,
+    one root per namespace, lock refs, incrementally kept LRU set of evictable leaves."""
+
     # Stale heap entries tolerated beyond 2x the live ones before a rebuild (tests set 0 so
     # that rebuilds happen all the time).
     heap_slack: int = 64

@@ -15,17 +15,17 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
-from transformers import PreTrainedTokenizerBase
 
 from radixrt.config import ServerConfig
 from radixrt.frontend.client import AsyncTokenizerClient
+from radixrt.frontend.errors import APIError
 from radixrt.frontend.metrics import Metrics
 from radixrt.frontend.protocol import ModelCard, ModelList
-from radixrt.frontend.serving import APIError, OpenAIServing, bad_request, json_response
+from radixrt.frontend.responses import json_response
+from radixrt.frontend.serving import OpenAIServing
 from radixrt.ipc.sockets import Endpoints
+from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import InvalidRequestError
-from radixrt.tokenizer.detokenize import TokenTexts
-from radixrt.tokenizer.tokenize import load_model_info, load_tokenizer
 
 logger = logging.getLogger("radixrt.frontend")
 
@@ -48,32 +48,16 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
-def create_app(config: ServerConfig, endpoints: Endpoints,
-               tokenizer: PreTrainedTokenizerBase | None = None) -> FastAPI:
-    """The app for a server whose tokenizer process listens at `endpoints`.
-
-    The frontend's own tokenizer (token texts for logprobs) loads in a thread after start-up,
-    so that it does not delay serving.
-    """
-    info = load_model_info(config.engine, tokenizer)
-    texts: asyncio.Future[TokenTexts] | None = None
-
-    async def token_texts() -> TokenTexts:
-        nonlocal texts
-        if texts is None:
-            texts = asyncio.ensure_future(asyncio.to_thread(
-                lambda: TokenTexts(tokenizer if tokenizer is not None
-                                   else load_tokenizer(config.engine.model_path))))
-        return await asyncio.shield(texts)
-
-    serving = OpenAIServing(config, info, token_texts, Metrics())
+def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> FastAPI:
+    """The app for a server whose tokenizer process listens at `endpoints`. The frontend holds
+    no tokenizer: the token strings of logprobs come with the deltas."""
+    serving = OpenAIServing(config, info, Metrics())
     started = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         serving.client = AsyncTokenizerClient(endpoints)
         serving.client.start()
-        asyncio.ensure_future(token_texts())  # start loading now
         yield
         serving.abort_all()
         serving.client.close()
@@ -89,7 +73,7 @@ def create_app(config: ServerConfig, endpoints: Endpoints,
 
     @app.exception_handler(InvalidRequestError)
     async def invalid(_: Request, exc: InvalidRequestError) -> Response:
-        return bad_request(exc).response()
+        return APIError.bad_request(exc).response()
 
     @app.exception_handler(RequestValidationError)
     async def validation(_: Request, exc: RequestValidationError) -> Response:

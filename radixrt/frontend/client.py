@@ -1,8 +1,8 @@
 """Clients of the tokenizer process: asyncio (HTTP frontend) and blocking (offline Engine).
 
 Both PUSH to `to_tokenizer` and bind a PULL on `to_frontend`. The tokenizer process sends back
-list[TextDelta] (one message per scheduler step) and answers StatsReq / FlushCacheReq with a
-SchedulerStats / FlushCacheReq, in order.
+a TextDeltaBatch per scheduler step and answers StatsReq / FlushCacheReq with a SchedulerStats /
+FlushCacheDone, in order. Each client routes what it receives through one dispatch table.
 """
 
 from __future__ import annotations
@@ -16,22 +16,20 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from radixrt.ipc.dispatch import Dispatcher
 from radixrt.ipc.messages import (
     AbortReq,
+    FlushCacheDone,
     FlushCacheReq,
+    FrontendTokenizerMsg,
     SchedulerStats,
     StatsReq,
     TextDelta,
+    TextDeltaBatch,
     TokenizeReq,
+    TokenLogprob,
 )
-from radixrt.ipc.sockets import (
-    AsyncPullQueue,
-    AsyncPushQueue,
-    Endpoints,
-    PullQueue,
-    PushQueue,
-    encode,
-)
+from radixrt.ipc.sockets import AsyncPullQueue, AsyncPushQueue, Endpoints, PullQueue, PushQueue
 
 logger = logging.getLogger("radixrt.frontend")
 
@@ -39,13 +37,10 @@ logger = logging.getLogger("radixrt.frontend")
 def merge_deltas(deltas: list[TextDelta]) -> TextDelta:
     """One TextDelta holding a request's whole output (the last delta's final fields)."""
     last = deltas[-1]
-    logprobs: list[float] | None = None
-    top: list[Any] | None = None
+    logprobs: list[TokenLogprob] | None = None
     for d in deltas:
         if d.logprobs is not None:
-            logprobs = (logprobs or []) + list(d.logprobs)
-        if d.top_logprobs is not None:
-            top = (top or []) + list(d.top_logprobs)
+            logprobs = (logprobs or []) + d.logprobs
     return TextDelta(
         rid=last.rid,
         text="".join(d.text for d in deltas),
@@ -57,7 +52,6 @@ def merge_deltas(deltas: list[TextDelta]) -> TextDelta:
         completion_tokens=last.completion_tokens,
         cached_tokens=last.cached_tokens,
         logprobs=logprobs,
-        top_logprobs=top,
         error=last.error,
         error_param=last.error_param,
     )
@@ -68,13 +62,20 @@ class AsyncTokenizerClient:
 
     def __init__(self, endpoints: Endpoints) -> None:
         self.ctx = zmq.asyncio.Context()
-        self._push = AsyncPushQueue(self.ctx, endpoints.to_tokenizer, bind=False)
-        self._pull = AsyncPullQueue(self.ctx, endpoints.to_frontend, bind=True)
+        self._push = AsyncPushQueue(self.ctx, endpoints.to_tokenizer, bind=False,
+                                    hop=FrontendTokenizerMsg)
+        self._pull = AsyncPullQueue(self.ctx, endpoints.to_frontend, bind=True,
+                                    hop=FrontendTokenizerMsg)
         self.queues: dict[str, asyncio.Queue[Any]] = {}
         self._waiters: dict[type, deque[asyncio.Future[Any]]] = {
             SchedulerStats: deque(),
-            FlushCacheReq: deque(),
+            FlushCacheDone: deque(),
         }
+        self._route = Dispatcher("frontend", {
+            TextDeltaBatch: self._deliver,
+            SchedulerStats: self._answer,
+            FlushCacheDone: self._answer,
+        })
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -88,26 +89,24 @@ class AsyncTokenizerClient:
             except Exception:  # noqa: BLE001 - the dispatcher must outlive any one message
                 logger.exception("frontend: failed to route %s", type(msg).__name__)
 
-    def _route(self, msg: object) -> None:
-        if isinstance(msg, list):
-            for d in msg:
-                q = self.queues.get(d.rid)
-                if q is not None:  # else: the handler is gone (client left, aborted)
-                    q.put_nowait(d)
-        elif type(msg) in self._waiters:
-            waiters = self._waiters[type(msg)]
-            while waiters:
-                fut = waiters.popleft()
-                if not fut.done():  # skip callers that timed out
-                    fut.set_result(msg)
-                    break
-        else:
-            logger.warning("unexpected message from the tokenizer: %r", type(msg))
+    def _deliver(self, batch: TextDeltaBatch) -> None:
+        for d in batch.deltas:
+            q = self.queues.get(d.rid)
+            if q is not None:  # else: the handler is gone (client left, aborted)
+                q.put_nowait(d)
 
-    def _send(self, msg: object) -> None:
-        # zmq.asyncio sends at once while below the high-water mark; not awaiting lets aborts go
-        # out from `finally` blocks of cancelled tasks too (a client that disconnected).
-        self._push.sock.send_multipart(encode(msg), copy=False)
+    def _answer(self, msg: SchedulerStats | FlushCacheDone) -> None:
+        waiters = self._waiters[type(msg)]
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():  # skip callers that timed out
+                fut.set_result(msg)
+                break
+
+    def _send(self, msg: FrontendTokenizerMsg) -> None:
+        # Not awaited: aborts must go out from `finally` blocks of cancelled tasks too (a
+        # client that disconnected).
+        self._push.put_nowait(msg)
 
     def submit(self, req: TokenizeReq,
                queue: asyncio.Queue[Any] | None = None) -> asyncio.Queue[Any]:
@@ -133,8 +132,8 @@ class AsyncTokenizerClient:
     async def stats(self, timeout_s: float = 5.0) -> SchedulerStats:
         return await self._ask(StatsReq(), SchedulerStats, timeout_s)
 
-    async def flush_cache(self, timeout_s: float = 60.0) -> None:
-        await self._ask(FlushCacheReq(), FlushCacheReq, timeout_s)
+    async def flush_cache(self, timeout_s: float = 60.0) -> FlushCacheDone:
+        return await self._ask(FlushCacheReq(), FlushCacheDone, timeout_s)
 
     def close(self) -> None:
         if self._task is not None:
@@ -149,10 +148,15 @@ class TokenizerClient:
 
     def __init__(self, endpoints: Endpoints) -> None:
         ctx = zmq.Context.instance()
-        self._push = PushQueue(ctx, endpoints.to_tokenizer, bind=False)
-        self._pull = PullQueue(ctx, endpoints.to_frontend, bind=True)
+        self._push = PushQueue(ctx, endpoints.to_tokenizer, bind=False, hop=FrontendTokenizerMsg)
+        self._pull = PullQueue(ctx, endpoints.to_frontend, bind=True, hop=FrontendTokenizerMsg)
         self._deltas: deque[TextDelta] = deque()  # received, not yet handed out
         self._answers: deque[object] = deque()
+        self._file = Dispatcher("engine", {
+            TextDeltaBatch: lambda m: self._deltas.extend(m.deltas),
+            SchedulerStats: self._answers.append,
+            FlushCacheDone: self._answers.append,
+        })
 
     def submit(self, req: TokenizeReq) -> None:
         self._push.put(req)
@@ -162,11 +166,7 @@ class TokenizerClient:
 
     def _receive(self, timeout_s: float | None) -> None:
         """Wait for one message and file it (raise TimeoutError)."""
-        msg = self._pull.get(None if timeout_s is None else int(timeout_s * 1000))
-        if isinstance(msg, list):
-            self._deltas.extend(msg)
-        else:
-            self._answers.append(msg)
+        self._file(self._pull.get(None if timeout_s is None else int(timeout_s * 1000)))
 
     def iter_deltas(self, rids: Iterable[str] | None = None,
                     timeout_s: float | None = None) -> Iterator[TextDelta]:
@@ -211,8 +211,8 @@ class TokenizerClient:
     def stats(self, timeout_s: float = 10.0) -> SchedulerStats:
         return self._ask(StatsReq(), SchedulerStats, timeout_s)
 
-    def flush_cache(self, timeout_s: float = 60.0) -> None:
-        self._ask(FlushCacheReq(), FlushCacheReq, timeout_s)
+    def flush_cache(self, timeout_s: float = 60.0) -> FlushCacheDone:
+        return self._ask(FlushCacheReq(), FlushCacheDone, timeout_s)
 
     def close(self) -> None:
         self._push.close()

@@ -14,6 +14,9 @@ E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320
 
 
 class Metrics:
+    """The server's Prometheus series: request counters and latency histograms observed in the
+    frontend, queue and page gauges from the scheduler's stats at scrape time."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter("radixrt_requests", "Finished generation requests (one per "

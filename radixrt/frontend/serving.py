@@ -6,78 +6,44 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from radixrt.config import ServerConfig
 from radixrt.frontend.client import AsyncTokenizerClient, merge_deltas
+from radixrt.frontend.errors import APIError
 from radixrt.frontend.metrics import Metrics, RequestTimer
 from radixrt.frontend.protocol import (
-    ChatChoice,
-    ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatCompletionResponse,
-    ChatLogprobEntry,
-    ChatLogprobs,
-    ChatResponseMessage,
-    ChatStreamChoice,
-    CompletionChoice,
-    CompletionLogprobs,
     CompletionRequest,
-    CompletionResponse,
-    DeltaMessage,
     GenerateRequest,
     PromptTokensDetails,
-    TopLogprob,
     UsageInfo,
     check_sampling,
     parse_request,
 )
+from radixrt.frontend.responses import ChatShape, CompletionShape, GenerateShape, ResponseShape
 from radixrt.ipc.messages import TextDelta, TokenizeReq
-from radixrt.sampling_params import InvalidRequestError, SamplingParams
-from radixrt.tokenizer.detokenize import TokenTexts
-from radixrt.tokenizer.tokenize import ModelInfo
+from radixrt.model_info import ModelInfo
+from radixrt.sampling_params import SamplingParams
 
 DISCONNECTED = "disconnected"  # queue sentinels, next to TextDeltas
 SHUTDOWN = "shutdown"
 
 
-class APIError(Exception):
-    """An error answered with an OpenAI-style body."""
-
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type = status, message, type
-        self.param, self.code, self.headers = param, code, headers
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
-
-
-def bad_request(exc: InvalidRequestError) -> APIError:
-    return APIError(400, str(exc), param=exc.param)
-
-
-def json_response(model: BaseModel) -> Response:
-    # pydantic writes -inf logprobs as null; json.dumps (JSONResponse) would refuse them.
-    return Response(model.model_dump_json(), media_type="application/json")
-
-
-def sse(data: str | BaseModel) -> str:
-    text = data if isinstance(data, str) else data.model_dump_json()
-    return f"data: {text}\n\n"
+def sse(data: str | BaseModel | dict[str, Any]) -> str:
+    if isinstance(data, BaseModel):
+        data = data.model_dump_json()
+    elif isinstance(data, dict):
+        data = json.dumps(data)
+    return f"data: {data}\n\n"
 
 
 @dataclass
@@ -114,10 +80,14 @@ class Generation:
 
 
 class OpenAIServing:
-    def __init__(self, config: ServerConfig, info: ModelInfo,
-                 texts: Callable[[], Awaitable[TokenTexts]], metrics: Metrics) -> None:
+    """The HTTP request lifecycle, the same for every endpoint: parse and check, submit one
+    TokenizeReq per choice (admission control: --max-queued-requests), wait for the first
+    answers (a refusal becomes a 4xx), then answer whole or stream, aborting what still runs
+    when the client leaves or the server shuts down. Endpoints differ only in their
+    ResponseShape (frontend/responses.py)."""
+
+    def __init__(self, config: ServerConfig, info: ModelInfo, metrics: Metrics) -> None:
         self.config, self.info, self.metrics = config, info, metrics
-        self.token_texts = texts  # loaded in the background: only logprobs need it
         engine = config.engine
         self.served_name = engine.served_model_name
         self.model_names = {engine.served_model_name, Path(engine.model_path).name}
@@ -261,88 +231,34 @@ class OpenAIServing:
         self.metrics.in_flight.set(self.in_flight)
         self._live.pop(id(gen), None)
 
-    # ------------------------------------------------------------ logprobs
+    # ------------------------------------------------------------ one response path
 
-    async def chat_logprobs(self, d: TextDelta) -> ChatLogprobs:
-        t = await self.token_texts()
-        entries = []
-        for j, (tid, lp) in enumerate(zip(d.token_ids, d.logprobs or [], strict=False)):
-            tops = d.top_logprobs[j] if d.top_logprobs else []
-            entries.append(ChatLogprobEntry(
-                token=t.text_of(tid), logprob=lp, bytes=t.bytes_of(tid),
-                top_logprobs=[TopLogprob(token=t.text_of(i), logprob=p, bytes=t.bytes_of(i))
-                              for i, p in tops]))
-        return ChatLogprobs(content=entries)
-
-    async def completion_logprobs(self, d: TextDelta, offset: int) -> CompletionLogprobs:
-        t = await self.token_texts()
-        out = CompletionLogprobs()
-        for j, (tid, lp) in enumerate(zip(d.token_ids, d.logprobs or [], strict=False)):
-            text = t.text_of(tid)
-            out.tokens.append(text)
-            out.token_logprobs.append(lp)
-            tops = d.top_logprobs[j] if d.top_logprobs else []
-            out.top_logprobs.append({t.text_of(i): p for i, p in tops})
-            out.text_offset.append(offset)
-            offset += len(text)
-        return out
-
-    # ------------------------------------------------------------ chat
-
-    async def chat(self, request: Request) -> Response:
-        body = parse_request(ChatCompletionRequest, await request.body())
-        model = self.check_model(body.model)
-        sp = self._sampling(body)
-        messages = [m.to_dict() for m in body.messages]
-        api_id = f"chatcmpl-{uuid.uuid4().hex}"
-        reqs = [TokenizeReq(rid=f"{api_id}-{i}", messages=messages,
-                            sampling=self._choice_sampling(sp, i), stream=body.stream,
-                            cache_salt=body.cache_salt,
-                            chat_template_kwargs=body.chat_template_kwargs)
-                for i in range(body.n)]
-        gen = await self._start(reqs, request, body.n)
-        created = int(time.time())
-        if body.stream:
-            return self._stream(gen, self._chat_chunks(gen, api_id, created, model, sp,
-                                                        body.include_usage))
+    async def _respond(self, request: Request, reqs: list[TokenizeReq], per_prompt: int,
+                       shape: ResponseShape, stream: bool, include_usage: bool = False
+                       ) -> Response:
+        """Run the sub-requests and answer in `shape`: whole, or streamed as server-sent
+        events (a refusal before any output is an HTTP error either way)."""
+        gen = await self._start(reqs, request, per_prompt)
+        if stream:
+            return self._stream(gen, self._chunks(gen, shape, include_usage))
         outs = await self._collect(gen, request)
         if outs is None:
             return Response(status_code=499)
-        choices = [
-            ChatChoice(index=gen.index(rid), message=ChatResponseMessage(content=d.text),
-                       logprobs=await self.chat_logprobs(d) if sp.logprobs else None,
-                       finish_reason=d.finish_reason)
-            for rid, d in outs.items()
-        ]
-        resp = ChatCompletionResponse(id=api_id, created=created, model=model, choices=choices,
-                                      usage=gen.usage())
-        return json_response(resp)
+        choices = [shape.choice(d, gen.index(rid), stream=False) for rid, d in outs.items()]
+        return shape.response(choices, gen.usage())
 
-    async def _chat_chunks(self, gen: Generation, api_id: str, created: int, model: str,
-                           sp: SamplingParams, include_usage: bool) -> AsyncIterator[str]:
-        def chunk(choices: list[ChatStreamChoice], usage: UsageInfo | None = None) -> str:
-            c = ChatCompletionChunk(id=api_id, created=created, model=model, choices=choices)
-            if usage is not None:
-                c.usage = usage
-            return sse(c)
-
-        for rid in gen.rids:
-            yield chunk([ChatStreamChoice(index=gen.index(rid), finish_reason=None,
-                                          delta=DeltaMessage(role="assistant", content=""))])
+    async def _chunks(self, gen: Generation, shape: ResponseShape, include_usage: bool
+                      ) -> AsyncIterator[str]:
+        for c in shape.opening([gen.index(r) for r in gen.rids]):
+            yield sse(c)
         async for d in self._deltas(gen):
             if d.error is not None:
-                yield sse(json.dumps({"error": {"message": d.error, "type": "internal_error",
-                                                "param": d.error_param, "code": None}}))
+                yield sse(APIError(500, d.error, "internal_error", d.error_param).body())
                 return
-            if not d.text and not d.finished and not (sp.logprobs and d.token_ids):
-                continue
-            choice = ChatStreamChoice(index=gen.index(d.rid), finish_reason=d.finish_reason,
-                                      delta=DeltaMessage(content=d.text) if d.text else DeltaMessage())
-            if sp.logprobs and d.token_ids:
-                choice.logprobs = await self.chat_logprobs(d)
-            yield chunk([choice])
+            if shape.worth_sending(d):
+                yield sse(shape.chunk([shape.choice(d, gen.index(d.rid), stream=True)]))
         if include_usage:
-            yield chunk([], gen.usage())
+            yield sse(shape.chunk([], gen.usage()))
         yield sse("[DONE]")
 
     def _stream(self, gen: Generation, chunks: AsyncIterator[str]) -> StreamingResponse:
@@ -356,64 +272,35 @@ class OpenAIServing:
         return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
-    # ------------------------------------------------------------ completions
+    # ------------------------------------------------------------ the endpoints
+
+    async def chat(self, request: Request) -> Response:
+        body = parse_request(ChatCompletionRequest, await request.body())
+        shape = ChatShape(f"chatcmpl-{uuid.uuid4().hex}", self.check_model(body.model),
+                          self._sampling(body))
+        messages = [m.to_dict() for m in body.messages]
+        reqs = [TokenizeReq(rid=f"{shape.api_id}-{i}", messages=messages,
+                            sampling=self._choice_sampling(shape.sp, i), stream=body.stream,
+                            cache_salt=body.cache_salt,
+                            chat_template_kwargs=body.chat_template_kwargs)
+                for i in range(body.n)]
+        return await self._respond(request, reqs, body.n, shape, body.stream, body.include_usage)
 
     async def completions(self, request: Request) -> Response:
         body = parse_request(CompletionRequest, await request.body())
-        model = self.check_model(body.model)
-        sp = self._sampling(body)
-        prompts = body.prompts()
-        api_id = f"cmpl-{uuid.uuid4().hex}"
+        shape = CompletionShape(f"cmpl-{uuid.uuid4().hex}", self.check_model(body.model),
+                                self._sampling(body))
         reqs = []
-        for p, prompt in enumerate(prompts):
+        for p, prompt in enumerate(body.prompts()):
+            text, ids = (prompt, None) if isinstance(prompt, str) else (None, prompt)
             for i in range(body.n):
-                text, ids = (prompt, None) if isinstance(prompt, str) else (None, prompt)
-                reqs.append(TokenizeReq(rid=f"{api_id}-{p * body.n + i}", prompt=text,
-                                        input_ids=ids, sampling=self._choice_sampling(sp, i),
+                reqs.append(TokenizeReq(rid=f"{shape.api_id}-{p * body.n + i}", prompt=text,
+                                        input_ids=ids, sampling=self._choice_sampling(shape.sp, i),
                                         stream=body.stream, cache_salt=body.cache_salt))
-        gen = await self._start(reqs, request, body.n)
-        created = int(time.time())
-        if body.stream:
-            return self._stream(gen, self._completion_chunks(gen, api_id, created, model, sp,
-                                                              body.include_usage))
-        outs = await self._collect(gen, request)
-        if outs is None:
-            return Response(status_code=499)
-        choices = [
-            CompletionChoice(index=gen.index(rid), text=d.text, finish_reason=d.finish_reason,
-                             logprobs=await self.completion_logprobs(d, 0) if sp.logprobs
-                             else None)
-            for rid, d in outs.items()
-        ]
-        resp = CompletionResponse(id=api_id, created=created, model=model, choices=choices,
-                                  usage=gen.usage())
-        return json_response(resp)
-
-    async def _completion_chunks(self, gen: Generation, api_id: str, created: int, model: str,
-                                 sp: SamplingParams, include_usage: bool) -> AsyncIterator[str]:
-        offsets = dict.fromkeys(gen.rids, 0)
-        async for d in self._deltas(gen):
-            if d.error is not None:
-                yield sse(json.dumps({"error": {"message": d.error, "type": "internal_error",
-                                                "param": d.error_param, "code": None}}))
-                return
-            if not d.text and not d.finished and not (sp.logprobs and d.token_ids):
-                continue
-            choice = CompletionChoice(index=gen.index(d.rid), text=d.text,
-                                      finish_reason=d.finish_reason, logprobs=None)
-            if sp.logprobs and d.token_ids:
-                choice.logprobs = await self.completion_logprobs(d, offsets[d.rid])
-                offsets[d.rid] += sum(len(t) for t in choice.logprobs.tokens)
-            yield sse(CompletionResponse(id=api_id, created=created, model=model,
-                                         choices=[choice]))
-        if include_usage:
-            yield sse(CompletionResponse(id=api_id, created=created, model=model, choices=[],
-                                         usage=gen.usage()))
-        yield sse("[DONE]")
-
-    # ------------------------------------------------------------ native /generate
+        return await self._respond(request, reqs, body.n, shape, body.stream, body.include_usage)
 
     async def generate(self, request: Request) -> Response:
+        """radixrt's native endpoint: one prompt, SamplingParams as they are."""
         body = parse_request(GenerateRequest, await request.body())
         if (body.text is None) == (body.input_ids is None):
             raise APIError(400, "give exactly one of text, input_ids", param="text")
@@ -422,22 +309,5 @@ class OpenAIServing:
         rid = f"gen-{uuid.uuid4().hex}-0"
         req = TokenizeReq(rid=rid, prompt=body.text, input_ids=body.input_ids, sampling=sp,
                           stream=body.stream, cache_salt=body.cache_salt)
-        gen = await self._start([req], request, 1)
-
-        def result(d: TextDelta) -> dict[str, Any]:
-            return {"text": d.text, "output_ids": d.token_ids, "meta_info": {
-                "id": rid, "prompt_tokens": d.prompt_tokens,
-                "completion_tokens": d.completion_tokens, "cached_tokens": d.cached_tokens,
-                "finish_reason": d.finish_reason, "matched_stop": d.matched_stop}}
-
-        if body.stream:
-            async def chunks() -> AsyncIterator[str]:
-                async for d in self._deltas(gen):
-                    yield sse(json.dumps(result(d)))
-                yield sse("[DONE]")
-
-            return self._stream(gen, chunks())
-        outs = await self._collect(gen, request)
-        if outs is None:
-            return Response(status_code=499)
-        return JSONResponse(result(outs[rid]))
+        return await self._respond(request, [req], 1, GenerateShape(rid, self.served_name, sp),
+                                   body.stream)

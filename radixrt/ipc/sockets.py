@@ -1,7 +1,8 @@
 """ZeroMQ plumbing: typed PUSH/PULL queues over ipc:// endpoints in a per-server temp dir.
 
 Codec: pickle protocol 5 with out-of-band buffers, so numpy arrays travel as raw bytes with no
-copy into the pickle stream. Only the message dataclasses of radixrt.ipc.messages are sent.
+copy into the pickle stream. Only the message dataclasses of radixrt.ipc.messages are sent, and
+each queue is typed by its hop: it sends and accepts only subclasses of that hop's base type.
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ def encode(obj: Any) -> list[bytes | pickle.PickleBuffer]:
 
 def decode(frames: list[Any]) -> Any:
     return pickle.loads(frames[0], buffers=frames[1:])
+
+
+class WrongHop(TypeError):
+    """A message of another hop was put on (or arrived at) a typed queue."""
+
+
+def check_hop(msg: Any, hop: type | tuple[type, ...], addr: str) -> Any:
+    if not isinstance(msg, hop):
+        names = hop.__name__ if isinstance(hop, type) else "/".join(h.__name__ for h in hop)
+        raise WrongHop(f"{type(msg).__name__} is not a {names} ({addr})")
+    return msg
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,7 @@ class Endpoints:
         return self._addr("to_scheduler")
 
     @property
-    def to_detokenizer(self) -> str:  # scheduler -> tokenizer process (TokenOut)
+    def to_detokenizer(self) -> str:  # scheduler -> tokenizer process (TokenOutBatch)
         return self._addr("scheduler_out")
 
     def to_worker(self, rank: int) -> str:
@@ -67,40 +79,58 @@ class Endpoints:
         return self._addr("ready")
 
 
-class PushQueue:
-    """Sending end. `bind=True` for the long-lived side that owns the address."""
+class _Queue:
+    """One end of a hop: a ZeroMQ socket that sends or accepts only that hop's messages.
+    `bind=True` for the long-lived side that owns the address."""
 
-    def __init__(self, ctx: zmq.Context, addr: str, bind: bool) -> None:
-        self.sock = ctx.socket(zmq.PUSH)
+    kind: int  # zmq.PUSH / zmq.PULL
+    hwm_option: int | None = None  # set to 0 (unlimited): a step's message is never dropped
+
+    def __init__(self, ctx: zmq.Context, addr: str, bind: bool, hop: type | tuple[type, ...]
+                 ) -> None:
+        self.sock = ctx.socket(self.kind)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
+        if self.hwm_option is not None:
+            self.sock.setsockopt(self.hwm_option, 0)
         (self.sock.bind if bind else self.sock.connect)(addr)
+        self.addr, self.hop = addr, hop
 
-    def put(self, obj: Any) -> None:
-        self.sock.send_multipart(encode(obj), copy=False)
+    def _encode(self, msg: Any) -> list[bytes | pickle.PickleBuffer]:
+        return encode(check_hop(msg, self.hop, self.addr))
+
+    def _decode(self, frames: list[Any]) -> Any:
+        return check_hop(decode(frames), self.hop, self.addr)
 
     def close(self) -> None:
         self.sock.close()
 
 
-class PullQueue:
-    def __init__(self, ctx: zmq.Context, addr: str, bind: bool) -> None:
-        self.sock = ctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        (self.sock.bind if bind else self.sock.connect)(addr)
+class PushQueue(_Queue):
+    """Sending end of a hop (blocking code)."""
+
+    kind, hwm_option = zmq.PUSH, zmq.SNDHWM
+
+    def put(self, msg: Any) -> None:
+        self.sock.send_multipart(self._encode(msg), copy=False)
+
+
+class PullQueue(_Queue):
+    """Receiving end of a hop (blocking code)."""
+
+    kind, hwm_option = zmq.PULL, zmq.RCVHWM
 
     def get(self, timeout_ms: int | None = None) -> Any:
         """Block until a message arrives (or raise TimeoutError after timeout_ms)."""
         if timeout_ms is not None and not self.sock.poll(timeout_ms):
             raise TimeoutError
-        return decode(self.sock.recv_multipart(copy=False))
+        return self._decode(self.sock.recv_multipart(copy=False))
 
     def get_nowait(self) -> Any | None:
         try:
-            return decode(self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False))
+            frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return None
+        return self._decode(frames)
 
     def drain(self) -> list[Any]:
         out = []
@@ -108,31 +138,22 @@ class PullQueue:
             out.append(msg)
         return out
 
-    def close(self) -> None:
-        self.sock.close()
+
+class AsyncPushQueue(_Queue):
+    """PushQueue for asyncio code (the HTTP frontend)."""
+
+    kind = zmq.PUSH
+
+    def put_nowait(self, msg: Any) -> None:
+        """Send without awaiting: zmq.asyncio sends at once while below the high-water mark,
+        so this also works from `finally` blocks of cancelled tasks."""
+        self.sock.send_multipart(self._encode(msg), copy=False)
 
 
-class AsyncPushQueue:
-    def __init__(self, ctx: zmq.asyncio.Context, addr: str, bind: bool) -> None:
-        self.sock = ctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        (self.sock.bind if bind else self.sock.connect)(addr)
+class AsyncPullQueue(_Queue):
+    """PullQueue for asyncio code (the HTTP frontend)."""
 
-    async def put(self, obj: Any) -> None:
-        await self.sock.send_multipart(encode(obj), copy=False)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class AsyncPullQueue:
-    def __init__(self, ctx: zmq.asyncio.Context, addr: str, bind: bool) -> None:
-        self.sock = ctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        (self.sock.bind if bind else self.sock.connect)(addr)
+    kind = zmq.PULL
 
     async def get(self) -> Any:
-        return decode(await self.sock.recv_multipart(copy=False))
-
-    def close(self) -> None:
-        self.sock.close()
+        return self._decode(await self.sock.recv_multipart(copy=False))

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from radixrt.model_info import (
+    ModelLoadError,
+    eos_token_ids,
+    lm_fields,
+    max_positions,
+    read_config_files,
+)
 
-class ModelLoadError(RuntimeError):
-    """A model directory cannot be served; the message names the problem."""
+if TYPE_CHECKING:
+    from radixrt.model_info import ModelInfo
 
+__all__ = ["SUPPORTED_ARCHITECTURES", "ModelConfig", "ModelLoadError"]
+
+# A model directory's packed int4 weights (radixrt/models/quant_checkpoint.py); named here,
+# free of torch, so that the frontend can see whether a model has them.
+INT4_CHECKPOINT = "quantized/int4.safetensors"
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM")
@@ -17,6 +29,9 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCa
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The architecture fields our model code needs, from a model's config.json (through
+    ModelInfo, or read from a directory)."""
+
     architecture: str
     hidden_size: int
     intermediate_size: int
@@ -38,19 +53,14 @@ class ModelConfig:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelConfig:
-        path = Path(path)
-        if not path.is_dir():
-            raise ModelLoadError(f"model directory {path} does not exist")
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
-        try:
-            raw = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelLoadError(f"{cfg_file} is not valid JSON: {e}") from None
-        gen_file = path / "generation_config.json"
-        gen = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
-        return cls.from_dict(raw, gen, source=str(cfg_file))
+        raw, gen = read_config_files(path)
+        return cls.from_dict(raw, gen, source=str(Path(path) / "config.json"))
+
+    @classmethod
+    def from_info(cls, info: ModelInfo) -> ModelConfig:
+        """From the config files ModelInfo already read (no second parse)."""
+        return cls.from_dict(info.config, info.generation_config,
+                             source=str(Path(info.model_path) / "config.json"))
 
     @classmethod
     def from_dict(cls, raw: dict, gen: dict | None = None, source: str = "config") -> ModelConfig:
@@ -61,7 +71,7 @@ class ModelConfig:
                 f"{source}: unsupported architecture {archs or raw.get('model_type')!r}; "
                 f"radixrt serves {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
-        text = raw.get("text_config") or raw
+        text = lm_fields(raw)
 
         def need(key: str) -> object:
             if key not in text:
@@ -75,8 +85,6 @@ class ModelConfig:
         rope_scaling = text.get("rope_scaling")
         if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
             rope_scaling = rope_params
-        eos = (gen or {}).get("eos_token_id", text.get("eos_token_id"))
-        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
         return cls(
             architecture=arch,
             hidden_size=hidden,
@@ -86,14 +94,14 @@ class ModelConfig:
             num_kv_heads=int(text.get("num_key_value_heads") or num_heads),
             head_dim=int(text.get("head_dim") or hidden // num_heads),
             vocab_size=int(need("vocab_size")),  # type: ignore[arg-type]
-            max_position_embeddings=int(text.get("max_position_embeddings", 4096)),
+            max_position_embeddings=max_positions(text),
             rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
             rope_theta=float(rope_theta),
             rope_scaling=rope_scaling,
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
             attention_bias=bool(text.get("attention_bias", arch == "Qwen2ForCausalLM")),
             qk_norm=arch == "Qwen3ForCausalLM",
-            eos_token_ids=eos_ids,
+            eos_token_ids=eos_token_ids(text, gen or {}),
             bos_token_id=text.get("bos_token_id"),
             torch_dtype=text.get("torch_dtype") or text.get("dtype"),
         )

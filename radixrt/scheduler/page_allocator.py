@@ -6,10 +6,12 @@ import numpy as np
 
 
 class OutOfPages(RuntimeError):
-    pass
+    """The allocator has fewer free pages than asked for."""
 
 
 class PageAllocator:
+    """A stack of free KV page ids (the scheduler's half of the KV pool)."""
+
     def __init__(self, num_pages: int) -> None:
         self.num_pages = num_pages
         self._free = np.arange(num_pages, dtype=np.int32)

@@ -16,6 +16,8 @@ LPM_MAX_QUEUE = 128
 
 @dataclass(frozen=True)
 class SchedulePolicy:
+    """Order of the waiting queue (see the module docstring)."""
+
     kind: str = "lpm"  # lpm | fcfs
     max_wait_s: float = 10.0  # a request waiting this long goes first, in arrival order
 

@@ -8,45 +8,62 @@ import time
 import zmq
 
 from radixrt.config import EngineConfig
+from radixrt.ipc.dispatch import Dispatcher
 from radixrt.ipc.messages import (
     AbortReq,
+    ChildReady,
+    FlushCacheDone,
     FlushCacheReq,
     GenerateReq,
-    Shutdown,
+    SchedulerWorkerMsg,
     StatsReq,
     StepResult,
+    TokenizerSchedulerMsg,
+    WorkerReady,
 )
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
-from radixrt.process_group import report_ready
+from radixrt.model_info import ModelInfo
+from radixrt.process_group import report
 from radixrt.scheduler.scheduler import Scheduler
 
 logger = logging.getLogger("radixrt")
 
 
 class SchedulerLoop:
-    def __init__(self, endpoints: Endpoints, config: EngineConfig, worker_info: dict) -> None:
-        self.sched = Scheduler(config, worker_info["num_pages"], worker_info["context_length"],
-                               tuple(worker_info["eos_ids"]), worker_info["vocab_size"])
-        ctx = zmq.Context.instance()
-        self.inbox = PullQueue(ctx, endpoints.to_scheduler, bind=True)
-        self.to_detok = PushQueue(ctx, endpoints.to_detokenizer, bind=False)
-        self.workers = [PushQueue(ctx, endpoints.to_worker(r), bind=False)
-                        for r in range(config.tp_size)]
-        self.from_worker = PullQueue(ctx, endpoints.from_worker, bind=True)
-        self.flush_pending = False
+    """The Scheduler's process loop: take messages, run a step on the worker(s), send outputs.
 
-    def handle(self, msg: object) -> None:
+    It blocks on its inbox while there is no work; a flush waits until no request runs.
+    """
+
+    def __init__(self, endpoints: Endpoints, config: EngineConfig, info: ModelInfo,
+                 worker: WorkerReady) -> None:
+        self.sched = Scheduler(config, info, worker.num_pages)
+        ctx = zmq.Context.instance()
+        self.inbox = PullQueue(ctx, endpoints.to_scheduler, bind=True, hop=TokenizerSchedulerMsg)
+        self.to_tokenizer = PushQueue(ctx, endpoints.to_detokenizer, bind=False,
+                                      hop=TokenizerSchedulerMsg)
+        self.workers = [PushQueue(ctx, endpoints.to_worker(r), bind=False, hop=SchedulerWorkerMsg)
+                        for r in range(config.tp_size)]
+        self.from_worker = PullQueue(ctx, endpoints.from_worker, bind=True,
+                                     hop=SchedulerWorkerMsg)
+        self.flush_pending = 0  # FlushCacheReqs not answered yet
         s = self.sched
-        if isinstance(msg, GenerateReq):
-            s.add_request(msg)
-        elif isinstance(msg, AbortReq):
-            s.abort(msg.rid)
-        elif isinstance(msg, StatsReq):
-            self.to_detok.put(s.get_stats())
-        elif isinstance(msg, FlushCacheReq):
-            self.flush_pending = True
-        elif isinstance(msg, Shutdown):
-            raise SystemExit(0)
+        self.handle = Dispatcher("scheduler", {
+            GenerateReq: s.add_request,
+            AbortReq: lambda m: s.abort(m.rid),
+            StatsReq: lambda m: self.to_tokenizer.put(s.get_stats()),
+            FlushCacheReq: self._request_flush,
+        })
+
+    def _request_flush(self, msg: FlushCacheReq) -> None:
+        self.flush_pending += 1
+
+    def _flush_when_idle(self) -> None:
+        if self.flush_pending and not self.sched.running:
+            freed = self.sched.flush_cache()
+            for _ in range(self.flush_pending):
+                self.to_tokenizer.put(FlushCacheDone(freed))
+            self.flush_pending = 0
 
     def _poll(self, timeout_ms: int) -> object | None:
         try:
@@ -62,10 +79,7 @@ class SchedulerLoop:
                 self.handle(self.inbox.get())
             for msg in self.inbox.drain():
                 self.handle(msg)
-            if self.flush_pending and not s.running:
-                s.flush_cache()
-                self.flush_pending = False
-                self.to_detok.put(FlushCacheReq())
+            self._flush_when_idle()
             batch = s.schedule()
             if batch is None:
                 out = s.collect_outputs()
@@ -81,13 +95,14 @@ class SchedulerLoop:
                 assert isinstance(result, StepResult) and result.step == batch.step
                 s.stats.ipc_seconds += time.perf_counter() - t0 - result.forward_seconds
                 out = s.process_result(result)
-            if out.rids:
-                self.to_detok.put(out)
+            if out.outs:
+                self.to_tokenizer.put(out)
 
 
-def run_scheduler(endpoints: Endpoints, name: str, config: EngineConfig, worker_info: dict) -> None:
+def run_scheduler(endpoints: Endpoints, name: str, config: EngineConfig, info: ModelInfo,
+                  worker: WorkerReady) -> None:
     logging.basicConfig(level=config.log_level.upper(),
                         format=f"[%(asctime)s {name}] %(message)s", datefmt="%H:%M:%S")
-    loop = SchedulerLoop(endpoints, config, worker_info)
-    report_ready(endpoints, name, **worker_info)
+    loop = SchedulerLoop(endpoints, config, info, worker)
+    report(endpoints, ChildReady(name))
     loop.run()

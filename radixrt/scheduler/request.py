@@ -1,10 +1,11 @@
-"""A request as the scheduler tracks it: tokens, KV pages, slot, lock on the radix tree."""
+"""A request as the scheduler tracks it: its state, tokens, KV pages, slot and radix-tree lock."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -12,17 +13,33 @@ from radixrt.cache.base import CacheKey
 from radixrt.sampling_params import SamplingParams
 
 
+class ReqState(Enum):
+    """Where a request is in its life. Only RUNNING requests hold a slot, pages and a lock."""
+
+    WAITING = "waiting"  # queued, never admitted
+    RUNNING = "running"  # holds a slot and KV pages; fed a chunk every step
+    RETRACTED = "retracted"  # queued again after a retraction (its prefix is in the tree)
+    FINISHED = "finished"  # stop, length, abort or refused: reported once, then forgotten
+
+
 @dataclass(eq=False)
 class Request:
+    """One generation request in the scheduler.
+
+    Tokens [0, num_computed) of fill_ids (prompt + output so far) have KV in `pages`; the first
+    `cached_len` of them are shared with the prefix cache through `node`, which the request
+    keeps locked while it runs. Step outputs accumulate in `new_*` until the next TokenOut.
+    """
+
     rid: str
     prompt_ids: np.ndarray  # int32
     sampling: SamplingParams
     namespace: str | None = None
     arrival: float = field(default_factory=time.monotonic)
+    state: ReqState = ReqState.WAITING
     output_ids: list[int] = field(default_factory=list)
-    # KV state. Tokens [0, num_computed) have KV in `pages`; the first cached_len of them are
-    # shared with the radix tree through `node` (locked while the request runs).
-    slot: int | None = None
+    # KV state, meaningful while RUNNING.
+    slot: int = -1
     pages: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     num_computed: int = 0
     cached_len: int = 0
@@ -30,7 +47,7 @@ class Request:
     dirty_from: int = 0  # worker's page table is stale for pages [dirty_from:]
     registered: bool = False  # worker has this slot's sampling state
     # Reporting
-    cached_tokens: int = -1  # prefix reused at first admission (-1 until admitted)
+    cached_tokens: int = 0  # prefix reused at the first admission
     finish_reason: str | None = None
     matched_stop: int | None = None
     error: str | None = None
@@ -63,8 +80,19 @@ class Request:
         return self.remaining == 1 and self.num_computed > 0
 
     @property
+    def running(self) -> bool:
+        return self.state is ReqState.RUNNING
+
+    @property
     def finished(self) -> bool:
-        return self.finish_reason is not None
+        return self.state is ReqState.FINISHED
 
     def max_new_left(self) -> int:
         return self.sampling.max_new_tokens - len(self.output_ids)
+
+
+class Chunk(NamedTuple):
+    """A request's share of one step: its next `num_new` tokens."""
+
+    req: Request
+    num_new: int

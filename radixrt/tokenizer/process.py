@@ -4,8 +4,8 @@ Sockets: PULL to_tokenizer (from the frontend / Engine) and PULL to_detokenizer 
 scheduler), both bound here; PUSH to_scheduler and PUSH to_frontend, connected. It blocks in
 zmq.Poller while idle: the cores belong to the model worker.
 
-Everything sent to the frontend is either a list[TextDelta] (one message per scheduler step,
-or one refusal), a SchedulerStats or a FlushCacheReq (answers, forwarded unchanged).
+To the frontend go TextDeltaBatches (one per scheduler step, or one refusal) and the
+scheduler's answers to stats and flush requests, relayed unchanged.
 """
 
 from __future__ import annotations
@@ -15,52 +15,67 @@ from dataclasses import dataclass
 
 import zmq
 
-from radixrt.config import EngineConfig
+from radixrt.ipc.dispatch import Dispatcher
 from radixrt.ipc.messages import (
     AbortReq,
+    ChildReady,
+    FlushCacheDone,
     FlushCacheReq,
+    FrontendTokenizerMsg,
     SchedulerStats,
     StatsReq,
     TextDelta,
+    TextDeltaBatch,
     TokenizeReq,
+    TokenizerSchedulerMsg,
+    TokenLogprob,
     TokenOut,
+    TokenOutBatch,
 )
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
-from radixrt.process_group import report_ready
+from radixrt.model_info import ModelInfo
+from radixrt.process_group import report
 from radixrt.sampling_params import InvalidRequestError
-from radixrt.tokenizer.detokenize import IncrementalDetokenizer, StopStringMatcher
+from radixrt.tokenizer.detokenize import IncrementalDetokenizer, StopStringMatcher, TokenTexts
 from radixrt.tokenizer.tokenize import PromptTokenizer
 
 logger = logging.getLogger("radixrt.tokenizer")
 
+# What a handler hands back: messages for the scheduler, deltas for the frontend.
+Outbox = tuple[list[TokenizerSchedulerMsg], list[TextDelta]]
+
 
 @dataclass
 class RequestState:
+    """The tokenizer process's view of one running request."""
+
     detok: IncrementalDetokenizer
     stops: StopStringMatcher
     aborted: bool = False  # the frontend gave up on it: nothing more is sent for it
 
 
 class TokenizerManager:
-    """Socket-free core of the process, so that tests can drive it directly.
+    """Socket-free core of the tokenizer process (tests drive it directly).
 
-    `handle_*` return the messages to send: (to the scheduler, to the frontend).
+    Owns the tokenizer and the per-request detokenizer state; every `handle_*` returns an
+    Outbox instead of sending, so the process loop is only plumbing.
     """
 
-    def __init__(self, config: EngineConfig, prompts: PromptTokenizer | None = None):
-        self.prompts = prompts or PromptTokenizer(config)
+    def __init__(self, info: ModelInfo, prompts: PromptTokenizer | None = None):
+        self.prompts = prompts or PromptTokenizer(info)
         self.tokenizer = self.prompts.tokenizer
+        self.texts = TokenTexts(self.tokenizer)  # token strings of logprobs entries
         self.requests: dict[str, RequestState] = {}
 
-    def handle_tokenize(self, req: TokenizeReq) -> tuple[list[object], list[object]]:
+    def handle_tokenize(self, req: TokenizeReq) -> Outbox:
         if req.rid in self.requests:
-            return [], [[refusal(req.rid, f"request id {req.rid!r} is already running", None)]]
+            return [], [refusal(req.rid, f"request id {req.rid!r} is already running", None)]
         try:
             gen = self.prompts.build(req)
         except InvalidRequestError as exc:
-            return [], [[refusal(req.rid, str(exc), exc.param)]]
+            return [], [refusal(req.rid, str(exc), exc.param)]
         except Exception as exc:  # noqa: BLE001 - e.g. a string where a number belongs
-            return [], [[refusal(req.rid, f"invalid request: {type(exc).__name__}: {exc}", None)]]
+            return [], [refusal(req.rid, f"invalid request: {type(exc).__name__}: {exc}", None)]
         sp = gen.sampling
         self.requests[req.rid] = RequestState(
             detok=IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens),
@@ -68,68 +83,63 @@ class TokenizerManager:
         )
         return [gen], []
 
-    def handle_abort(self, req: AbortReq) -> list[object]:
+    def handle_abort(self, req: AbortReq) -> Outbox:
         state = self.requests.get(req.rid)
         if state is None:
-            return []
+            return [], []
         state.aborted = True  # the scheduler's final "abort" entry will clear it
-        return [req]
+        return [req], []
 
-    def handle_token_out(self, out: TokenOut) -> tuple[list[object], list[TextDelta]]:
-        to_scheduler: list[object] = []
+    def handle_token_outs(self, batch: TokenOutBatch) -> Outbox:
+        to_scheduler: list[TokenizerSchedulerMsg] = []
         deltas: list[TextDelta] = []
-        for i, rid in enumerate(out.rids):
-            state = self.requests.get(rid)
+        for out in batch.outs:
+            state = self.requests.get(out.rid)
             if state is None:  # finished here already (stop string): late tokens
                 continue
-            finish = out.finish_reasons[i]
-            error = out.errors[i] if i < len(out.errors) else None
             if state.aborted:
-                if finish is not None:
-                    del self.requests[rid]
-                    deltas.append(self._delta(out, i, "", [], finished=True, finish="abort"))
+                if out.finish_reason is not None:
+                    del self.requests[out.rid]
+                    deltas.append(self._delta(out, "", [], finish="abort"))
                 continue
-            new_ids = out.new_ids[i]
-            done = finish is not None or error is not None
-            text = state.detok.add(new_ids)
+            done = out.finish_reason is not None or out.error is not None
+            text = state.detok.add(out.new_ids)
             if done:
                 text += state.detok.flush()
             text, matched = state.stops.feed(text, final=done)
             if matched is not None:
                 # Stop string: finish here and let the scheduler free the request's pages.
-                del self.requests[rid]
-                if finish is None:
-                    to_scheduler.append(AbortReq(rid))
-                deltas.append(
-                    self._delta(out, i, text, new_ids, finished=True, finish="stop",
-                                matched=matched)
-                )
+                del self.requests[out.rid]
+                if out.finish_reason is None:
+                    to_scheduler.append(AbortReq(out.rid))
+                deltas.append(self._delta(out, text, out.new_ids, finish="stop", matched=matched))
                 continue
             if done:
-                del self.requests[rid]
-            delta = self._delta(out, i, text, new_ids, finished=done, finish=finish)
-            delta.error = error
-            deltas.append(delta)
+                del self.requests[out.rid]
+            deltas.append(self._delta(out, text, out.new_ids, finish=out.finish_reason,
+                                      finished=done))
         return to_scheduler, deltas
 
-    @staticmethod
-    def _delta(out: TokenOut, i: int, text: str, ids: list[int], finished: bool,
-               finish: str | None, matched: str | int | None = None) -> TextDelta:
+    def _delta(self, out: TokenOut, text: str, ids: list[int], finish: str | None,
+               matched: str | int | None = None, finished: bool = True) -> TextDelta:
         if matched is None and finish == "stop":
-            matched = out.matched_stops[i]
+            matched = out.matched_stop
         return TextDelta(
-            rid=out.rids[i],
-            text=text,
-            token_ids=list(ids),
-            finished=finished,
-            finish_reason=finish,
-            matched_stop=matched,
-            prompt_tokens=out.prompt_tokens[i],
-            completion_tokens=out.completion_tokens[i],
-            cached_tokens=out.cached_tokens[i],
-            logprobs=out.logprobs[i] if ids else None,
-            top_logprobs=out.top_logprobs[i] if ids else None,
-        )
+            rid=out.rid, text=text, token_ids=list(ids), finished=finished,
+            finish_reason=finish, matched_stop=matched, prompt_tokens=out.prompt_tokens,
+            completion_tokens=out.completion_tokens, cached_tokens=out.cached_tokens,
+            logprobs=self._logprobs(out) if ids else None, error=out.error)
+
+    def _logprobs(self, out: TokenOut) -> list[TokenLogprob] | None:
+        if out.logprobs is None:
+            return None
+        t = self.texts
+        tops = out.top_logprobs or [None] * len(out.new_ids)
+        return [
+            TokenLogprob(tid, t.text_of(tid), t.bytes_of(tid), lp, top=None if top is None else
+                         [TokenLogprob(i, t.text_of(i), t.bytes_of(i), p) for i, p in top])
+            for tid, lp, top in zip(out.new_ids, out.logprobs, tops, strict=True)
+        ]
 
 
 def refusal(rid: str, message: str, param: str | None) -> TextDelta:
@@ -137,50 +147,48 @@ def refusal(rid: str, message: str, param: str | None) -> TextDelta:
                      error_param=param)
 
 
-def run_tokenizer(endpoints: Endpoints, name: str, config: EngineConfig) -> None:
-    """Process main (ProcessGroup.start("tokenizer", run_tokenizer, config))."""
-    logging.basicConfig(level=config.log_level.upper(),
+def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelInfo) -> None:
+    """Process main (ProcessGroup.start("tokenizer", run_tokenizer, log_level, info))."""
+    logging.basicConfig(level=log_level.upper(),
                         format=f"[%(asctime)s {name}] %(message)s", datefmt="%H:%M:%S")
-    manager = TokenizerManager(config)
+    manager = TokenizerManager(info)
     ctx = zmq.Context.instance()
-    from_frontend = PullQueue(ctx, endpoints.to_tokenizer, bind=True)
-    from_scheduler = PullQueue(ctx, endpoints.to_detokenizer, bind=True)
-    to_scheduler = PushQueue(ctx, endpoints.to_scheduler, bind=False)
-    to_frontend = PushQueue(ctx, endpoints.to_frontend, bind=False)
+    from_frontend = PullQueue(ctx, endpoints.to_tokenizer, bind=True, hop=FrontendTokenizerMsg)
+    from_scheduler = PullQueue(ctx, endpoints.to_detokenizer, bind=True,
+                               hop=TokenizerSchedulerMsg)
+    to_scheduler = PushQueue(ctx, endpoints.to_scheduler, bind=False, hop=TokenizerSchedulerMsg)
+    to_frontend = PushQueue(ctx, endpoints.to_frontend, bind=False, hop=FrontendTokenizerMsg)
     poller = zmq.Poller()
     poller.register(from_scheduler.sock, zmq.POLLIN)
     poller.register(from_frontend.sock, zmq.POLLIN)
-    report_ready(endpoints, name)
 
-    def send(sched_msgs: list[object], front_msgs: list[object]) -> None:
-        for m in sched_msgs:
+    def send(outbox: Outbox) -> None:
+        to_sched, deltas = outbox
+        for m in to_sched:
             to_scheduler.put(m)
-        for m in front_msgs:
-            to_frontend.put(m)
+        if deltas:
+            to_frontend.put(TextDeltaBatch(deltas))
 
-    def handle(msg: object, from_client: bool) -> None:
-        if isinstance(msg, TokenOut):
-            sched_msgs, deltas = manager.handle_token_out(msg)
-            send(sched_msgs, [deltas] if deltas else [])
-        elif isinstance(msg, TokenizeReq):
-            send(*manager.handle_tokenize(msg))
-        elif isinstance(msg, AbortReq):
-            send(manager.handle_abort(msg), [])
-        elif isinstance(msg, (StatsReq, FlushCacheReq)) and from_client:
-            to_scheduler.put(msg)
-        elif isinstance(msg, (SchedulerStats, FlushCacheReq)):
-            to_frontend.put(msg)  # the scheduler's answers
-        else:
-            logger.warning("unexpected message %r", type(msg).__name__)
-
+    handle = Dispatcher(name, {
+        # From the frontend.
+        TokenizeReq: lambda m: send(manager.handle_tokenize(m)),
+        AbortReq: lambda m: send(manager.handle_abort(m)),
+        StatsReq: to_scheduler.put,
+        FlushCacheReq: to_scheduler.put,
+        # From the scheduler.
+        TokenOutBatch: lambda m: send(manager.handle_token_outs(m)),
+        SchedulerStats: to_frontend.put,
+        FlushCacheDone: to_frontend.put,
+    })
+    report(endpoints, ChildReady(name))
     while True:
         events = dict(poller.poll())
         # Scheduler output first: it is what streaming clients are waiting for.
-        for queue, from_client in ((from_scheduler, False), (from_frontend, True)):
+        for queue in (from_scheduler, from_frontend):
             if queue.sock not in events:
                 continue
             for msg in queue.drain():
                 try:
-                    handle(msg, from_client)
+                    handle(msg)
                 except Exception:  # noqa: BLE001 - one bad message must not stop the server
                     logger.exception("tokenizer: failed to handle %s", type(msg).__name__)

@@ -4,66 +4,14 @@ and validate a request before it reaches the scheduler."""
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from radixrt.config import EngineConfig
 from radixrt.ipc.messages import GenerateReq, TokenizeReq
+from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import InvalidRequestError
 
 CHAT_ROLES = ("system", "user", "assistant", "tool", "developer")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the serving layers need to know about a model, read from its config files."""
-
-    context_length: int
-    vocab_size: int
-    eos_token_ids: tuple[int, ...]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _as_ids(value: Any) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, int):
-        return (value,)
-    return tuple(int(v) for v in value)
-
-
-def load_model_info(
-    config: EngineConfig, tokenizer: PreTrainedTokenizerBase | None = None
-) -> ModelInfo:
-    """Context length, vocabulary size and EOS ids from config.json / generation_config.json.
-
-    EngineConfig.context_length, when set, overrides the model's max_position_embeddings.
-    The tokenizer is only a fallback for model dirs without those fields.
-    """
-    path = Path(config.model_path)
-    cfg = _read_json(path / "config.json")
-    cfg = {**cfg.get("text_config", {}), **cfg}  # multimodal configs nest the LM's fields
-    gen = _read_json(path / "generation_config.json")
-    context = config.context_length or cfg.get("max_position_embeddings")
-    if context is None and tokenizer is not None:
-        context = tokenizer.model_max_length
-    vocab = cfg.get("vocab_size") or (len(tokenizer) if tokenizer is not None else None)
-    if not context or not vocab:
-        raise ValueError(f"{path}: config.json lacks max_position_embeddings / vocab_size")
-    eos = _as_ids(gen.get("eos_token_id")) or _as_ids(cfg.get("eos_token_id"))
-    if not eos and tokenizer is not None and tokenizer.eos_token_id is not None:
-        eos = (int(tokenizer.eos_token_id),)
-    return ModelInfo(context_length=int(context), vocab_size=int(vocab), eos_token_ids=eos)
 
 
 def load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
@@ -101,9 +49,9 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
 class PromptTokenizer:
     """Turns a TokenizeReq into a validated GenerateReq (or raises InvalidRequestError)."""
 
-    def __init__(self, config: EngineConfig, tokenizer: PreTrainedTokenizerBase | None = None):
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model_path)
-        self.info = load_model_info(config, self.tokenizer)
+    def __init__(self, info: ModelInfo, tokenizer: PreTrainedTokenizerBase | None = None):
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(info.model_path)
+        self.info = info
 
     def prompt_ids(self, req: TokenizeReq) -> tuple[list[int], str]:
         """The prompt's token ids and the request parameter they came from."""

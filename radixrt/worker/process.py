@@ -8,31 +8,35 @@ import torch
 import zmq
 
 from radixrt.config import EngineConfig
-from radixrt.ipc.messages import ForwardBatch, Shutdown
+from radixrt.ipc.dispatch import Dispatcher
+from radixrt.ipc.messages import ForwardBatch, SchedulerWorkerMsg, WorkerReady
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
-from radixrt.process_group import report_ready
+from radixrt.model_info import ModelInfo
+from radixrt.models.config import ModelConfig
+from radixrt.process_group import report
 from radixrt.worker.model_runner import ModelRunner
 
 logger = logging.getLogger("radixrt")
 
 
-def run_worker(endpoints: Endpoints, name: str, config: EngineConfig, rank: int = 0) -> None:
+def run_worker(endpoints: Endpoints, name: str, config: EngineConfig, info: ModelInfo,
+               rank: int = 0) -> None:
     logging.basicConfig(level=config.log_level.upper(),
                         format=f"[%(asctime)s {name}] %(message)s", datefmt="%H:%M:%S")
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    runner = ModelRunner(config)
+    runner = ModelRunner(config, ModelConfig.from_info(info))
     ctx = zmq.Context.instance()
-    inbox = PullQueue(ctx, endpoints.to_worker(rank), bind=True)
-    outbox = PushQueue(ctx, endpoints.from_worker, bind=False)
-    report_ready(endpoints, name, num_pages=runner.num_pages, page_size=runner.page_size,
-                 context_length=runner.context_length, vocab_size=runner.model_cfg.vocab_size,
-                 eos_ids=list(runner.model_cfg.eos_token_ids))
-    while True:
-        msg = inbox.get()
-        if isinstance(msg, Shutdown):
-            break
-        assert isinstance(msg, ForwardBatch)
-        result = runner.step(msg)
-        if rank == 0:
+    inbox = PullQueue(ctx, endpoints.to_worker(rank), bind=True, hop=SchedulerWorkerMsg)
+    outbox = PushQueue(ctx, endpoints.from_worker, bind=False, hop=SchedulerWorkerMsg)
+
+    def forward(batch: ForwardBatch) -> None:
+        result = runner.step(batch)
+        if rank == 0:  # every rank runs the step; one answers
             outbox.put(result)
+
+    dispatch = Dispatcher(name, {ForwardBatch: forward})
+    report(endpoints, WorkerReady(name, rank, runner.num_pages, runner.page_size,
+                                  config.device, config.dtype))
+    while True:
+        dispatch(inbox.get())

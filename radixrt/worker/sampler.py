@@ -40,6 +40,9 @@ class SampleOutput:
 
 
 class Sampler:
+    """Per-slot sampling state on the worker (penalties, bias, seeds) and the batched sampling
+    of one step's logits rows, with logprobs when asked."""
+
     def __init__(self, vocab_size: int, device: torch.device, seed: int = 0) -> None:
         self.vocab_size = vocab_size
         self.device = device

@@ -37,6 +37,10 @@ def test_four_turn_conversation_reuses_the_whole_history(default_engine) -> None
     stats = default_engine.get_stats()
     assert stats.running == 0 and stats.pages_protected == 0
     assert stats.pages_free + stats.pages_evictable == stats.pages_total
+    # A flush answers with what it freed: the whole conversation's cached pages.
+    assert default_engine.flush_cache() == stats.pages_evictable > 0
+    after = default_engine.get_stats()
+    assert after.pages_free == after.pages_total and after.pages_evictable == 0
 
 
 def test_input_forms_and_errors(default_engine) -> None:

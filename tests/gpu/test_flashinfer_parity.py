@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.gpu,
 flashinfer = pytest.importorskip("flashinfer")
 
 from radixrt.config import EngineConfig  # noqa: E402
-from radixrt.ipc.messages import ForwardBatch  # noqa: E402
+from radixrt.testing.batches import batch_from_chunks  # noqa: E402
 from radixrt.worker.cuda_graph import CudaGraphRunner, graph_forward  # noqa: E402
 from radixrt.worker.model_runner import ModelRunner  # noqa: E402
 
@@ -56,7 +56,7 @@ class Trio:
         new = [s for s in slots if s not in self.seqs]
         pages = {s: list(range((s + 1) * self.per_req - 1, s * self.per_req - 1, -1))
                  for s in new}
-        fb = ForwardBatch.from_chunks(slots, starts, chunks, pages)
+        fb = batch_from_chunks(slots, starts, chunks, pages)
         outs = []
         for runner, graphs in ((self.ref, None), (self.fi, None), (self.gr, self.graphs)):
             runner._apply_updates(fb)

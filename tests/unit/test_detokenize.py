@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from radixrt.config import EngineConfig
-from radixrt.ipc.messages import AbortReq, GenerateReq, TokenizeReq, TokenOut
+from radixrt.ipc.messages import AbortReq, GenerateReq, TokenizeReq, TokenOut, TokenOutBatch
+from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import SamplingParams
 from radixrt.tokenizer.detokenize import (
     REPLACEMENT,
@@ -186,13 +186,14 @@ def test_token_texts(tok: PreTrainedTokenizerBase) -> None:
 
 @pytest.fixture(scope="module")
 def manager(default_model_dir: Path, tok: PreTrainedTokenizerBase) -> TokenizerManager:
-    config = EngineConfig(str(default_model_dir), context_length=64)
-    return TokenizerManager(config, PromptTokenizer(config, tok))
+    info = ModelInfo.from_dir(default_model_dir, context_length=64)
+    return TokenizerManager(info, PromptTokenizer(info, tok))
 
 
 def token_out(rid: str, ids: list[int], finish: str | None = None,
-              matched: int | None = None) -> TokenOut:
-    return TokenOut([rid], [ids], [finish], [matched], [5], [0], [len(ids)], [None], [None])
+              matched: int | None = None) -> TokenOutBatch:
+    return TokenOutBatch([TokenOut(rid, ids, finish, matched, prompt_tokens=5,
+                                   completion_tokens=len(ids))])
 
 
 def submit(m: TokenizerManager, rid: str, **sampling: Any) -> GenerateReq:
@@ -207,7 +208,7 @@ def test_manager_stop_string_aborts_the_scheduler(manager: TokenizerManager,
     submit(manager, "s1", max_new_tokens=40, stop=["Paris"])
     text, sched_msgs, final = "", [], None
     for i in tok.encode(" The capital is Paris. Yes"):
-        sched, deltas = manager.handle_token_out(token_out("s1", [i]))
+        sched, deltas = manager.handle_token_outs(token_out("s1", [i]))
         sched_msgs += sched
         text += "".join(d.text for d in deltas)
         if deltas and deltas[-1].finished:
@@ -217,15 +218,15 @@ def test_manager_stop_string_aborts_the_scheduler(manager: TokenizerManager,
     assert text == " The capital is "
     assert [type(m).__name__ for m in sched_msgs] == ["AbortReq"]
     # Tokens the scheduler produced before it saw the abort are dropped.
-    assert manager.handle_token_out(token_out("s1", [5])) == ([], [])
-    assert manager.handle_token_out(token_out("s1", [], "abort")) == ([], [])
+    assert manager.handle_token_outs(token_out("s1", [5])) == ([], [])
+    assert manager.handle_token_outs(token_out("s1", [], "abort")) == ([], [])
 
 
 def test_manager_eos_and_length(manager: TokenizerManager, tok: PreTrainedTokenizerBase) -> None:
     submit(manager, "e1", max_new_tokens=5)
     ids = tok.encode("Hi 🎉")
-    _, deltas = manager.handle_token_out(token_out("e1", ids[:-1]))
-    _, last = manager.handle_token_out(token_out("e1", [ids[-1], 2], "stop", 2))
+    _, deltas = manager.handle_token_outs(token_out("e1", ids[:-1]))
+    _, last = manager.handle_token_outs(token_out("e1", [ids[-1], 2], "stop", 2))
     assert "".join(d.text for d in deltas + last) == "Hi 🎉"
     assert (last[0].finished, last[0].finish_reason, last[0].matched_stop) == (True, "stop", 2)
     assert last[0].prompt_tokens == 5 and "e1" not in manager.requests
@@ -233,11 +234,11 @@ def test_manager_eos_and_length(manager: TokenizerManager, tok: PreTrainedTokeni
 
 def test_manager_abort(manager: TokenizerManager) -> None:
     submit(manager, "a1", max_new_tokens=5)
-    assert [type(m).__name__ for m in manager.handle_abort(AbortReq("a1"))] == ["AbortReq"]
-    assert manager.handle_token_out(token_out("a1", [42])) == ([], [])
-    _, deltas = manager.handle_token_out(token_out("a1", [], "abort"))
+    assert [type(m).__name__ for m in manager.handle_abort(AbortReq("a1"))[0]] == ["AbortReq"]
+    assert manager.handle_token_outs(token_out("a1", [42])) == ([], [])
+    _, deltas = manager.handle_token_outs(token_out("a1", [], "abort"))
     assert deltas[0].finished and deltas[0].finish_reason == "abort"
-    assert manager.handle_abort(AbortReq("a1")) == []  # unknown by now: not forwarded
+    assert manager.handle_abort(AbortReq("a1")) == ([], [])  # unknown by now: not forwarded
 
 
 def test_manager_fills_default_max_tokens(manager: TokenizerManager) -> None:
@@ -258,7 +259,7 @@ def test_manager_fills_default_max_tokens(manager: TokenizerManager) -> None:
 def test_manager_refusals(manager: TokenizerManager, req: TokenizeReq, param: str) -> None:
     sched, front = manager.handle_tokenize(req)
     assert sched == [], "accepted"
-    [[d]] = front
+    [d] = front
     assert d.finished and d.error and d.error_param == param, d
 
 
@@ -270,3 +271,23 @@ def test_chat_template_with_text_parts(manager: TokenizerManager) -> None:
     assert plain == parts
     text = manager.tokenizer.decode(plain)
     assert text.endswith("<|im_start|>assistant\n") and "<|im_start|>user\na\nb<|im_end|>" in text
+
+
+def test_manager_sends_token_strings_with_logprobs(manager: TokenizerManager,
+                                                    tok: PreTrainedTokenizerBase) -> None:
+    """The frontend has no tokenizer: logprob entries arrive with their text and bytes."""
+    submit(manager, "l1", max_new_tokens=5, logprobs=True, top_logprobs=2)
+    ids = tok.encode(" Paris 🎉")
+    tops = [[(i, -0.1), (i + 1, -2.5)] for i in ids]
+    out = TokenOut("l1", ids, "length", prompt_tokens=5, completion_tokens=len(ids),
+                   logprobs=[-0.1] * len(ids), top_logprobs=tops)
+    _, [d] = manager.handle_token_outs(TokenOutBatch([out]))
+    assert [e.token_id for e in d.logprobs] == ids
+    assert d.logprobs[0].token == " Paris" and bytes(d.logprobs[0].bytes) == b" Paris"
+    assert b"".join(bytes(e.bytes) for e in d.logprobs).decode() == " Paris 🎉"
+    assert [t.token_id for t in d.logprobs[0].top] == [ids[0], ids[0] + 1]
+    assert d.logprobs[0].top[1].token == tok.decode([ids[0] + 1])
+    # Without logprobs asked for, nothing is attached.
+    submit(manager, "l2", max_new_tokens=5)
+    _, [d] = manager.handle_token_outs(TokenOutBatch([TokenOut("l2", ids, "length")]))
+    assert d.logprobs is None

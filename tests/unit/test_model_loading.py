@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from radixrt.model_info import ModelInfo, lm_fields
 from radixrt.models.config import ModelConfig, ModelLoadError
 from radixrt.models.loader import load_model
 
@@ -72,3 +73,42 @@ def test_no_weights(make_tiny_model, tmp_path: Path) -> None:
     (d / "model.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="no \\*.safetensors"):
         load_model(d, torch.float32, "cpu")
+
+
+# ---------------------------------------------------------------- ModelInfo: one parse for all
+
+
+def test_model_info_and_model_config_agree(make_tiny_model) -> None:
+    d = make_tiny_model("qwen2")
+    info = ModelInfo.from_dir(d)
+    cfg = ModelConfig.from_dir(d)
+    assert (info.context_length, info.vocab_size, info.eos_token_ids) == (2048, 49152, (2,))
+    assert ModelConfig.from_info(info) == cfg
+    assert ModelInfo.from_dir(d, context_length=512).context_length == 512
+
+
+def test_text_config_wins_over_the_top_level(tmp_path: Path) -> None:
+    """A multimodal-style config: the language model's fields sit under text_config."""
+    raw = {"architectures": ["LlamaForCausalLM"], "vocab_size": 7, "eos_token_id": 9,
+           "max_position_embeddings": 100, "text_config": {
+               "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+               "num_attention_heads": 4, "vocab_size": 1000, "max_position_embeddings": 4000}}
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [3, 4]}))
+    info = ModelInfo.from_dir(tmp_path)
+    cfg = ModelConfig.from_dir(tmp_path)
+    assert (info.vocab_size, info.context_length, info.eos_token_ids) == (1000, 4000, (3, 4))
+    assert (cfg.vocab_size, cfg.max_position_embeddings, cfg.eos_token_ids) == (1000, 4000, (3, 4))
+    # The top level fills what text_config lacks.
+    assert lm_fields(raw)["eos_token_id"] == 9
+
+
+def test_model_info_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        ModelInfo.from_dir(tmp_path / "nope")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        ModelInfo.from_dir(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(ModelLoadError, match="missing required field 'vocab_size'"):
+        ModelInfo.from_dir(tmp_path)

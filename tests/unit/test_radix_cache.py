@@ -322,6 +322,38 @@ def test_no_prefix_cache() -> None:
     c.check_integrity()
 
 
+def test_request_operations_radix() -> None:
+    """share_prefix / release / reusable_len: what the scheduler asks of any prefix cache."""
+    c, ps = RadixCache(4), 4
+    # Request A computed 8 tokens into pages [10, 11] (+ a partial page 12), nothing shared yet.
+    root = c.match_prefix(K(range(8))).node
+    c.lock(root)
+    shared, dup = c.share_prefix(K(range(8)), P([10, 11, 12]), root, 0)
+    assert (shared.num_tokens, shared.pages.tolist(), len(dup)) == (8, [10, 11], 0)
+    assert c.protected_pages == 2
+    # Request B computed the same 8 tokens into its own pages: they are duplicates.
+    c.lock(root)
+    shared_b, dup_b = c.share_prefix(K(range(8)), P([20, 21]), root, 0)
+    assert shared_b.pages.tolist() == [10, 11] and dup_b.tolist() == [20, 21]
+    # A finishes with 12 tokens: page 12 joins the tree; B finishes: only its tail comes back.
+    assert c.release(K(range(12)), P([10, 11, 12, 13]), shared.node, 8).tolist() == [13]
+    assert c.release(K(range(8)), P([10, 11, 22]), shared_b.node, 8).tolist() == [22]
+    assert c.protected_pages == 0 and c.evictable_pages == 3
+    c.check_integrity()
+    assert c.reusable_len(K(range(10)), K([*range(7), 99])) == ps  # whole pages only
+    assert c.reusable_len(K(range(10)), CacheKey(np.arange(10, dtype=np.int32), "x")) == 0
+
+
+def test_request_operations_no_cache() -> None:
+    """NoPrefixCache: a running request keeps every page; a finished one frees them all."""
+    c = NoPrefixCache(4)
+    node = c.match_prefix(K(range(8))).node
+    shared, dup = c.share_prefix(K(range(8)), P([1, 2, 3]), node, 0)
+    assert shared.num_tokens == 0 and len(shared.pages) == 0 and len(dup) == 0
+    assert c.release(K(range(8)), P([1, 2, 3]), node, 0).tolist() == [1, 2, 3]
+    assert c.reusable_len(K(range(64)), K(range(64))) == 0
+
+
 def test_use_native_true_without_core(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rc_mod, "_native_core", None)
     with pytest.raises(RuntimeError, match="_radix_core is not built"):

@@ -7,9 +7,9 @@ import pytest
 
 from radixrt.config import EngineConfig
 from radixrt.sampling_params import SamplingParams
-from radixrt.scheduler.local import LocalEngine
 from radixrt.scheduler.policy import SchedulePolicy
-from radixrt.scheduler.request import Request
+from radixrt.scheduler.request import ReqState, Request
+from radixrt.testing.local_engine import LocalEngine
 from radixrt.worker.model_runner import ModelRunner
 
 GREEDY = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
@@ -31,12 +31,9 @@ def runner(tiny):
 def engine(tiny, runner, **kw) -> LocalEngine:
     kw.setdefault("max_running_requests", 128)
     cfg = EngineConfig(model_path=tiny, page_size=4, **kw)
-    eng = LocalEngine(cfg, runner)
-    if "max_total_tokens" in kw:  # pretend the pool is that small
-        pages = -(-kw["max_total_tokens"] // 4)
-        eng.scheduler.__init__(cfg, pages, runner.context_length,
-                               runner.model_cfg.eos_token_ids, runner.model_cfg.vocab_size)
-    return eng
+    # With max_total_tokens, pretend the shared runner's pool is that small.
+    pages = -(-kw["max_total_tokens"] // 4) if "max_total_tokens" in kw else None
+    return LocalEngine(cfg, runner, num_pages=pages)
 
 
 def shared_prompts(n: int, prefix_len: int = 48, seed: int = 0) -> list[list[int]]:
@@ -54,7 +51,17 @@ def assert_all_free(eng: LocalEngine) -> None:
     assert s.allocator.num_free + s.cache.evictable_pages == s.num_pages
 
 
-def test_cache_on_equals_cache_off(tiny, runner) -> None:
+@pytest.fixture(scope="module")
+def cpu_runner(tiny):
+    """The same runner on radixrt's own CPU attention kernels (shared-prefix decodes are
+    grouped there too)."""
+    return ModelRunner(EngineConfig(model_path=tiny, page_size=4, max_total_tokens=16384,
+                                    max_running_requests=128, attention_backend="cpu"))
+
+
+@pytest.mark.parametrize("runner_name", ["runner", "cpu_runner"])
+def test_cache_on_equals_cache_off(tiny, runner_name: str, request) -> None:
+    runner = request.getfixturevalue(runner_name)
     prompts = shared_prompts(24)
     on = engine(tiny, runner).generate(prompts, GREEDY, check=True)
     off_eng = engine(tiny, runner, disable_radix_cache=True)
@@ -76,6 +83,31 @@ def test_tiny_pool_many_requests(tiny, runner) -> None:
     assert all(o.finish_reason == "length" for o in small)
     assert_all_free(small_eng)
     assert small_eng.scheduler.stats.retractions > 0
+
+
+def test_request_states_through_retraction(tiny, runner) -> None:
+    """WAITING -> RUNNING -> RETRACTED -> RUNNING -> FINISHED, seen from outside."""
+    eng = engine(tiny, runner, max_total_tokens=4 * 40)
+    s = eng.scheduler
+    for i, p in enumerate(shared_prompts(24, prefix_len=20, seed=3)):
+        eng.add(f"q{i}", p, GREEDY)
+    reqs = list(s.waiting)
+    assert {r.state for r in reqs} == {ReqState.WAITING}
+    seen: dict[str, list[ReqState]] = {r.rid: [] for r in reqs}
+    while s.has_work:
+        eng.step()
+        s.check_integrity()
+        for r in reqs:
+            if not seen[r.rid] or seen[r.rid][-1] is not r.state:
+                seen[r.rid].append(r.state)
+    assert all(states[-1] is ReqState.FINISHED for states in seen.values())
+    redone = [st for st in seen.values() if ReqState.RETRACTED in st]
+    assert redone and all(st[st.index(ReqState.RETRACTED) + 1] is ReqState.RUNNING
+                          for st in redone)
+    assert [eng.outputs[r.rid].output_ids for r in reqs] == [
+        o.output_ids for o in engine(tiny, runner).generate([r.prompt_ids.tolist() for r in reqs],
+                                                            GREEDY)]
+    assert_all_free(eng)
 
 
 def test_conversation_reuses_previous_turns(tiny, runner) -> None:
@@ -107,9 +139,7 @@ def test_chunked_prefill_respects_budget(tiny, runner) -> None:
             continue
         sizes.append(int(batch.num_new.sum()))
         assert batch.num_new.sum() <= 16 or batch.num_new.max() == 1
-        out = eng.scheduler.process_result(eng.runner.step(batch))
-        for i, rid in enumerate(out.rids):
-            eng.outputs[rid].output_ids.extend(out.new_ids[i])
+        eng.record(eng.scheduler.process_result(eng.runner.step(batch)))
     assert sizes[:5] == [16, 16, 16, 16, 11]  # 70 = 4 chunks of 16 + 6 (+5 of "short")
     ref = engine(tiny, runner).generate([long_prompt], GREEDY)[0]
     assert eng.outputs["long"].output_ids == ref.output_ids
@@ -194,7 +224,7 @@ def test_lpm_admits_longest_match_first(tiny, runner) -> None:
     eng.add("hot", warm + [5, 6], GREEDY)
     batch = eng.scheduler.schedule()
     first = eng.scheduler._batch  # noqa: SLF001
-    assert first[0][0].rid == "hot"
+    assert first[0].req.rid == "hot"
     eng.scheduler.process_result(eng.runner.step(batch))
     eng.run(check=True)
 

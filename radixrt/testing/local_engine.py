@@ -1,4 +1,4 @@
-"""Scheduler and ModelRunner in one process, no sockets: for tests and micro-benchmarks."""
+"""Scheduler and ModelRunner in one process, no sockets: the test and micro-benchmark driver."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from radixrt.config import EngineConfig
-from radixrt.ipc.messages import GenerateReq, TokenOut
+from radixrt.ipc.messages import GenerateReq, TokenOutBatch
+from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import SamplingParams
 from radixrt.scheduler.scheduler import Scheduler
 from radixrt.worker.model_runner import ModelRunner
@@ -14,6 +15,8 @@ from radixrt.worker.model_runner import ModelRunner
 
 @dataclass
 class LocalOutput:
+    """Everything one request produced, accumulated over steps."""
+
     output_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     cached_tokens: int = 0
@@ -23,11 +26,14 @@ class LocalOutput:
 
 
 class LocalEngine:
-    def __init__(self, config: EngineConfig, runner: ModelRunner | None = None) -> None:
+    """A Scheduler feeding a ModelRunner directly. `runner` may be shared between engines (its
+    pool must be at least `num_pages`, which defaults to the runner's)."""
+
+    def __init__(self, config: EngineConfig, runner: ModelRunner | None = None,
+                 num_pages: int | None = None) -> None:
         self.runner = runner or ModelRunner(config)
-        m = self.runner.model_cfg
-        self.scheduler = Scheduler(config, self.runner.num_pages, self.runner.context_length,
-                                   m.eos_token_ids, m.vocab_size)
+        self.scheduler = Scheduler(config, ModelInfo.load(config),
+                                   num_pages or self.runner.num_pages)
         self.outputs: dict[str, LocalOutput] = {}
 
     def add(self, rid: str, input_ids: list[int], sampling: SamplingParams | dict | None = None,
@@ -36,19 +42,22 @@ class LocalEngine:
         self.scheduler.add_request(GenerateReq(rid, list(input_ids),
                                                SamplingParams.from_dict(sampling), cache_salt))
 
-    def step(self) -> TokenOut:
+    def step(self) -> TokenOutBatch:
         batch = self.scheduler.schedule()
         out = (self.scheduler.collect_outputs() if batch is None
                else self.scheduler.process_result(self.runner.step(batch)))
-        for i, rid in enumerate(out.rids):
-            o = self.outputs[rid]
-            o.output_ids.extend(out.new_ids[i])
-            o.cached_tokens, o.prompt_tokens = out.cached_tokens[i], out.prompt_tokens[i]
-            o.finish_reason = out.finish_reasons[i]
-            o.error = out.errors[i]
-            if out.logprobs[i]:
-                o.logprobs.extend(out.logprobs[i])
+        self.record(out)
         return out
+
+    def record(self, out: TokenOutBatch) -> None:
+        """Add a step's outputs to self.outputs."""
+        for t in out.outs:
+            o = self.outputs[t.rid]
+            o.output_ids.extend(t.new_ids)
+            o.cached_tokens, o.prompt_tokens = t.cached_tokens, t.prompt_tokens
+            o.finish_reason, o.error = t.finish_reason, t.error
+            if t.logprobs:
+                o.logprobs.extend(t.logprobs)
 
     def run(self, check: bool = False, on_step: Callable[[int], None] | None = None,
             max_steps: int = 100_000) -> dict[str, LocalOutput]:

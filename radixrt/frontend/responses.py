@@ -1,0 +1,150 @@
+"""How each API shapes its answers. The request lifecycle (serving.py) is one path for all of
+them; a shape only says what a choice, a stream chunk and a whole response look like."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from radixrt.frontend.protocol import (
+    ChatChoice,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChatLogprobEntry,
+    ChatLogprobs,
+    ChatResponseMessage,
+    ChatStreamChoice,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionResponse,
+    DeltaMessage,
+    TopLogprob,
+    UsageInfo,
+)
+from radixrt.ipc.messages import TextDelta
+from radixrt.sampling_params import SamplingParams
+
+
+def json_response(model: BaseModel) -> Response:
+    # pydantic writes -inf logprobs as null; json.dumps (JSONResponse) would refuse them.
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+class ResponseShape(ABC):
+    """One API call's answer format. `choice` builds a choice from a delta (a stream's delta,
+    or a choice's whole merged output); `chunk` wraps streamed choices (or the final usage)."""
+
+    def __init__(self, api_id: str, model: str, sp: SamplingParams) -> None:
+        self.api_id, self.model, self.sp = api_id, model, sp
+        self.created = int(time.time())
+
+    def opening(self, indices: list[int]) -> list[Any]:
+        """Chunks a stream starts with, before any output."""
+        return []
+
+    def worth_sending(self, d: TextDelta) -> bool:
+        """Streams skip deltas that carry nothing for the client (held-back text)."""
+        return bool(d.text or d.finished or (self.sp.logprobs and d.token_ids))
+
+    def wants_logprobs(self, d: TextDelta, stream: bool) -> bool:
+        """A whole choice always has its logprobs list; a chunk only when it has tokens."""
+        return self.sp.logprobs and (bool(d.token_ids) or not stream)
+
+    @abstractmethod
+    def choice(self, d: TextDelta, index: int, stream: bool) -> Any: ...
+
+    @abstractmethod
+    def chunk(self, choices: list[Any], usage: UsageInfo | None = None) -> Any: ...
+
+    @abstractmethod
+    def response(self, choices: list[Any], usage: UsageInfo) -> Response: ...
+
+
+class ChatShape(ResponseShape):
+    """/v1/chat/completions."""
+
+    def opening(self, indices: list[int]) -> list[Any]:
+        return [self.chunk([ChatStreamChoice(index=i, finish_reason=None,
+                                             delta=DeltaMessage(role="assistant", content=""))])
+                for i in indices]
+
+    def choice(self, d: TextDelta, index: int, stream: bool) -> Any:
+        logprobs = chat_logprobs(d) if self.wants_logprobs(d, stream) else None
+        if stream:
+            return ChatStreamChoice(index=index, finish_reason=d.finish_reason, logprobs=logprobs,
+                                    delta=DeltaMessage(content=d.text or None))
+        return ChatChoice(index=index, message=ChatResponseMessage(content=d.text),
+                          logprobs=logprobs, finish_reason=d.finish_reason)
+
+    def chunk(self, choices: list[Any], usage: UsageInfo | None = None) -> Any:
+        return ChatCompletionChunk(id=self.api_id, created=self.created, model=self.model,
+                                   choices=choices, usage=usage)
+
+    def response(self, choices: list[Any], usage: UsageInfo) -> Response:
+        return json_response(ChatCompletionResponse(
+            id=self.api_id, created=self.created, model=self.model, choices=choices,
+            usage=usage))
+
+
+class CompletionShape(ResponseShape):
+    """/v1/completions: logprobs carry text offsets, counted per choice across the stream."""
+
+    def __init__(self, api_id: str, model: str, sp: SamplingParams) -> None:
+        super().__init__(api_id, model, sp)
+        self.offsets: dict[int, int] = {}
+
+    def choice(self, d: TextDelta, index: int, stream: bool) -> Any:
+        logprobs = None
+        if self.wants_logprobs(d, stream):
+            logprobs = completion_logprobs(d, self.offsets.get(index, 0))
+            self.offsets[index] = self.offsets.get(index, 0) + sum(map(len, logprobs.tokens))
+        return CompletionChoice(index=index, text=d.text, finish_reason=d.finish_reason,
+                                logprobs=logprobs)
+
+    def chunk(self, choices: list[Any], usage: UsageInfo | None = None) -> Any:
+        return CompletionResponse(id=self.api_id, created=self.created, model=self.model,
+                                  choices=choices, usage=usage)
+
+    def response(self, choices: list[Any], usage: UsageInfo) -> Response:
+        return json_response(self.chunk(choices, usage))
+
+
+class GenerateShape(ResponseShape):
+    """radixrt's native /generate (SGLang's shape): one dict per delta, no usage."""
+
+    def worth_sending(self, d: TextDelta) -> bool:
+        return True
+
+    def choice(self, d: TextDelta, index: int, stream: bool) -> Any:
+        return {"text": d.text, "output_ids": d.token_ids, "meta_info": {
+            "id": self.api_id, "prompt_tokens": d.prompt_tokens,
+            "completion_tokens": d.completion_tokens, "cached_tokens": d.cached_tokens,
+            "finish_reason": d.finish_reason, "matched_stop": d.matched_stop}}
+
+    def chunk(self, choices: list[Any], usage: UsageInfo | None = None) -> Any:
+        return choices[0]
+
+    def response(self, choices: list[Any], usage: UsageInfo) -> Response:
+        return JSONResponse(choices[0])
+
+
+def chat_logprobs(d: TextDelta) -> ChatLogprobs:
+    return ChatLogprobs(content=[
+        ChatLogprobEntry(token=e.token, logprob=e.logprob, bytes=e.bytes, top_logprobs=[
+            TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in e.top or []])
+        for e in d.logprobs or []])
+
+
+def completion_logprobs(d: TextDelta, offset: int) -> CompletionLogprobs:
+    out = CompletionLogprobs()
+    for e in d.logprobs or []:
+        out.tokens.append(e.token)
+        out.token_logprobs.append(e.logprob)
+        out.top_logprobs.append({t.token: t.logprob for t in e.top or []})
+        out.text_offset.append(offset)
+        offset += len(e.token)
+    return out

@@ -1,0 +1,62 @@
+"""Hop frontend / Engine ⇄ tokenizer process: requests as text or ids in, text deltas out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from radixrt.sampling_params import SamplingParams
+
+
+class FrontendTokenizerMsg:
+    """Base of every message on the frontend ⇄ tokenizer hop."""
+
+
+@dataclass
+class TokenizeReq(FrontendTokenizerMsg):
+    """A generation request as the frontend sees it (text, chat messages or token ids)."""
+
+    rid: str
+    prompt: str | None = None
+    messages: list[dict] | None = None  # chat messages; the tokenizer applies the template
+    input_ids: list[int] | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stream: bool = False
+    cache_salt: str | None = None
+    chat_template_kwargs: dict | None = None
+
+
+@dataclass
+class TokenLogprob:
+    """One output token's logprob with its text and raw bytes (OpenAI logprobs entries), so
+    the frontend needs no tokenizer of its own. `top` holds the alternatives (no `top` each)."""
+
+    token_id: int
+    token: str
+    bytes: list[int]
+    logprob: float
+    top: list[TokenLogprob] | None = None
+
+
+@dataclass
+class TextDelta:
+    """Incremental output for one request (one per step while it runs, then a final one)."""
+
+    rid: str
+    text: str  # new text since the last delta (never a broken UTF-8 char or a stop-string prefix)
+    token_ids: list[int]  # new output ids since the last delta
+    finished: bool = False
+    finish_reason: str | None = None  # stop | length | abort
+    matched_stop: str | int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None  # of token_ids, when the request asked
+    error: str | None = None  # set with finished=True when the request was refused
+    error_param: str | None = None
+
+
+@dataclass
+class TextDeltaBatch(FrontendTokenizerMsg):
+    """Every delta of one scheduler step (or one refusal): one message, not one per request."""
+
+    deltas: list[TextDelta]

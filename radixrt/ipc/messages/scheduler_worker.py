@@ -1,0 +1,67 @@
+"""Hop scheduler ⇄ worker(s): one ForwardBatch per step out, one StepResult back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from radixrt.sampling_params import SamplingParams
+
+
+class SchedulerWorkerMsg:
+    """Base of every message on the scheduler ⇄ worker hop."""
+
+
+@dataclass
+class NewSlot:
+    """Registers a request in a worker slot: its sampling state lives there from now on."""
+
+    slot: int
+    sampling: SamplingParams
+    prompt_ids: np.ndarray | None = None  # only when repetition_penalty needs it
+    eos_ids: tuple[int, ...] = ()  # masked until min_new_tokens is reached
+    output_ids: np.ndarray | None = None  # tokens generated before a retraction (penalties)
+
+
+@dataclass
+class ForwardBatch(SchedulerWorkerMsg):
+    """One model step. Requests are listed in batch order; prefill chunks and decodes mix.
+
+    For request i: tokens input_ids[cu[i]:cu[i+1]] sit at positions start_pos[i] ... and the
+    KV of positions < start_pos[i] is already in the pool at the slot's pages.
+    """
+
+    step: int
+    slots: np.ndarray  # int32 [B]
+    start_pos: np.ndarray  # int32 [B]
+    num_new: np.ndarray  # int32 [B]
+    input_ids: np.ndarray  # int32 [sum num_new]
+    sample: np.ndarray  # bool [B]: sample a token (False for a non-final prefill chunk)
+    # Page-table updates: slot row [offset: offset+len(pages)] = pages.
+    page_slots: np.ndarray  # int32 [U]
+    page_offsets: np.ndarray  # int32 [U]
+    page_lens: np.ndarray  # int32 [U]
+    page_ids: np.ndarray  # int32 [sum page_lens]
+    new_slots: list[NewSlot] = field(default_factory=list)
+    freed_slots: list[int] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.slots)
+
+    @property
+    def is_decode_only(self) -> bool:
+        return bool(len(self.num_new)) and int(self.num_new.max()) == 1 and not self.new_slots
+
+
+@dataclass
+class StepResult(SchedulerWorkerMsg):
+    """The sampled tokens of one ForwardBatch (from rank 0)."""
+
+    step: int
+    next_ids: np.ndarray  # int32 [B]; -1 where not sampled
+    logprobs: np.ndarray | None = None  # float32 [B]
+    top_ids: np.ndarray | None = None  # int32 [B, K]
+    top_logprobs: np.ndarray | None = None  # float32 [B, K]
+    forward_seconds: float = 0.0

@@ -1,0 +1,94 @@
+"""Hop tokenizer ⇄ scheduler: token ids in, per-request step outputs out.
+
+Abort, stats and flush come from the frontend and are relayed unchanged by the tokenizer (as
+are their answers), so they belong to the frontend ⇄ tokenizer hop too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from radixrt.ipc.messages.frontend_tokenizer import FrontendTokenizerMsg
+from radixrt.sampling_params import SamplingParams
+
+
+class TokenizerSchedulerMsg:
+    """Base of every message on the tokenizer ⇄ scheduler hop."""
+
+
+@dataclass
+class GenerateReq(TokenizerSchedulerMsg):
+    """A tokenized, validated request."""
+
+    rid: str
+    input_ids: list[int]
+    sampling: SamplingParams
+    cache_salt: str | None = None
+
+
+@dataclass
+class TokenOut:
+    """One request's news of one step: new token ids, and the final fields once it ends."""
+
+    rid: str
+    new_ids: list[int]
+    finish_reason: str | None = None  # None while running; stop | length | abort
+    matched_stop: int | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    logprobs: list[float] | None = None  # of new_ids, when the request asked
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    error: str | None = None  # the scheduler refused the request
+
+
+@dataclass
+class TokenOutBatch(TokenizerSchedulerMsg):
+    """One step's outputs (one message a step)."""
+
+    outs: list[TokenOut]
+
+
+@dataclass
+class AbortReq(FrontendTokenizerMsg, TokenizerSchedulerMsg):
+    """Stop a request (client gone, stop string matched); its pages are freed."""
+
+    rid: str
+
+
+@dataclass
+class StatsReq(FrontendTokenizerMsg, TokenizerSchedulerMsg):
+    """Asks the scheduler for a SchedulerStats."""
+
+
+@dataclass
+class SchedulerStats(FrontendTokenizerMsg, TokenizerSchedulerMsg):
+    """The scheduler's queues, pages and cumulative counters (the answer to a StatsReq)."""
+
+    running: int = 0
+    waiting: int = 0
+    pages_total: int = 0
+    pages_free: int = 0
+    pages_evictable: int = 0
+    pages_protected: int = 0
+    page_size: int = 1
+    cache_hit_tokens: int = 0  # cumulative, over prompts admitted
+    prompt_tokens: int = 0  # cumulative
+    generated_tokens: int = 0  # cumulative
+    steps: int = 0
+    retractions: int = 0  # cumulative: running requests requeued for lack of pages
+    tick_seconds: float = 0.0  # cumulative scheduler CPU time outside forward waits
+    forward_seconds: float = 0.0  # cumulative worker time per step (apply, forward, sample)
+    ipc_seconds: float = 0.0  # cumulative step round trip minus the worker's own time
+
+
+@dataclass
+class FlushCacheReq(FrontendTokenizerMsg, TokenizerSchedulerMsg):
+    """Drop the prefix cache once no request runs; answered by FlushCacheDone."""
+
+
+@dataclass
+class FlushCacheDone(FrontendTokenizerMsg, TokenizerSchedulerMsg):
+    """The answer to a FlushCacheReq."""
+
+    pages_freed: int = 0

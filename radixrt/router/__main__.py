@@ -1,0 +1,5 @@
+import sys
+
+from radixrt.router.server import main
+
+sys.exit(main())

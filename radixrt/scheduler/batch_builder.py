@@ -1,0 +1,55 @@
+"""Batch building: one step's chunks become the ForwardBatch sent to the worker(s)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from radixrt.ipc.messages import ForwardBatch, NewSlot
+from radixrt.scheduler.request import Chunk
+
+_NO_IDS = np.zeros(0, np.int32)
+
+
+def build_batch(step: int, chunks: list[Chunk], eos_ids: tuple[int, ...],
+                freed_slots: list[int]) -> ForwardBatch:
+    """A ForwardBatch sized by what changed: each request's new tokens, the page-table rows
+    that went stale (`dirty_from` on), and the sampling state of newly registered slots.
+
+    A decode sends its last output token only; a prefill chunk its slice of fill_ids.
+    """
+    B = len(chunks)
+    slots = np.empty(B, np.int32)
+    start = np.empty(B, np.int32)
+    num_new = np.empty(B, np.int32)
+    sample = np.empty(B, bool)
+    ids, new_slots = [], []
+    p_slots, p_offs, p_lens, p_ids = [], [], [], []
+    for i, (r, n) in enumerate(chunks):
+        slots[i], start[i], num_new[i] = r.slot, r.num_computed, n
+        sample[i] = r.num_computed + n == r.fill_len
+        if n == 1 and r.output_ids and r.num_computed == r.fill_len - 1:
+            ids.append(np.asarray(r.output_ids[-1:], np.int32))
+        else:
+            ids.append(r.fill_ids(r.num_computed + n)[r.num_computed :])
+        if not r.registered:
+            s = r.sampling
+            new_slots.append(NewSlot(
+                r.slot, s,
+                prompt_ids=r.prompt_ids if s.repetition_penalty != 1.0 else None,
+                eos_ids=eos_ids,
+                output_ids=np.asarray(r.output_ids, np.int32) if r.output_ids else None))
+            r.registered = True
+        if r.dirty_from < len(r.pages):
+            p_slots.append(r.slot)
+            p_offs.append(r.dirty_from)
+            p_lens.append(len(r.pages) - r.dirty_from)
+            p_ids.append(r.pages[r.dirty_from :])
+            r.dirty_from = len(r.pages)
+    return ForwardBatch(
+        step=step, slots=slots, start_pos=start, num_new=num_new,
+        input_ids=np.concatenate(ids).astype(np.int32), sample=sample,
+        page_slots=np.asarray(p_slots, np.int32), page_offsets=np.asarray(p_offs, np.int32),
+        page_lens=np.asarray(p_lens, np.int32),
+        page_ids=np.concatenate(p_ids).astype(np.int32) if p_ids else _NO_IDS,
+        new_slots=new_slots, freed_slots=freed_slots,
+    )
