@@ -10,6 +10,28 @@ ext_modules = [
         cxx_std=17,
         extra_compile_args=["-O3"],
     ),
+    # Quantized matmuls. -fopenmp links libgomp.so.1, the soname of the libgomp that torch's
+    # CPU wheel bundles: imported after torch, both share one OpenMP runtime and thread pool.
+    # No -march: per-ISA code comes from target_clones / target attributes in the source.
+    Pybind11Extension(
+        "radixrt._quant_cpu",
+        ["csrc/quant_cpu.cpp"],
+        depends=["csrc/quant_cpu_avx2.h"],
+        cxx_std=17,
+        extra_compile_args=["-O3", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
+    ),
+    # Paged CPU attention. OpenMP: import it after torch so it binds to torch's libgomp.
+    Pybind11Extension(
+        "radixrt._attention_cpu",
+        ["csrc/attention_cpu.cpp"],
+        depends=["csrc/attention_cpu_kernels.inc"],
+        cxx_std=17,
+        # -fno-trapping-math lets GCC vectorize float selects (no numeric change);
+        # -Wno-psabi: the kernels pass vectors only between inlined functions.
+        extra_compile_args=["-O3", "-fopenmp", "-fno-trapping-math", "-Wno-psabi"],
+        extra_link_args=["-fopenmp"],
+    ),
 ]
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext})

@@ -1,11 +1,20 @@
-"""Probe: decode time per step against any running server, by context length and batch size.
+"""Probe: decode time per step, by context length and batch size.
 
-Sends `batch` streaming completions with prompts of `context` tokens at once and times the
-steps after every request has its first token (so only decodes run). Also times the prefill of
-one prompt per context length (max_tokens 1). Use it to see how a step's cost grows with
-context and batch, e.g. to compare attention backends.
+Against any running server (--base-url): sends `batch` streaming completions with prompts of
+`context` tokens at once and times the steps after every request has its first token (so only
+decodes run). Also times the prefill of one prompt per context length (max_tokens 1).
+
+In process (--in-process): drives a ModelRunner directly (no server, no sockets): prefills
+`batch` random prompts of `context` tokens, then times decode steps (ModelRunner.step:
+forward + sampling), for each attention backend x model dtype x KV-cache dtype x quantization
+asked for, and with --profile prints torch.profiler's top ops of a few steps, attention
+labelled as `attention` (the cpu backend's kernels are not torch ops).
 
     python -m bench.bench_decode --base-url http://127.0.0.1:30000 [--contexts 16,1024,2048]
+    python -m bench.bench_decode --in-process --contexts 900 --batch-sizes 4 \
+        --backends torch,cpu --dtypes float32,bfloat16 --kv-dtypes auto,bfloat16 --profile
+    python -m bench.bench_decode --in-process --contexts 900 --batch-sizes 4 \
+        --backends cpu --quantizations none,int8,int4
 """
 
 from __future__ import annotations
@@ -66,25 +75,41 @@ async def probe(url: str, contexts: list[int], batches: list[int], steps: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.bench_decode", description=__doc__)
-    ap.add_argument("--base-url", required=True)
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_decode", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base-url", default=None)
+    ap.add_argument("--in-process", action="store_true",
+                    help="drive a ModelRunner in this process (see bench/decode_step.py)")
+    ap.add_argument("--model", default=None, help="model dir (in-process; default: radixrt's)")
+    ap.add_argument("--backends", default="torch,cpu", help="in-process attention backends")
+    ap.add_argument("--dtypes", default="float32", help="in-process model dtypes")
+    ap.add_argument("--kv-dtypes", default="auto", help="in-process KV-cache dtypes")
+    ap.add_argument("--quantizations", default="auto", help="in-process weight quantizations")
+    ap.add_argument("--threads", type=int, default=None, help="in-process torch threads")
+    ap.add_argument("--profile", action="store_true", help="in-process: torch.profiler top ops")
     ap.add_argument("--contexts", default="16,1024,2048")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--steps", type=int, default=48, help="decode steps per measurement")
     ap.add_argument("--tokenizer", default=None, help="HF tokenizer dir (default: radixrt's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    print("| Context | Batch | Decode ms/step | ms/token | Prefill of one prompt (ms) |")
-    print("|---|---|---|---|---|")
-    rows = asyncio.run(probe(normalize_base_url(args.base_url),
-                             [int(x) for x in args.contexts.split(",")],
-                             [int(x) for x in args.batch_sizes.split(",")], args.steps,
-                             load_tokenizer(args.tokenizer)))
+    if args.in_process:
+        from bench.decode_step import run_in_process
+
+        rows = run_in_process(args)
+    elif not args.base_url:
+        ap.error("--base-url is required unless --in-process")
+    else:
+        print("| Context | Batch | Decode ms/step | ms/token | Prefill of one prompt (ms) |")
+        print("|---|---|---|---|---|")
+        rows = asyncio.run(probe(normalize_base_url(args.base_url),
+                                 [int(x) for x in args.contexts.split(",")],
+                                 [int(x) for x in args.batch_sizes.split(",")], args.steps,
+                                 load_tokenizer(args.tokenizer)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,9 @@ if TYPE_CHECKING:
 # Names only: torch is imported where tensors are made, so the tokenizer process and the
 # frontend never pay for importing it.
 DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "int8", "int4")
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")  # auto: the model dtype
+ATTENTION_BACKENDS = ("auto", "torch", "cpu", "flashinfer")
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -20,31 +24,61 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def cpu_has_bf16_matrix_units() -> bool:
-    """True on CPUs with AMX bf16 tiles, where bf16 matmuls run several times faster than fp32.
-
-    Without them torch emulates bf16 and it is ~5x slower than fp32 (measured on AVX-512-only
-    Xeons), so `auto` must not pick bf16 there.
-    """
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
-
-
-def resolve_dtype(name: str, device: str) -> str:
-    """Resolve a --dtype name; `auto` picks the fastest faithful type."""
+def resolve_dtype(name: str, device: str, model_path: str | None = None) -> str:
+    """Resolve a --dtype name; `auto` picks the fastest faithful type: bfloat16 on CUDA; on a
+    CPU whichever of bf16/fp32 a short probe at the model's shapes found faster (cached per
+    CPU and torch version, radixrt/dtype_probe.py)."""
     if name == "auto":
-        if device.startswith("cuda") or cpu_has_bf16_matrix_units():
+        if device.startswith("cuda"):
             return "bfloat16"
-        return "float32"
+        from radixrt.dtype_probe import cpu_dtype
+
+        return cpu_dtype(model_path)
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}")
     return name
+
+
+def resolve_quantization(name: str, model_path: str, device: str) -> str:
+    """Resolve --quantization. `auto`: int4 where the model's published weights are int4
+    (a directory with the packed blocks of its GGUF, like the default model: the very same
+    weights, a quarter of the memory traffic), else none (a safetensors checkpoint is served
+    as published). CPU only: on CUDA `auto` is none and int8/int4 are refused."""
+    if name not in ("auto", *QUANTIZATIONS):
+        raise ValueError(f"unknown quantization {name!r}; choose one of auto, "
+                         f"{', '.join(QUANTIZATIONS)}")
+    on_cpu = device == "cpu"
+    if name == "auto":
+        from pathlib import Path
+
+        from radixrt.models.config import INT4_CHECKPOINT
+
+        native = importlib.util.find_spec("radixrt._quant_cpu") is not None
+        has_int4 = (Path(model_path) / INT4_CHECKPOINT).is_file()
+        return "int4" if on_cpu and native and has_int4 else "none"
+    if name != "none" and not on_cpu:
+        raise ValueError(f"--quantization {name} runs on CPU only (device {device})")
+    return name
+
+
+def cpu_attention_available() -> bool:
+    """True when radixrt's CPU attention kernels are built (found, not imported: no torch)."""
+    return importlib.util.find_spec("radixrt._attention_cpu") is not None
+
+
+def resolve_attention_backend(name: str, device: str, dtype: str) -> str:
+    """`auto`: FlashInfer on CUDA (it has no float32 kernels: a float32 CUDA run uses torch);
+    on a CPU our own kernels when they are built and run the dtype, else torch."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of "
+                         f"{', '.join(ATTENTION_BACKENDS)}")
+    if name != "auto":
+        return name
+    if device.startswith("cuda"):
+        return "flashinfer" if dtype != "float32" else "torch"
+    if dtype in ("float32", "bfloat16") and cpu_attention_available():
+        return "cpu"
+    return "torch"
 
 
 def resolve_device(name: str) -> str:
@@ -63,10 +97,12 @@ class EngineConfig:
     served_model_name: str = "default"
     device: str = "cpu"
     dtype: str = "float32"  # a resolved name: float32 / bfloat16 / float16
-    attention_backend: str = "torch"  # torch | flashinfer
+    quantization: str = "none"  # resolved: none / int8 / int4 (group-32 weights, CPU)
+    attention_backend: str = "torch"  # torch (the reference) | cpu | flashinfer
     tp_size: int = 1
     # KV cache
     page_size: int = 16
+    kv_cache_dtype: str = "auto"  # auto (= dtype) | float32 | bfloat16
     max_total_tokens: int | None = None  # None: size from mem_fraction
     mem_fraction: float = 0.85
     disable_radix_cache: bool = False
@@ -86,6 +122,11 @@ class EngineConfig:
 
     def replace(self, **changes: object) -> EngineConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def kv_dtype(self) -> str:
+        """The KV cache's resolved type name."""
+        return self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype
 
 
 @dataclass(frozen=True)
@@ -111,12 +152,18 @@ def build_engine_config(model_path: str | None = None, **options: object) -> Eng
 
         model_path = str(default_model_dir())
     device = resolve_device(str(options.pop("device", "auto")))
-    dtype_name = resolve_dtype(str(options.pop("dtype", "auto")), device)
-    backend = str(options.pop("attention_backend", "auto"))
-    if backend == "auto":
-        # FlashInfer has no float32 kernels: a float32 CUDA run uses the torch backend.
-        cuda_ok = device.startswith("cuda") and dtype_name != "float32"
-        backend = "flashinfer" if cuda_ok else "torch"
+    dtype_name = resolve_dtype(str(options.pop("dtype", "auto")), device, str(model_path))
+    quantization = resolve_quantization(str(options.pop("quantization", "auto")),
+                                        str(model_path), device)
+    backend = resolve_attention_backend(str(options.pop("attention_backend", "auto")), device,
+                                        dtype_name)
+    kv_dtype = str(options.get("kv_cache_dtype", "auto"))
+    if kv_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(f"unknown KV cache dtype {kv_dtype!r}; choose one of "
+                         f"{', '.join(KV_CACHE_DTYPES)}")
+    if backend == "flashinfer" and kv_dtype not in ("auto", dtype_name):
+        raise ValueError(f"the flashinfer backend needs the KV cache in the model dtype "
+                         f"({dtype_name}), not {kv_dtype}")
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -125,6 +172,7 @@ def build_engine_config(model_path: str | None = None, **options: object) -> Eng
         model_path=str(model_path),
         device=device,
         dtype=dtype_name,
+        quantization=quantization,
         attention_backend=backend,
         **options,  # type: ignore[arg-type]
     )

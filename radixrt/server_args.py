@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from radixrt.config import DTYPES, EngineConfig, build_engine_config
+from radixrt.config import (
+    ATTENTION_BACKENDS,
+    DTYPES,
+    KV_CACHE_DTYPES,
+    QUANTIZATIONS,
+    EngineConfig,
+    build_engine_config,
+)
 
 # Flags whose value is not simply passed through to the EngineConfig field of the same name.
 _SPECIAL = {"model_path"}
@@ -29,10 +36,17 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, metavar="DEV",
                    help="cpu, cuda or cuda:N (default auto: cuda when available)")
     g.add_argument("--dtype", default=None, choices=["auto", *DTYPES],
-                   help="weights and KV-cache type (default auto: bfloat16 on CUDA and on CPUs "
-                        "with AMX, else float32)")
-    g.add_argument("--attention-backend", default=None, choices=["auto", "torch", "flashinfer"],
-                   help="attention kernels (default auto: flashinfer on CUDA, else torch)")
+                   help="weights and KV-cache type (default auto: bfloat16 on CUDA; on a CPU "
+                        "bfloat16 only where a first-start probe measured it faster, cached in "
+                        "the radixrt cache dir)")
+    g.add_argument("--quantization", default=None, choices=["auto", *QUANTIZATIONS],
+                   help="weights as group-32 int4 (scale + min, GGUF Q4_1 math) or int8 (GGUF "
+                        "Q8_0 math), CPU only (default auto: int4 for a model whose published "
+                        "weights are int4, like the default model; none otherwise)")
+    g.add_argument("--attention-backend", default=None, choices=list(ATTENTION_BACKENDS),
+                   help="attention kernels: torch (the reference), cpu (radixrt's own CPU "
+                        "kernels), flashinfer (CUDA). Default auto: flashinfer on CUDA, cpu on "
+                        "a CPU when its extension is built, else torch")
     g.add_argument("--tp-size", type=int, default=None, metavar="N",
                    help=f"tensor-parallel ranks (default {d.tp_size})")
     g.add_argument("--num-threads", type=int, default=None, metavar="N",
@@ -46,6 +60,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("KV cache")
     g.add_argument("--page-size", type=int, default=None, metavar="N",
                    help=f"tokens per KV-cache page (default {d.page_size})")
+    g.add_argument("--kv-cache-dtype", default=None, choices=list(KV_CACHE_DTYPES),
+                   help="KV-cache type (default auto: the model dtype). bfloat16 with float32 "
+                        "weights halves the KV bytes a decode step reads; attention still "
+                        "computes in float32")
     g.add_argument("--max-total-tokens", type=int, default=None, metavar="N",
                    help="KV-cache size in tokens (default: from --mem-fraction of free memory)")
     g.add_argument("--mem-fraction", type=float, default=None, metavar="F",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -35,6 +36,42 @@ class AttentionMetadata:
     num_new_host: list[int]
     is_decode: bool  # every request has exactly one new token
     max_seq_len: int
+
+
+def build_metadata(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.ndarray,
+                   page_size: int, device: torch.device | str = "cpu"
+                   ) -> tuple[AttentionMetadata, torch.Tensor]:
+    """Metadata and flat positions of a batch from host arrays (copied to the device once).
+
+    page_rows [B, >= pages of the longest request]: each request's page ids.
+    """
+    ps = page_size
+    num_new = np.asarray(num_new, dtype=np.int64)
+    start = np.asarray(start_pos, dtype=np.int64)
+    cu = np.zeros(len(num_new) + 1, dtype=np.int64)
+    np.cumsum(num_new, out=cu[1:])
+    # Position of every new token: start[i] + 0..num_new[i]-1.
+    req_of_tok = np.repeat(np.arange(len(num_new)), num_new)
+    positions = start[req_of_tok] + (np.arange(cu[-1]) - cu[req_of_tok])
+    seq_lens = start + num_new
+    n_pages = int(-(-seq_lens.max() // ps)) if len(seq_lens) else 0
+    table = np.asarray(page_rows)[:, :n_pages]
+    out_slots = table[req_of_tok, positions // ps].astype(np.int64) * ps + positions % ps
+    meta = AttentionMetadata(
+        batch_size=len(num_new),
+        start_pos=torch.from_numpy(start.astype(np.int32)).to(device),
+        num_new=torch.from_numpy(num_new.astype(np.int32)).to(device),
+        seq_lens=torch.from_numpy(seq_lens.astype(np.int32)).to(device),
+        cu_new=torch.from_numpy(cu.astype(np.int32)).to(device),
+        page_table=torch.from_numpy(np.ascontiguousarray(table, dtype=np.int32)).to(device),
+        out_slots=torch.from_numpy(out_slots).to(device),
+        page_size=ps,
+        start_pos_host=start.tolist(),
+        num_new_host=num_new.tolist(),
+        is_decode=bool(len(num_new)) and int(num_new.max()) == 1,
+        max_seq_len=int(seq_lens.max()) if len(seq_lens) else 0,
+    )
+    return meta, torch.from_numpy(positions).to(device)
 
 
 class AttentionBackend(ABC):

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "ModelConfig", "ModelLoadError"]
 
+# A model directory's packed int4 weights (radixrt/models/quant_checkpoint.py); named here,
+# free of torch, so that the frontend can see whether a model has them.
+INT4_CHECKPOINT = "quantized/int4.safetensors"
+
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                            "Qwen3ForCausalLM")
 

@@ -41,12 +41,26 @@ def safetensors_files(path: Path) -> list[Path]:
 
 
 def load_model(path: str | Path, dtype: torch.dtype, device: str | torch.device,
-               cfg: ModelConfig | None = None) -> LlamaForCausalLM:
+               cfg: ModelConfig | None = None, quantization: str = "none") -> LlamaForCausalLM:
+    """quantization: none, int8 or int4 (resolved names, see radixrt.config). int4 of a
+    directory with a packed checkpoint (the default model: its GGUF's own blocks) loads
+    that; otherwise the safetensors weights are quantized round-to-nearest."""
     path = Path(path)
     cfg = cfg or ModelConfig.from_dir(path)
     device = torch.device(device)
-    files = safetensors_files(path)
     t0 = time.perf_counter()
+    if quantization not in ("none", "int8", "int4"):
+        raise ModelLoadError(f"unknown quantization {quantization!r}")
+    if quantization != "none" and device.type != "cpu":
+        raise ModelLoadError(f"--quantization {quantization} runs on CPU only, not {device}")
+    if quantization == "int4":
+        from radixrt.models.quant_checkpoint import int4_checkpoint, load_int4_model
+
+        if int4_checkpoint(path) is not None:
+            model = load_int4_model(path, cfg, dtype)
+            _log_loaded(model, path, dtype, device, "int4 (packed GGUF blocks)", t0)
+            return model
+    files = safetensors_files(path)
     with torch.device("meta"):
         model = MODEL_CLASSES[cfg.architecture](cfg, device=torch.device("cpu"))
     model = model.to_empty(device=device).to(dtype)
@@ -56,10 +70,21 @@ def load_model(path: str | Path, dtype: torch.dtype, device: str | torch.device,
         model.lm_head.weight = model.embed_tokens.weight
     _load_weights(model, files, cfg)
     model.eval()
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info("loaded %s (%.1fM params, %s, %s) in %.1f s", path.name, n_params / 1e6,
-                str(dtype).removeprefix("torch."), device, time.perf_counter() - t0)
+    if quantization != "none":
+        from radixrt.models.quant import BITS, quantize_model
+
+        quantize_model(model, BITS[quantization])
+    _log_loaded(model, path, dtype, device, quantization, t0)
     return model
+
+
+def _log_loaded(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.device,
+                quantization: str, t0: float) -> None:
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers()) if t is not None}
+    mib = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+    logger.info("loaded %s (%.0f MiB of weights, %s, quantization %s, %s) in %.1f s",
+                path.name, mib, str(dtype).removeprefix("torch."), quantization, device,
+                time.perf_counter() - t0)
 
 
 def _load_weights(model: LlamaForCausalLM, files: list[Path], cfg: ModelConfig) -> None:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from radixrt.attention.base import AttentionBackend, AttentionMetadata
+from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_metadata
 from radixrt.config import EngineConfig, torch_dtype
 from radixrt.ipc.messages import ForwardBatch, StepResult
 from radixrt.kvcache.pool import KVPool, KVPoolShape
@@ -65,6 +65,11 @@ def make_attention_backend(config: EngineConfig, pool: KVPool, model_cfg: ModelC
         from radixrt.attention.torch_backend import TorchAttentionBackend
 
         return TorchAttentionBackend(pool, model_cfg.num_heads, model_cfg.head_dim)
+    if config.attention_backend == "cpu":
+        from radixrt.attention.cpu_backend import CpuAttentionBackend
+
+        return CpuAttentionBackend(pool, model_cfg.num_heads, model_cfg.head_dim,
+                                   torch_dtype(config.dtype))
     if config.attention_backend == "flashinfer":
         from radixrt.attention.flashinfer_backend import FlashInferAttentionBackend
 
@@ -83,11 +88,13 @@ class ModelRunner:
         self.dtype = torch_dtype(config.dtype)
         self.model_cfg = model_cfg or ModelConfig.from_dir(config.model_path)
         torch.manual_seed(config.seed)
-        self.model = load_model(config.model_path, self.dtype, self.device, self.model_cfg)
-        num_pages = size_kv_pool(config, self.model_cfg, self.dtype, self.device)
+        self.model = load_model(config.model_path, self.dtype, self.device, self.model_cfg,
+                                quantization=config.quantization)
+        self.kv_dtype = torch_dtype(config.kv_dtype)
+        num_pages = size_kv_pool(config, self.model_cfg, self.kv_dtype, self.device)
         m = self.model_cfg
         self.pool = KVPool(KVPoolShape(m.num_layers, num_pages, config.page_size,
-                                       m.num_kv_heads, m.head_dim), self.dtype, self.device)
+                                       m.num_kv_heads, m.head_dim), self.kv_dtype, self.device)
         self.page_size = config.page_size
         self.context_length = context_length(config, m)
         self.max_pages_per_req = -(-self.context_length // self.page_size) + 1
@@ -96,8 +103,10 @@ class ModelRunner:
                                   self.pool.scratch_page, dtype=np.int32)
         self.attn = make_attention_backend(config, self.pool, m)
         self.sampler = Sampler(m.vocab_size, self.device, config.seed)
-        logger.info("KV pool: %d pages x %d tokens (%.2f GiB)", num_pages, self.page_size,
-                    self.pool.shape.bytes_per_page(self.dtype) * num_pages / 2**30)
+        logger.info("KV pool: %d pages x %d tokens, %s (%.2f GiB); %s attention", num_pages,
+                    self.page_size, config.kv_dtype,
+                    self.pool.shape.bytes_per_page(self.kv_dtype) * num_pages / 2**30,
+                    config.attention_backend)
         # CUDA graphs for decode (None on CPU, with torch attention, or --disable-cuda-graph).
         from radixrt.worker.cuda_graph import create_cuda_graph_runner
 
@@ -121,34 +130,8 @@ class ModelRunner:
 
     def build_metadata(self, batch: ForwardBatch) -> tuple[AttentionMetadata, torch.Tensor]:
         """Attention metadata and flat positions of one batch (host arrays -> device once)."""
-        ps = self.page_size
-        num_new = batch.num_new.astype(np.int64)
-        start = batch.start_pos.astype(np.int64)
-        cu = np.zeros(len(num_new) + 1, dtype=np.int64)
-        np.cumsum(num_new, out=cu[1:])
-        # Position of every new token: start[i] + 0..num_new[i]-1.
-        req_of_tok = np.repeat(np.arange(len(num_new)), num_new)
-        positions = start[req_of_tok] + (np.arange(cu[-1]) - cu[req_of_tok])
-        seq_lens = start + num_new
-        n_pages = int(-(-seq_lens.max() // ps)) if len(seq_lens) else 0
-        table = self.page_table[batch.slots][:, :n_pages]
-        out_slots = table[req_of_tok, positions // ps].astype(np.int64) * ps + positions % ps
-        dev = self.device
-        meta = AttentionMetadata(
-            batch_size=len(num_new),
-            start_pos=torch.from_numpy(start.astype(np.int32)).to(dev),
-            num_new=torch.from_numpy(num_new.astype(np.int32)).to(dev),
-            seq_lens=torch.from_numpy(seq_lens.astype(np.int32)).to(dev),
-            cu_new=torch.from_numpy(cu.astype(np.int32)).to(dev),
-            page_table=torch.from_numpy(np.ascontiguousarray(table)).to(dev),
-            out_slots=torch.from_numpy(out_slots).to(dev),
-            page_size=ps,
-            start_pos_host=start.tolist(),
-            num_new_host=num_new.tolist(),
-            is_decode=bool(len(num_new)) and int(num_new.max()) == 1,
-            max_seq_len=int(seq_lens.max()) if len(seq_lens) else 0,
-        )
-        return meta, torch.from_numpy(positions).to(dev)
+        return build_metadata(batch.start_pos, batch.num_new, self.page_table[batch.slots],
+                              self.page_size, self.device)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [num sampled rows, vocab] for the rows with batch.sample set."""

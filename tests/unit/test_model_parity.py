@@ -13,6 +13,8 @@ from radixrt.testing.local_engine import LocalEngine
 from radixrt.worker.model_runner import ModelRunner
 
 TOL = 2e-4  # fp32: our math differs from HF only by summation order
+# torch is the reference backend; cpu is radixrt's own kernels (csrc/attention_cpu.cpp).
+BACKENDS = ["torch", "cpu"]
 
 
 def hf_last_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
@@ -28,13 +30,16 @@ def step(runner: ModelRunner, slots: list[int], starts: list[int], chunks: list[
     return runner.forward(fb)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("page_size", [1, 16])
-def test_logits_match_transformers(make_tiny_model, arch: str, page_size: int) -> None:
+def test_logits_match_transformers(make_tiny_model, arch: str, page_size: int,
+                                   backend: str) -> None:
     path = make_tiny_model(arch)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     runner = ModelRunner(EngineConfig(model_path=str(path), page_size=page_size,
-                                      max_total_tokens=4096, max_running_requests=8))
+                                      max_total_tokens=4096, max_running_requests=8,
+                                      attention_backend=backend))
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 49152, n).tolist() for n in (37, 5, 64, 1)]
     # Disjoint pages per request, deliberately out of order.
@@ -83,24 +88,36 @@ CHAT_PROMPTS = [
 ]
 
 
-def test_default_model_greedy_matches_transformers(default_model_dir) -> None:
-    """5 chat prompts x 32 new tokens, fp32: exactly HF generate's token ids."""
+@pytest.fixture(scope="module")
+def default_model_reference(default_model_dir):  # type: ignore[no-untyped-def]
+    """The chat prompts' token ids and HF generate's 32 greedy tokens for each (fp32)."""
     tok = AutoTokenizer.from_pretrained(default_model_dir)
     hf = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32).eval()
     texts = [tok.apply_chat_template([{"role": "user", "content": q}],
                                      add_generation_prompt=True, tokenize=False)
              for q in CHAT_PROMPTS]
     prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
-    engine = LocalEngine(EngineConfig(model_path=str(default_model_dir), dtype="float32",
-                                      page_size=16, max_total_tokens=8192))
-    outs = engine.generate(prompts, {"temperature": 0, "max_new_tokens": 32, "ignore_eos": True},
-                           check=True)
-    for p, o in zip(prompts, outs):
+    refs = []
+    for p in prompts:
         with torch.no_grad():
             # An explicit mask: HF would otherwise mask every pad id (2 = <|im_end|>, which
             # chat prompts contain) out of the prompt.
-            ref = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p)),
-                              max_new_tokens=32, do_sample=False, eos_token_id=None,
-                              pad_token_id=2)[0, len(p):].tolist()
+            refs.append(hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p)),
+                                    max_new_tokens=32, do_sample=False, eos_token_id=None,
+                                    pad_token_id=2)[0, len(p):].tolist())
+    return tok, prompts, refs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_default_model_greedy_matches_transformers(default_model_dir, default_model_reference,
+                                                   backend: str) -> None:
+    """5 chat prompts x 32 new tokens, fp32: exactly HF generate's token ids."""
+    tok, prompts, refs = default_model_reference
+    engine = LocalEngine(EngineConfig(model_path=str(default_model_dir), dtype="float32",
+                                      page_size=16, max_total_tokens=8192,
+                                      attention_backend=backend))
+    outs = engine.generate(prompts, {"temperature": 0, "max_new_tokens": 32, "ignore_eos": True},
+                           check=True)
+    for o, ref in zip(outs, refs):
         assert o.output_ids == ref, tok.decode(o.output_ids) + " != " + tok.decode(ref)
     assert "Paris" in tok.decode(outs[0].output_ids)

@@ -51,7 +51,17 @@ def assert_all_free(eng: LocalEngine) -> None:
     assert s.allocator.num_free + s.cache.evictable_pages == s.num_pages
 
 
-def test_cache_on_equals_cache_off(tiny, runner) -> None:
+@pytest.fixture(scope="module")
+def cpu_runner(tiny):
+    """The same runner on radixrt's own CPU attention kernels (shared-prefix decodes are
+    grouped there too)."""
+    return ModelRunner(EngineConfig(model_path=tiny, page_size=4, max_total_tokens=16384,
+                                    max_running_requests=128, attention_backend="cpu"))
+
+
+@pytest.mark.parametrize("runner_name", ["runner", "cpu_runner"])
+def test_cache_on_equals_cache_off(tiny, runner_name: str, request) -> None:
+    runner = request.getfixturevalue(runner_name)
     prompts = shared_prompts(24)
     on = engine(tiny, runner).generate(prompts, GREEDY, check=True)
     off_eng = engine(tiny, runner, disable_radix_cache=True)

@@ -1,0 +1,187 @@
+"""In-process decode steps for `python -m bench.bench_decode --in-process` (see its help).
+
+One ModelRunner per (attention backend, model dtype, KV-cache dtype, quantization): `batch`
+requests with random prompts of `context` tokens are prefilled in chunks, then decode steps run
+at batch `batch` (ModelRunner.step: forward + greedy sampling), the cases interleaved step by
+step, and the median step time is reported with the parts spent in attention (the backend's
+plan + forward calls) and in the linear layers (lm_head included), plus load time and weight
+memory. --profile adds torch.profiler's top ops of a few steps, attention labelled
+`attention` (the cpu backend's kernels are no torch ops).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from argparse import Namespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from radixrt.config import build_engine_config
+from radixrt.testing.batches import batch_from_chunks
+from radixrt.worker.model_runner import ModelRunner
+
+PREFILL_CHUNK = 1024
+
+
+class TimedAttention:
+    """Wraps a backend: accumulates the seconds of plan() and forward(), labels them for the
+    profiler."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.seconds = 0.0
+
+    def plan(self, meta: Any) -> None:
+        t0 = time.perf_counter()
+        with torch.profiler.record_function("attention"):
+            self.inner.plan(meta)
+        self.seconds += time.perf_counter() - t0
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int
+                ) -> torch.Tensor:
+        t0 = time.perf_counter()
+        with torch.profiler.record_function("attention"):
+            out = self.inner.forward(q, k, v, layer_id)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+class LinearTimer:
+    """Seconds spent inside the model's linear layers (nn.Linear or QuantizedLinear, lm_head
+    included), via forward hooks: the part of a step that quantization changes."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        from radixrt.models.quant import QuantizedLinear
+
+        self.seconds = 0.0
+        self._t0 = 0.0
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Linear, QuantizedLinear)):
+                m.register_forward_pre_hook(self._pre)
+                m.register_forward_hook(self._post)
+
+    def _pre(self, *_: object) -> None:
+        self._t0 = time.perf_counter()
+
+    def _post(self, *_: object) -> None:
+        self.seconds += time.perf_counter() - self._t0
+
+
+def weight_mib(model: torch.nn.Module) -> float:
+    tensors = {t.data_ptr(): t for t in (*model.parameters(), *model.buffers()) if t is not None}
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+
+
+def make_runner(model: str | None, backend: str, dtype: str, kv_dtype: str, quant: str,
+                batch: int, context: int, steps: int) -> tuple[ModelRunner, LinearTimer, float]:
+    tokens = batch * (context + steps + 64)
+    cfg = build_engine_config(model, device="cpu", dtype=dtype, attention_backend=backend,
+                              kv_cache_dtype=kv_dtype, quantization=quant,
+                              max_total_tokens=tokens, max_running_requests=batch)
+    gc.collect()
+    t0 = time.perf_counter()
+    runner = ModelRunner(cfg)
+    load_s = time.perf_counter() - t0
+    runner.attn = TimedAttention(runner.attn)  # type: ignore[assignment]
+    return runner, LinearTimer(runner.model), load_s
+
+
+def prefill(runner: ModelRunner, batch: int, context: int, steps: int, seed: int
+            ) -> np.ndarray:
+    """Prefill `batch` random prompts; returns each request's first sampled token."""
+    rng = np.random.default_rng(seed)
+    per = -(-(context + steps + 1) // runner.page_size)
+    pages = {i: list(range(i * per, (i + 1) * per)) for i in range(batch)}
+    prompts = [rng.integers(3, runner.model_cfg.vocab_size, context).tolist()
+               for _ in range(batch)]
+    last = np.zeros(batch, np.int32)
+    for i, prompt in enumerate(prompts):
+        for start in range(0, context, PREFILL_CHUNK):
+            chunk = prompt[start : start + PREFILL_CHUNK]
+            fb = batch_from_chunks([i], [start], [chunk],
+                                          {i: pages[i]} if start == 0 else None)
+            last[i] = runner.step(fb).next_ids[0]
+    return last
+
+
+def decode_step(runner: ModelRunner, last: np.ndarray, pos: int, step: int
+                ) -> tuple[np.ndarray, float, float]:
+    """One decode step of every request: (next tokens, step seconds, attention seconds); the
+    linear layers' seconds accumulate in the runner's LinearTimer."""
+    batch = len(last)
+    fb = batch_from_chunks(list(range(batch)), [pos] * batch, [[int(t)] for t in last],
+                                  step=step)
+    runner.attn.seconds = 0.0  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    nxt = runner.step(fb).next_ids
+    return nxt, time.perf_counter() - t0, runner.attn.seconds  # type: ignore[attr-defined]
+
+
+def profile_steps(runner: ModelRunner, last: np.ndarray, pos: int, steps: int
+                  ) -> dict[str, Any]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for s in range(steps):
+            last, _, _ = decode_step(runner, last, pos + s, s)
+    avg = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in avg)
+    return {"profile": avg.table(sort_by="self_cpu_time_total", row_limit=12),
+            "top_ops": [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1000 / steps,
+                         "share": e.self_cpu_time_total / total}
+                        for e in sorted(avg, key=lambda e: -e.self_cpu_time_total)[:12]]}
+
+
+def run_in_process(args: Namespace) -> list[dict[str, Any]]:
+    """Every case (backend x dtype x KV dtype x quantization) at each context and batch; the
+    cases' decode steps interleaved round by round, so that a busy neighbour slows every case
+    alike."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases = [(b, d, k, q) for b in args.backends.split(",") for d in args.dtypes.split(",")
+             for k in args.kv_dtypes.split(",") for q in args.quantizations.split(",")]
+    rows = []
+    print(f"torch threads {torch.get_num_threads()}; median of {args.steps} decode steps, "
+          f"cases interleaved")
+    print("| Backend | dtype | KV | Quant | Context | Batch | Step ms | Attention ms | Linear ms "
+          "| min step ms | load s | weights MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    warm = 3
+    for ctx in (int(x) for x in args.contexts.split(",")):
+        for b in (int(x) for x in args.batch_sizes.split(",")):
+            total = warm + args.steps + (5 if args.profile else 0)
+            built = [make_runner(args.model, *c, b, ctx, total) for c in cases]
+            runners = [r for r, _, _ in built]
+            lasts = [prefill(r, b, ctx, total, seed=ctx + b) for r in runners]
+            times: list[list[tuple[float, float, float]]] = [[] for _ in cases]
+            for s in range(warm + args.steps):
+                for i, (r, timer, _) in enumerate(built):
+                    timer.seconds = 0.0
+                    lasts[i], sec, attn = decode_step(r, lasts[i], ctx + s, s)
+                    if s >= warm:
+                        times[i].append((sec, attn, timer.seconds))
+            for i, (backend, dtype, _kv, _quant) in enumerate(cases):
+                step = [t[0] for t in times[i]]
+                row: dict[str, Any] = {
+                    "backend": backend, "dtype": dtype, "kv_dtype": runners[i].config.kv_dtype,
+                    "quantization": runners[i].config.quantization,
+                    "context": ctx, "batch": b, "step_ms": 1000 * statistics.median(step),
+                    "min_step_ms": 1000 * min(step),
+                    "attention_ms": 1000 * statistics.median(t[1] for t in times[i]),
+                    "linear_ms": 1000 * statistics.median(t[2] for t in times[i]),
+                    "load_s": built[i][2], "weights_mib": weight_mib(runners[i].model)}
+                print(f"| {backend} | {dtype} | {row['kv_dtype']} | {row['quantization']} | "
+                      f"{ctx} | {b} | {row['step_ms']:.1f} | {row['attention_ms']:.1f} | "
+                      f"{row['linear_ms']:.1f} | {row['min_step_ms']:.1f} | "
+                      f"{row['load_s']:.1f} | {row['weights_mib']:.0f} |", flush=True)
+                rows.append(row)
+            if args.profile:
+                for i, row in enumerate(rows[-len(cases):]):
+                    row.update(profile_steps(runners[i], lasts[i], ctx + warm + args.steps, 5))
+                    print(f"\n{row['backend']} {row['dtype']} KV {row['kv_dtype']}, "
+                          f"context {ctx}, batch {b}: top ops of 5 steps")
+                    print(row["profile"], flush=True)
+            del runners, built
+    return rows

@@ -1,0 +1,97 @@
+"""Attention on CPU with radixrt's own kernels (csrc/attention_cpu.cpp, radixrt._attention_cpu).
+
+The kernels read K/V straight from the pool's pages through the page table (no gather copy),
+read each KV head once for its whole group of query heads, split long contexts over the
+cores (flash-decoding) and tile prefill chunks; requests that share leading radix-cache pages
+read those pages once for the whole group. plan() cuts the step into tasks once (in C++);
+forward() writes the layer's new k/v into the pool and runs every task, in one native call.
+
+The torch backend stays the reference these kernels are tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from radixrt.attention.base import AttentionBackend, AttentionMetadata
+from radixrt.attention.cascade import MIN_SHARED_PAGES
+from radixrt.kvcache.pool import KVPool
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def load_native():  # type: ignore[no-untyped-def]
+    # Imported only here, after torch: the module's OpenMP then binds to torch's libgomp
+    # (same soname) and shares its thread pool instead of starting a second one.
+    from radixrt import _attention_cpu
+
+    return _attention_cpu
+
+
+def check_supported(num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                    kv_dtype: torch.dtype) -> None:
+    """Raise ValueError naming what the CPU kernels cannot run."""
+    if num_kv_heads <= 0 or num_heads % num_kv_heads:
+        raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} KV heads")
+    if head_dim % 16 or not 16 <= head_dim <= 256:
+        raise ValueError(f"cpu attention needs head_dim a multiple of 16 up to 256, got {head_dim}")
+    for name, dt in (("model dtype", dtype), ("KV cache dtype", kv_dtype)):
+        if dt not in SUPPORTED_DTYPES:
+            raise ValueError(f"cpu attention supports float32 and bfloat16, not {name} {dt}")
+
+
+class CpuAttentionBackend(AttentionBackend):
+    def __init__(self, pool: KVPool, num_heads: int, head_dim: int, dtype: torch.dtype,
+                 num_threads: int | None = None, cascade_min_pages: int = MIN_SHARED_PAGES
+                 ) -> None:
+        if pool.device.type != "cpu":
+            raise ValueError("the cpu attention backend needs the KV pool on the CPU")
+        check_supported(num_heads, pool.shape.num_kv_heads, head_dim, dtype, pool.dtype)
+        self.ext = load_native()
+        self.pool = pool
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.dtype = dtype
+        self.scale = head_dim**-0.5
+        self.options = self.ext.PlanOptions()
+        # None: torch's thread count, read at each plan (the worker may change it).
+        self.fixed_threads = num_threads
+        self.options.cascade_min_pages = cascade_min_pages
+        s = pool.shape
+        self.kv_row = s.num_kv_heads * head_dim
+        self.q_row = num_heads * head_dim
+        self.k_ptrs = [t.data_ptr() for t in pool.k_cache]
+        self.v_ptrs = [t.data_ptr() for t in pool.v_cache]
+        self.plan_obj = None
+        self.num_tokens = 0
+
+    def plan(self, meta: AttentionMetadata) -> None:
+        if meta.page_table.device.type != "cpu":
+            raise ValueError("the cpu attention backend needs host metadata")
+        self.options.num_threads = self.fixed_threads or torch.get_num_threads()
+        s = self.pool.shape
+        self.plan_obj = self.ext.Plan(
+            meta.page_table.numpy(), meta.cu_new.numpy(), meta.start_pos.numpy(),
+            meta.out_slots.numpy(), self.num_heads, s.num_kv_heads, self.head_dim, s.page_size,
+            s.num_pages, self.dtype == torch.bfloat16, self.pool.dtype == torch.bfloat16,
+            self.scale, self.options)
+        self.num_tokens = int(meta.cu_new[-1]) if meta.batch_size else 0
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int
+                ) -> torch.Tensor:
+        plan = self.plan_obj
+        assert plan is not None, "plan() must run before forward()"
+        t = q.shape[0]
+        # The kernels take raw pointers: check here what they assume.
+        for x, heads in ((q, self.num_heads), (k, self.pool.shape.num_kv_heads),
+                         (v, self.pool.shape.num_kv_heads)):
+            if (x.dtype != self.dtype or x.device.type != "cpu" or x.shape[0] != t
+                    or x.shape[1:] != (heads, self.head_dim) or x.stride(2) != 1
+                    or x.stride(1) != self.head_dim):
+                raise ValueError(f"cpu attention got a {x.dtype} tensor of shape "
+                                 f"{tuple(x.shape)}, strides {x.stride()}; expected "
+                                 f"[{t}, {heads}, {self.head_dim}] {self.dtype}, rows packed")
+        out = torch.empty((t, self.num_heads, self.head_dim), dtype=self.dtype)
+        plan.run(q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(),
+                 v.stride(0), out.data_ptr(), t, self.k_ptrs[layer_id], self.v_ptrs[layer_id])
+        return out

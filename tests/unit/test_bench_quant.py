@@ -1,0 +1,36 @@
+"""The quantization benchmarks still run against the current quant and ModelRunner APIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import bench_decode, bench_quant_linear
+from radixrt.models import quant
+
+pytestmark = pytest.mark.skipif(not quant.native_available(),
+                                reason="radixrt._quant_cpu is not built")
+
+
+def test_bench_quant_linear_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "q.json"
+    assert bench_quant_linear.main(["--shapes", "o,lm_head", "--rows", "1,65", "--rounds", "2",
+                                    "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["shape"], r["rows"]) for r in rows] == [("o", 1), ("o", 65), ("lm_head", 1)]
+    assert all(r["int4-auto_us"] > 0 and r["fp32_gbs"] > 0 for r in rows)
+    assert capsys.readouterr().out.count("| o 576x576 |") == 2
+
+
+def test_bench_decode_in_process_runs(make_tiny_model, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "d.json"
+    assert bench_decode.main(["--in-process", "--model", str(make_tiny_model("qwen2")),
+                              "--contexts", "40", "--batch-sizes", "3", "--steps", "3",
+                              "--prefill-tokens", "20", "--quantizations", "none,int4",
+                              "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["case"] for r in rows] == ["none / float32", "int4 / float32"]
+    assert rows[1]["weights_mib"] < rows[0]["weights_mib"]
+    assert all(r["decode_ms"] > 0 and r["prefill_ms"] > 0 for r in rows)
