@@ -6,11 +6,14 @@ torch code in layers.py is the reference and the path everywhere else."""
 from __future__ import annotations
 
 import functools
+import os
 from types import ModuleType
 
 import torch
 
 _DTYPES = (torch.float32, torch.bfloat16)
+# RADIXRT_FUSED_LAYERS=0 runs the torch reference ops instead (A/B benchmarks, debugging).
+enabled = os.environ.get("RADIXRT_FUSED_LAYERS", "1") != "0"
 
 
 @functools.cache
@@ -26,7 +29,7 @@ def native() -> ModuleType | None:
 def usable(*tensors: torch.Tensor) -> bool:
     """True when the fused kernels can take these tensors: CPU, one float dtype they support,
     rows with unit stride in the last dim."""
-    if native() is None:
+    if not enabled or native() is None:
         return False
     dtype = tensors[0].dtype
     return all(t.device.type == "cpu" and t.dtype == dtype and t.stride(-1) == 1
