@@ -145,6 +145,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 30000
     api_key: str | None = None
+    api_keys: dict[str, str] = field(default_factory=dict)  # --api-key-file: key -> tenant
+    allowed_origins: tuple[str, ...] = ()  # --allowed-origins: CORS, off when empty
     extra: dict[str, object] = field(default_factory=dict)
 
 
