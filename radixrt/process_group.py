@@ -181,6 +181,15 @@ class ProcessGroup:
         self.shutdown()
         raise StartupError(line)
 
+    def first_death(self) -> tuple[str, int | None] | None:
+        """(name, exit code) of a child that has exited, if any (None while stopping)."""
+        if self._stopping:
+            return None
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                return name, p.returncode
+        return None
+
     def watch(self, on_death: Callable[[str, int | None], None]) -> None:
         """Call on_death(name, exitcode) from a thread when any child dies unexpectedly."""
 
