@@ -123,9 +123,9 @@ def tp_layout_error(cfg: ModelConfig, tp_size: int) -> str | None:
     for what, count in (("query heads", cfg.num_heads), ("vocabulary size", cfg.vocab_size),
                         ("intermediate size", cfg.intermediate_size)):
         if count % n:
-            return f"--tp-size {n}: the model's {what} ({count}) do not divide by {n}"
+            return f"--tp-size {n}: the model's {what} ({count}) is not a multiple of {n}"
     if kv >= n and kv % n:
-        return f"--tp-size {n}: the model's {kv} KV heads do not divide by {n}"
+        return f"--tp-size {n}: the model's KV heads ({kv}) are not a multiple of {n}"
     if kv < n and n % kv:
         return (f"--tp-size {n}: the model's {kv} KV heads cannot be replicated evenly over "
                 f"{n} ranks ({n} is not a multiple of {kv})")
