@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from radixrt.config import EngineConfig
-from radixrt.models.parallel import TensorParallel
 from radixrt.testing.batches import batch_from_chunks
 from radixrt.worker.model_runner import ModelRunner
 

@@ -57,3 +57,12 @@ def init_tensor_parallel(config: EngineConfig, rank: int, port: int | None) -> T
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=config.tp_size, timeout=COLLECTIVE_TIMEOUT)
     return TensorParallel(rank, config.tp_size)
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether exc is a collective failing because another rank went away (gloo raises a
+    plain RuntimeError naming its transport; NCCL a DistError)."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or "gloo" in text or "NCCL" in text
