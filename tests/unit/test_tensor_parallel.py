@@ -6,9 +6,6 @@ its vocabulary slice); rank 0's greedy tokens and full logits must match tp 1's.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,49 +13,12 @@ import pytest
 
 from radixrt.config import build_engine_config
 from radixrt.models.config import ModelConfig, ModelLoadError, shard_config, tp_layout_error
-from radixrt.testing.tp_run import greedy_run, run_config
-from radixrt.worker.model_runner import ModelRunner
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_ranks(model: Path, tp: int, out: Path, backend: str = "torch") -> dict:
-    """Run tp rank processes to the end; rank 0's results."""
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    procs = [subprocess.Popen([sys.executable, "-m", "radixrt.testing.tp_run", str(model),
-                               str(tp), str(r), str(port), str(out), backend],
-                              env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
-             for r in range(tp)]
-    try:
-        errs = [p.communicate(timeout=300)[1] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, err in zip(procs, errs):
-        assert p.returncode == 0, err[-3000:]
-    return dict(np.load(out))
-
-
-def reference(model: Path, backend: str = "torch") -> tuple[np.ndarray, np.ndarray, int]:
-    runner = ModelRunner(run_config(str(model), 1, backend))
-    tokens, logits = greedy_run(runner, steps=6)
-    return tokens, logits, sum(p.numel() for p in runner.model.parameters())
+from radixrt.testing.tp_run import launch_ranks, reference_run
 
 
 def check_parity(model: Path, tp: int, tmp_path: Path, backend: str = "torch") -> dict:
-    got = run_ranks(model, tp, tmp_path / f"tp{tp}.npz", backend)
-    tokens, logits, params = reference(model, backend)
+    got = launch_ranks(model, tp, tmp_path / f"tp{tp}.npz", backend)
+    tokens, logits, params = reference_run(model, backend)
     assert got["logits"].shape == logits.shape
     # fp32: only the order of the all-reduce sums differs.
     scale = float(np.abs(logits).max())
