@@ -81,3 +81,13 @@ def test_tp_quantization_resolution(make_tiny_model, default_model_dir: Path) ->
                             tp_size=2, quantization="int4")
     with pytest.raises(ValueError, match="tp_size must be a positive integer"):
         build_engine_config(str(make_tiny_model("llama")), device="cpu", tp_size=0)
+
+
+def test_launch_server_refuses_quantized_tp_with_a_usage_error(capsys) -> None:
+    from radixrt.launch_server import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--tp-size", "2", "--quantization", "int4", "--dtype", "float32",
+              "--device", "cpu"])
+    assert exc.value.code == 2
+    assert "--quantization int4 does not run with --tp-size 2" in capsys.readouterr().err
