@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from radixrt.config import build_engine_config
 from radixrt.engine import EngineDeadError
 from radixrt.process_group import StartupError
 from radixrt.testing.local_engine import LocalEngine
+from radixrt.testing.processes import children_of, wait_gone
 
 if TYPE_CHECKING:
     from conftest import ServerProcess
@@ -28,14 +28,6 @@ GREEDY = {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}
 SEEDED = {"temperature": 0.9, "top_p": 0.95, "seed": 7, "max_new_tokens": 16,
           "ignore_eos": True}
 OPTIONS = {"device": "cpu", "dtype": "float32", "max_total_tokens": 2048}
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def local_outputs(model: str, prompts: list[list[int]], params: list[dict]) -> list[list[int]]:
@@ -73,22 +65,16 @@ def test_killed_rank_stops_the_engine(make_tiny_model) -> None:
         os.kill(engine.group.procs["worker1"].pid, signal.SIGKILL)
         with pytest.raises(EngineDeadError, match=r"the worker1 process died \(exit code -9\)"):
             engine.generate("Hello again", GREEDY)
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in children) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(p) for p in children), "orphan processes"
+    assert wait_gone(children, 10) == [], "orphan processes"
     assert not Path(sockets).exists()
 
 
 def test_heads_that_do_not_split_are_a_start_error(make_tiny_model) -> None:
     """4 query heads over 3 ranks: refused before any worker starts."""
-    me = os.getpid()
     with pytest.raises(StartupError, match=re.escape(
             "--tp-size 3: the model's query heads (4) is not a multiple of 3")):
         Engine(str(make_tiny_model("llama")), tp_size=3, **OPTIONS)
-    left = [p for p in os.listdir("/proc") if p.isdigit() and alive(int(p))
-            and f"PPid:\t{me}\n" in Path(f"/proc/{p}/status").read_text()]
-    assert left == []
+    assert children_of(os.getpid()) == []
 
 
 @pytest.mark.slow
