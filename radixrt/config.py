@@ -161,6 +161,9 @@ def build_engine_config(model_path: str | None = None, **options: object) -> Eng
     tp_size = options.get("tp_size", 1)
     if not isinstance(tp_size, int) or isinstance(tp_size, bool) or tp_size < 1:
         raise ValueError(f"tp_size must be a positive integer, not {tp_size!r}")
+    if tp_size > 1 and device.startswith("cuda:"):
+        raise ValueError(f"--tp-size {tp_size} puts rank r on cuda:r; pass --device cuda and "
+                         f"choose the GPUs with CUDA_VISIBLE_DEVICES, not --device {device}")
     quantization = resolve_quantization(str(options.pop("quantization", "auto")),
                                         str(model_path), device, tp_size)
     backend = resolve_attention_backend(str(options.pop("attention_backend", "auto")), device,

@@ -79,6 +79,8 @@ def test_tp_quantization_resolution(make_tiny_model, default_model_dir: Path) ->
     with pytest.raises(ValueError, match="--quantization int4 does not run with --tp-size 2"):
         build_engine_config(str(make_tiny_model("llama")), device="cpu", dtype="float32",
                             tp_size=2, quantization="int4")
+    with pytest.raises(ValueError, match="rank r on cuda:r; pass --device cuda"):
+        build_engine_config(str(make_tiny_model("llama")), device="cuda:1", tp_size=2)
     with pytest.raises(ValueError, match="tp_size must be a positive integer"):
         build_engine_config(str(make_tiny_model("llama")), device="cpu", tp_size=0)
 
