@@ -229,10 +229,10 @@ class CudaGraphRunner:
 
 def create_cuda_graph_runner(runner: ModelRunner) -> CudaGraphRunner | None:
     """The runner's graph runner, or None where graphs do not apply (CPU, torch attention,
-    --disable-cuda-graph, tensor parallelism: its NCCL collectives run eagerly)."""
+    --disable-cuda-graph)."""
     cfg = runner.config
     if (cfg.disable_cuda_graph or runner.device.type != "cuda"
-            or cfg.attention_backend != "flashinfer" or cfg.tp_size > 1):
+            or cfg.attention_backend != "flashinfer"):
         return None
     return CudaGraphRunner(runner)
 

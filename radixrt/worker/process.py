@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import zmq
@@ -14,9 +13,9 @@ from radixrt.ipc.messages import ForwardBatch, SchedulerWorkerMsg, WorkerReady
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
 from radixrt.model_info import ModelInfo
 from radixrt.models.config import ModelConfig
-from radixrt.process_group import PEER_LOST_EXIT, report
+from radixrt.process_group import report
 from radixrt.worker.model_runner import ModelRunner
-from radixrt.worker.tp import init_tensor_parallel, peer_lost, rank_config
+from radixrt.worker.tp import init_tensor_parallel, rank_config
 
 logger = logging.getLogger("radixrt")
 
@@ -43,14 +42,5 @@ def run_worker(endpoints: Endpoints, name: str, config: EngineConfig, info: Mode
     dispatch = Dispatcher(name, {ForwardBatch: forward})
     report(endpoints, WorkerReady(name, rank, runner.num_pages, runner.page_size,
                                   config.device, config.dtype))
-    try:
-        while True:
-            dispatch(inbox.get())
-    except Exception as exc:
-        if tp.size > 1 and peer_lost(exc):
-            # Another rank died in mid-collective: it is the cause, not this one. One line,
-            # and an exit code that tells the parent so (radixrt/process_group.py).
-            logger.error("%s: a tensor-parallel peer is gone (%s); exiting", name,
-                         str(exc).strip().splitlines()[0][:300])
-            os._exit(PEER_LOST_EXIT)
-        raise
+    while True:
+        dispatch(inbox.get())

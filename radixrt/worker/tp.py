@@ -9,10 +9,16 @@ collectives go over loopback (CPU) or NVLink/PCIe (CUDA).
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 
 from radixrt.config import EngineConfig
+from radixrt.ipc.sockets import Endpoints
+from radixrt.model_info import ModelInfo
 from radixrt.models.parallel import TensorParallel
+from radixrt.process_group import PEER_LOST_EXIT
+
+logger = logging.getLogger("radixrt")
 
 # A rank that waits longer than this in a collective gives up (a peer hung rather than died:
 # a dead peer closes its sockets and fails the collective at once).
@@ -20,11 +26,12 @@ COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
 
 
 def rank_config(config: EngineConfig, rank: int) -> EngineConfig:
-    """This rank's view of the config: its own GPU, its share of the CPU cores."""
+    """This rank's view of the config: its own GPU (decode run eagerly: the NCCL collectives
+    are not captured in CUDA graphs), its share of the CPU cores."""
     if config.tp_size == 1:
         return config
     if config.device == "cuda":
-        return config.replace(device=f"cuda:{rank}")
+        return config.replace(device=f"cuda:{rank}", disable_cuda_graph=True)
     if config.device == "cpu" and config.num_threads is None:
         # N ranks each taking every core would oversubscribe them N times.
         cores = len(os.sched_getaffinity(0))
@@ -66,3 +73,21 @@ def peer_lost(exc: BaseException) -> bool:
 
     text = str(exc)
     return isinstance(exc, dist.DistError) or "gloo" in text or "NCCL" in text
+
+
+def run_rank(endpoints: Endpoints, name: str, config: EngineConfig, info: ModelInfo,
+             rank: int = 0, dist_port: int | None = None) -> None:
+    """The worker process's entry (radixrt/worker/__main__.py): run_worker, and when a
+    collective fails because a peer rank died, one log line and PEER_LOST_EXIT instead of a
+    traceback: that peer is the cause, and the parent's report names it
+    (radixrt/process_group.py)."""
+    from radixrt.worker.process import run_worker
+
+    try:
+        run_worker(endpoints, name, config, info, rank, dist_port)
+    except Exception as exc:
+        if config.tp_size > 1 and peer_lost(exc):
+            logger.error("%s: a tensor-parallel peer is gone (%s); exiting", name,
+                         str(exc).strip().splitlines()[0][:300])
+            os._exit(PEER_LOST_EXIT)
+        raise
