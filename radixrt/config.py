@@ -39,15 +39,22 @@ def resolve_dtype(name: str, device: str, model_path: str | None = None) -> str:
     return name
 
 
-def resolve_quantization(name: str, model_path: str, device: str) -> str:
+def resolve_quantization(name: str, model_path: str, device: str, tp_size: int = 1) -> str:
     """Resolve --quantization. `auto`: int4 where the model's published weights are int4
     (a directory with the packed blocks of its GGUF, like the default model: the very same
     weights, a quarter of the memory traffic), else none (a safetensors checkpoint is served
-    as published). CPU only: on CUDA `auto` is none and int8/int4 are refused."""
+    as published). CPU only: on CUDA `auto` is none and int8/int4 are refused. Quantized
+    weights are not sharded over tensor-parallel ranks: with --tp-size > 1 `auto` is none
+    and int8/int4 are refused."""
     if name not in ("auto", *QUANTIZATIONS):
         raise ValueError(f"unknown quantization {name!r}; choose one of auto, "
                          f"{', '.join(QUANTIZATIONS)}")
     on_cpu = device == "cpu"
+    if tp_size > 1:
+        if name not in ("auto", "none"):
+            raise ValueError(f"--quantization {name} does not run with --tp-size {tp_size} "
+                             "(quantized weights are not sharded); use --quantization none")
+        return "none"
     if name == "auto":
         from pathlib import Path
 
@@ -161,8 +168,14 @@ def build_engine_config(model_path: str | None = None, **options: object) -> Eng
         model_path = str(default_model_dir())
     device = resolve_device(str(options.pop("device", "auto")))
     dtype_name = resolve_dtype(str(options.pop("dtype", "auto")), device, str(model_path))
+    tp_size = options.get("tp_size", 1)
+    if not isinstance(tp_size, int) or isinstance(tp_size, bool) or tp_size < 1:
+        raise ValueError(f"tp_size must be a positive integer, not {tp_size!r}")
+    if tp_size > 1 and device.startswith("cuda:"):
+        raise ValueError(f"--tp-size {tp_size} puts rank r on cuda:r; pass --device cuda and "
+                         f"choose the GPUs with CUDA_VISIBLE_DEVICES, not --device {device}")
     quantization = resolve_quantization(str(options.pop("quantization", "auto")),
-                                        str(model_path), device)
+                                        str(model_path), device, tp_size)
     backend = resolve_attention_backend(str(options.pop("attention_backend", "auto")), device,
                                         dtype_name)
     kv_dtype = str(options.get("kv_cache_dtype", "auto"))

@@ -25,6 +25,10 @@ PromptInput = str | list[int] | list[str] | list[list[int]]
 ParamsInput = dict | SamplingParams | None
 
 
+class EngineDeadError(RuntimeError):
+    """A process of the engine died; the engine has stopped the others."""
+
+
 class Engine:
     """The offline engine: the server's tokenizer, scheduler and worker processes, driven
     from this process instead of HTTP. Works from any entry point (script, python -c,
@@ -41,7 +45,7 @@ class Engine:
             self.group.start("tokenizer", "tokenizer", self.config.log_level, self.model_info)
             self.worker = start_backend(self.group, self.config, self.model_info)
             self.group.wait_ready()
-            self.client = TokenizerClient(self.group.endpoints)
+            self.client = TokenizerClient(self.group.endpoints, check=self._check_processes)
         except BaseException:
             self.group.shutdown()
             raise
@@ -101,6 +105,16 @@ class Engine:
             if res.error is not None:
                 raise InvalidRequestError(res.error, res.error_param)
         return [results[r.rid].to_dict() for r in reqs]
+
+    def _check_processes(self) -> None:
+        """Called while waiting for answers: a dead process (a worker rank, the scheduler)
+        means none will come. Stop every other process and say which one died."""
+        dead = self.group.first_death()
+        if dead is not None:
+            name, code = dead
+            self.shutdown()
+            raise EngineDeadError(f"the {name} process died (exit code {code}); the engine "
+                                  "has shut down")
 
     # ------------------------------------------------------------------ maintenance
     def flush_cache(self) -> int:

@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     origins = tuple(o.strip() for o in (args.allowed_origins or "").split(",") if o.strip())
     if args.dp_size > 1:  # N whole servers behind the router (radixrt/router/dp.py)
         return run_data_parallel(parser, args)
-    engine = engine_config_from_args(args)
+    try:
+        engine = engine_config_from_args(args)
+    except ValueError as exc:  # flags that contradict each other: one usage line, exit 2
+        parser.error(str(exc))
     setup_logging(engine.log_level)
     try:  # one clear line instead of one per process
         info = ModelInfo.load(engine)

@@ -39,6 +39,9 @@ from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
 logger = logging.getLogger("radixrt")
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
+# Exit code of a tensor-parallel rank whose peer died under it: a consequence, never the cause
+# that a death report should name.
+PEER_LOST_EXIT = 3
 
 
 class StartupError(RuntimeError):
@@ -181,15 +184,26 @@ class ProcessGroup:
         self.shutdown()
         raise StartupError(line)
 
+    def first_death(self) -> tuple[str, int | None] | None:
+        """(name, exit code) of a child that has exited, if any (None while stopping); a rank
+        that only followed a dead peer (PEER_LOST_EXIT) is named last."""
+        if self._stopping:
+            return None
+        dead = [(name, p.returncode) for name, p in self.procs.items() if p.poll() is not None]
+        dead.sort(key=lambda d: d[1] == PEER_LOST_EXIT)
+        return dead[0] if dead else None
+
     def watch(self, on_death: Callable[[str, int | None], None]) -> None:
         """Call on_death(name, exitcode) from a thread when any child dies unexpectedly."""
 
         def loop() -> None:
             while not self._stopping:
-                for name, p in self.procs.items():
-                    if p.poll() is not None and not self._stopping:
-                        on_death(name, p.returncode)
-                        return
+                if (dead := self.first_death()) is not None:
+                    if dead[1] == PEER_LOST_EXIT:
+                        time.sleep(0.5)  # the peer that caused it is about to be seen dead
+                        dead = self.first_death() or dead
+                    on_death(*dead)
+                    return
                 time.sleep(0.2)
 
         self._monitor = threading.Thread(target=loop, name="radixrt-watch", daemon=True)

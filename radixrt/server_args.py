@@ -48,7 +48,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
                         "kernels), flashinfer (CUDA). Default auto: flashinfer on CUDA, cpu on "
                         "a CPU when its extension is built, else torch")
     g.add_argument("--tp-size", type=int, default=None, metavar="N",
-                   help=f"tensor-parallel ranks (default {d.tp_size})")
+                   help="tensor-parallel ranks: N worker processes, each with 1/N of the "
+                        "weights and KV heads (gloo on CPU, NCCL on CUDA with one GPU per rank); "
+                        f"quantization none (default {d.tp_size}; see docs/deployment.md)")
     g.add_argument("--num-threads", type=int, default=None, metavar="N",
                    help="torch threads in the worker (default: all cores)")
     g.add_argument("--disable-cuda-graph", action="store_true", default=None,

@@ -5,7 +5,9 @@
 #   2. warms FlashInfer's JIT cache, three module builds in parallel, and prints the time;
 #      the cache lives in .gpu_cache/ (FLASHINFER_WORKSPACE_BASE), so a rerun on the same warm
 #      machine loads the compiled kernels instead of building them
-#   3. pytest tests/gpu
+#   3. pytest tests/gpu (but the tensor-parallel tests)
+#   3b. tensor parallel (tp 2 over NCCL): tests/gpu/test_tensor_parallel_gpu.py where the
+#      machine has several GPUs; skipped, and said so, where it has one
 #   4. bench/gpu_bench.py with the time that is left
 # Writes to $OUT (or .gpu_cache/out): gpu_results.json, gpu_summary.md, pytest.log, bench.log,
 # jit.log, check.log. Whole run: GPU_CHECK_BUDGET_S (default 470 s, under 8 minutes).
@@ -84,12 +86,36 @@ if [ "${GPU_CHECK_STEPS:-all}" = jit ]; then log "done (GPU_CHECK_STEPS=jit)"; e
 # 3. GPU tests.
 left=$(( BUDGET - $(elapsed) ))
 tbudget=$(( left < TEST_BUDGET ? left : TEST_BUDGET ))
-timeout "$tbudget" $PY -m pytest tests/gpu -q -rs -p no:cacheprovider > "$RES/pytest.log" 2>&1
+TP_TESTS=tests/gpu/test_tensor_parallel_gpu.py
+timeout "$tbudget" $PY -m pytest tests/gpu -q -rs -p no:cacheprovider --ignore="$TP_TESTS" \
+  > "$RES/pytest.log" 2>&1
 TEST_RC=$?
 tail -25 "$RES/pytest.log"
 TESTS=$(grep -E "passed|failed|error|skipped" "$RES/pytest.log" | tail -1)
 [ $TEST_RC -eq 124 ] && TESTS="timed out after ${tbudget} s: $TESTS"
 log "tests: rc $TEST_RC: $TESTS"
+
+# 3b. Tensor parallel: one rank per GPU, NCCL. Only where the machine has several GPUs.
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU ")
+TP_BUDGET=${GPU_TP_BUDGET_S:-150}
+if [ "$NGPU" -ge 2 ]; then
+  left=$(( BUDGET - $(elapsed) - 60 ))
+  tpb=$(( left < TP_BUDGET ? left : TP_BUDGET ))
+  if [ $tpb -gt 30 ]; then
+    timeout "$tpb" $PY -m pytest "$TP_TESTS" -q -rs -p no:cacheprovider > "$RES/pytest_tp.log" 2>&1
+    TP_RC=$?
+    tail -15 "$RES/pytest_tp.log"
+    TP=$(grep -E "passed|failed|error|skipped" "$RES/pytest_tp.log" | tail -1)
+    [ $TP_RC -eq 124 ] && TP="timed out after ${tpb} s: $TP"
+    log "tensor parallel (tp 2 on $NGPU GPUs): rc $TP_RC: $TP"
+    [ $TP_RC -eq 0 ] || TEST_RC=$TP_RC
+    TESTS="$TESTS; tp: rc $TP_RC: $TP"
+  else
+    log "tensor parallel: no time left ($tpb s)"
+  fi
+else
+  log "tensor parallel: skipped ($NGPU GPU on this machine; tp needs 2 or more)"
+fi
 
 # 4. Benchmark with what is left.
 left=$(( BUDGET - $(elapsed) - 10 ))

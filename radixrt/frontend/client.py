@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import zmq
@@ -166,9 +167,15 @@ class AsyncTokenizerClient:
 
 
 class TokenizerClient:
-    """Blocking client for radixrt.Engine. Not thread-safe: one caller at a time."""
+    """Blocking client for radixrt.Engine. Not thread-safe: one caller at a time.
 
-    def __init__(self, endpoints: Endpoints) -> None:
+    `check`, if given, is called every CHECK_S while waiting; it raises to stop the wait (the
+    Engine's: a process of the server died, so no answer will come)."""
+
+    CHECK_S = 0.5
+
+    def __init__(self, endpoints: Endpoints, check: Callable[[], None] | None = None) -> None:
+        self._check = check
         ctx = zmq.Context.instance()
         self._push = PushQueue(ctx, endpoints.to_tokenizer, bind=False, hop=FrontendTokenizerMsg)
         self._pull = PullQueue(ctx, endpoints.to_frontend, bind=True, hop=FrontendTokenizerMsg)
@@ -188,7 +195,20 @@ class TokenizerClient:
 
     def _receive(self, timeout_s: float | None) -> None:
         """Wait for one message and file it (raise TimeoutError)."""
-        self._file(self._pull.get(None if timeout_s is None else int(timeout_s * 1000)))
+        if self._check is None:
+            self._file(self._pull.get(None if timeout_s is None else int(timeout_s * 1000)))
+            return
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left = self.CHECK_S if deadline is None else min(self.CHECK_S,
+                                                             deadline - time.monotonic())
+            try:
+                self._file(self._pull.get(max(0, int(left * 1000))))
+                return
+            except TimeoutError:
+                self._check()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
 
     def iter_deltas(self, rids: Iterable[str] | None = None,
                     timeout_s: float | None = None) -> Iterator[TextDelta]:

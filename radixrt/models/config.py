@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,3 +105,48 @@ class ModelConfig:
             bos_token_id=text.get("bos_token_id"),
             torch_dtype=text.get("torch_dtype") or text.get("dtype"),
         )
+
+
+# --------------------------------------------------------------------------- tensor parallel
+# Torch-free, so that the starting process can refuse a bad --tp-size before any worker loads.
+
+
+def tp_layout_error(cfg: ModelConfig, tp_size: int) -> str | None:
+    """Why `cfg` cannot be split over tp_size ranks, or None. Query heads, the MLP and the
+    vocabulary split evenly; KV heads split evenly when there are at least tp_size of them,
+    else each is replicated on tp_size / num_kv_heads ranks (which must be whole)."""
+    if tp_size < 1:
+        return f"--tp-size must be at least 1, not {tp_size}"
+    if tp_size == 1:
+        return None
+    n, kv = tp_size, cfg.num_kv_heads
+    for what, count in (("query heads", cfg.num_heads), ("vocabulary size", cfg.vocab_size),
+                        ("intermediate size", cfg.intermediate_size)):
+        if count % n:
+            return f"--tp-size {n}: the model's {what} ({count}) is not a multiple of {n}"
+    if kv >= n and kv % n:
+        return f"--tp-size {n}: the model's KV heads ({kv}) are not a multiple of {n}"
+    if kv < n and n % kv:
+        return (f"--tp-size {n}: the model's {kv} KV heads cannot be replicated evenly over "
+                f"{n} ranks ({n} is not a multiple of {kv})")
+    return None
+
+
+def shard_config(cfg: ModelConfig, tp_size: int) -> ModelConfig:
+    """The config one rank of tp_size sees: its query heads, KV heads (at least one: a
+    replicated head) and MLP width. vocab_size stays whole (the sampler sees full logits)."""
+    if (err := tp_layout_error(cfg, tp_size)) is not None:
+        raise ModelLoadError(err)
+    if tp_size == 1:
+        return cfg
+    return replace(cfg, num_heads=cfg.num_heads // tp_size,
+                   num_kv_heads=max(1, cfg.num_kv_heads // tp_size),
+                   intermediate_size=cfg.intermediate_size // tp_size)
+
+
+def kv_head_start(cfg: ModelConfig, tp_size: int, rank: int) -> int:
+    """The first (global) KV head rank `rank` keeps: a block of them when they split, else
+    the one head its query heads attend to (ranks rank*kv//n share it)."""
+    if cfg.num_kv_heads >= tp_size:
+        return rank * (cfg.num_kv_heads // tp_size)
+    return rank * cfg.num_kv_heads // tp_size

@@ -6,18 +6,37 @@ owns the KV pool and knows each request's layout for this step.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from radixrt.attention.base import AttentionBackend
-from radixrt.models.config import ModelConfig
+from radixrt.models.config import ModelConfig, kv_head_start, shard_config
 from radixrt.models.layers import RMSNorm, RotaryEmbedding
+from radixrt.models.parallel import TensorParallel, VocabParallelEmbedding
+
+
+class WeightSlot(NamedTuple):
+    """Where a checkpoint tensor goes: rows [offset, offset + rows) of our parameter `ours`
+    (rows -1: all of it), and, under tensor parallelism, the slice of the checkpoint tensor
+    this rank keeps: along `shard_dim` (None: whole) from `shard_start`, as long as the
+    target is."""
+
+    ours: str
+    offset: int
+    rows: int
+    shard_dim: int | None = None
+    shard_start: int = 0
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
+    """cfg: this rank's config (its heads); o_proj is row-parallel, hence the all-reduce."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int, tp: TensorParallel) -> None:
         super().__init__()
+        self.tp = tp
         self.layer_id = layer_id
         self.num_heads = cfg.num_heads
         self.num_kv_heads = cfg.num_kv_heads
@@ -43,26 +62,27 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope(positions, q, k)
         out = attn.forward(q, k, v, self.layer_id)
-        return self.o_proj(out.reshape(t, self.q_size))
+        return self.tp.all_reduce(self.o_proj(out.reshape(t, self.q_size)))
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
+        self.tp = tp
         self.inter = cfg.intermediate_size
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.tp.all_reduce(self.down_proj(F.silu(gate) * up))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
+    def __init__(self, cfg: ModelConfig, layer_id: int, tp: TensorParallel) -> None:
         super().__init__()
-        self.self_attn = Attention(cfg, layer_id)
-        self.mlp = MLP(cfg)
+        self.self_attn = Attention(cfg, layer_id, tp)
+        self.mlp = MLP(cfg, tp)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -82,13 +102,18 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, device: torch.device) -> None:
+    """cfg: the whole model's config; tp: this rank (the default: the whole model here)."""
+
+    def __init__(self, cfg: ModelConfig, device: torch.device,
+                 tp: TensorParallel | None = None) -> None:
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.tp = tp = tp or TensorParallel()
+        local = shard_config(cfg, tp.size)  # raises on a layout that does not split
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
+        self.layers = nn.ModuleList(DecoderLayer(local, i, tp) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size // tp.size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rope = RotaryEmbedding(cfg, device)
@@ -96,39 +121,51 @@ class LlamaForCausalLM(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionBackend,
                 logits_indices: torch.Tensor) -> torch.Tensor:
-        """Logits (float32) [len(logits_indices), vocab] of the tokens at those flat indices."""
+        """Logits (float32) [len(logits_indices), vocab] of the tokens at those flat indices
+        (on rank 0; another rank gets its vocabulary slice's)."""
         x = self.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
         for layer in self.layers:
             x, residual = layer(x, residual, positions, self.rope, attn)
         assert residual is not None
         x, _ = self.norm.add_forward(x[logits_indices], residual[logits_indices])
-        return self.lm_head(x).float()
+        return self.tp.gather_vocab(self.lm_head(x).float())
 
-    def weight_map(self) -> dict[str, tuple[str, int, int]]:
-        """HF tensor name -> (our parameter name, row offset, rows) for fused projections."""
-        cfg = self.config
-        q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        inter = cfg.intermediate_size
-        out: dict[str, tuple[str, int, int]] = {
-            "model.embed_tokens.weight": ("embed_tokens.weight", 0, -1),
-            "model.norm.weight": ("norm.weight", 0, -1),
+    def weight_map(self) -> dict[str, WeightSlot]:
+        """HF tensor name -> where it goes (fused projections, this rank's slice)."""
+        cfg, tp = self.config, self.tp
+        r = tp.rank
+        local = shard_config(cfg, tp.size)
+        d = cfg.head_dim
+        q, kv, inter = local.num_heads * d, local.num_kv_heads * d, local.intermediate_size
+        q0, kv0 = r * q, kv_head_start(cfg, tp.size, r) * d  # this rank's rows in HF tensors
+        col, row = (0, 1) if tp.size > 1 else (None, None)  # split the output / input dim
+        v0 = r * (cfg.vocab_size // tp.size)
+        out: dict[str, WeightSlot] = {
+            "model.embed_tokens.weight": WeightSlot("embed_tokens.weight", 0, -1, col, v0),
+            "model.norm.weight": WeightSlot("norm.weight", 0, -1),
         }
         if not cfg.tie_word_embeddings:
-            out["lm_head.weight"] = ("lm_head.weight", 0, -1)
+            out["lm_head.weight"] = WeightSlot("lm_head.weight", 0, -1, col, v0)
         for i in range(cfg.num_layers):
             hf, ours = f"model.layers.{i}.", f"layers.{i}."
+            qkv = f"{ours}self_attn.qkv_proj"
             for kind in ("weight", "bias") if cfg.attention_bias else ("weight",):
-                out[f"{hf}self_attn.q_proj.{kind}"] = (f"{ours}self_attn.qkv_proj.{kind}", 0, q)
-                out[f"{hf}self_attn.k_proj.{kind}"] = (f"{ours}self_attn.qkv_proj.{kind}", q, kv)
-                out[f"{hf}self_attn.v_proj.{kind}"] = (f"{ours}self_attn.qkv_proj.{kind}", q + kv, kv)
-            out[f"{hf}self_attn.o_proj.weight"] = (f"{ours}self_attn.o_proj.weight", 0, -1)
+                out[f"{hf}self_attn.q_proj.{kind}"] = WeightSlot(f"{qkv}.{kind}", 0, q, col, q0)
+                out[f"{hf}self_attn.k_proj.{kind}"] = WeightSlot(f"{qkv}.{kind}", q, kv, col, kv0)
+                out[f"{hf}self_attn.v_proj.{kind}"] = WeightSlot(f"{qkv}.{kind}", q + kv, kv,
+                                                                 col, kv0)
+            out[f"{hf}self_attn.o_proj.weight"] = WeightSlot(f"{ours}self_attn.o_proj.weight",
+                                                             0, -1, row, q0)
             if cfg.qk_norm:
-                out[f"{hf}self_attn.q_norm.weight"] = (f"{ours}self_attn.q_norm.weight", 0, -1)
-                out[f"{hf}self_attn.k_norm.weight"] = (f"{ours}self_attn.k_norm.weight", 0, -1)
-            out[f"{hf}mlp.gate_proj.weight"] = (f"{ours}mlp.gate_up_proj.weight", 0, inter)
-            out[f"{hf}mlp.up_proj.weight"] = (f"{ours}mlp.gate_up_proj.weight", inter, inter)
-            out[f"{hf}mlp.down_proj.weight"] = (f"{ours}mlp.down_proj.weight", 0, -1)
+                for n in ("q_norm", "k_norm"):
+                    out[f"{hf}self_attn.{n}.weight"] = WeightSlot(f"{ours}self_attn.{n}.weight",
+                                                                  0, -1)
+            gate_up = f"{ours}mlp.gate_up_proj.weight"
+            out[f"{hf}mlp.gate_proj.weight"] = WeightSlot(gate_up, 0, inter, col, r * inter)
+            out[f"{hf}mlp.up_proj.weight"] = WeightSlot(gate_up, inter, inter, col, r * inter)
+            out[f"{hf}mlp.down_proj.weight"] = WeightSlot(f"{ours}mlp.down_proj.weight", 0, -1,
+                                                          row, r * inter)
             for norm in ("input_layernorm", "post_attention_layernorm"):
-                out[f"{hf}{norm}.weight"] = (f"{ours}{norm}.weight", 0, -1)
+                out[f"{hf}{norm}.weight"] = WeightSlot(f"{ours}{norm}.weight", 0, -1)
         return out

@@ -12,7 +12,8 @@ from safetensors import safe_open
 from torch import nn
 
 from radixrt.models.config import ModelConfig, ModelLoadError
-from radixrt.models.llama import LlamaForCausalLM
+from radixrt.models.llama import LlamaForCausalLM, WeightSlot
+from radixrt.models.parallel import TensorParallel
 
 logger = logging.getLogger("radixrt")
 
@@ -41,16 +42,22 @@ def safetensors_files(path: Path) -> list[Path]:
 
 
 def load_model(path: str | Path, dtype: torch.dtype, device: str | torch.device,
-               cfg: ModelConfig | None = None, quantization: str = "none") -> LlamaForCausalLM:
+               cfg: ModelConfig | None = None, quantization: str = "none",
+               tp: TensorParallel | None = None) -> LlamaForCausalLM:
     """quantization: none, int8 or int4 (resolved names, see radixrt.config). int4 of a
     directory with a packed checkpoint (the default model: its GGUF's own blocks) loads
-    that; otherwise the safetensors weights are quantized round-to-nearest."""
+    that; otherwise the safetensors weights are quantized round-to-nearest.
+    tp: this rank of a tensor-parallel group; it reads only its slices of the tensors."""
     path = Path(path)
     cfg = cfg or ModelConfig.from_dir(path)
     device = torch.device(device)
+    tp = tp or TensorParallel()
     t0 = time.perf_counter()
     if quantization not in ("none", "int8", "int4"):
         raise ModelLoadError(f"unknown quantization {quantization!r}")
+    if quantization != "none" and tp.size > 1:
+        raise ModelLoadError(f"--quantization {quantization} is not supported with "
+                             f"--tp-size {tp.size}; use --quantization none")
     if quantization != "none" and device.type != "cpu":
         raise ModelLoadError(f"--quantization {quantization} runs on CPU only, not {device}")
     if quantization == "int4":
@@ -62,7 +69,7 @@ def load_model(path: str | Path, dtype: torch.dtype, device: str | torch.device,
             return model
     files = safetensors_files(path)
     with torch.device("meta"):
-        model = MODEL_CLASSES[cfg.architecture](cfg, device=torch.device("cpu"))
+        model = MODEL_CLASSES[cfg.architecture](cfg, device=torch.device("cpu"), tp=tp)
     model = model.to_empty(device=device).to(dtype)
     # Buffers (rope tables) were lost by to_empty on meta: rebuild them for real.
     model.rope = type(model.rope)(cfg, device)
@@ -98,10 +105,11 @@ def _load_weights(model: LlamaForCausalLM, files: list[Path], cfg: ModelConfig) 
                     # Extras (a tied lm_head copy, rotary inv_freq) are ignored; missing
                     # tensors are not.
                     continue
-                ours, off, rows = wmap[name]
-                param = params[ours]
-                tensor = sf.get_tensor(name)
-                target = param.data if rows == -1 else param.data.narrow(0, off, rows)
+                slot = wmap[name]
+                param = params[slot.ours]
+                target = (param.data if slot.rows == -1
+                          else param.data.narrow(0, slot.offset, slot.rows))
+                tensor = _read_slice(sf, name, slot, target.shape)
                 if tuple(tensor.shape) != tuple(target.shape):
                     raise ModelLoadError(
                         f"tensor {name} in {f.name} has shape {tuple(tensor.shape)}, "
@@ -114,6 +122,22 @@ def _load_weights(model: LlamaForCausalLM, files: list[Path], cfg: ModelConfig) 
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ModelLoadError(f"checkpoint is missing tensor {missing[0]}{more}")
+
+
+def _read_slice(sf: object, name: str, slot: WeightSlot, shape: torch.Size) -> torch.Tensor:
+    """The tensor, or only this rank's slice of it (read straight from the mmap)."""
+    if slot.shard_dim is None:
+        return sf.get_tensor(name)  # type: ignore[attr-defined]
+    part = sf.get_slice(name)  # type: ignore[attr-defined]
+    dims = part.get_shape()
+    if len(dims) <= slot.shard_dim:
+        raise ModelLoadError(f"tensor {name} has shape {tuple(dims)}, expected a dim "
+                             f"{slot.shard_dim} to split")
+    a, b = slot.shard_start, slot.shard_start + shape[slot.shard_dim]
+    if b > dims[slot.shard_dim]:
+        raise ModelLoadError(f"tensor {name} has shape {tuple(dims)}, too small for this "
+                             f"rank's slice {a}:{b} of dim {slot.shard_dim}")
+    return part[a:b] if slot.shard_dim == 0 else part[:, a:b]
 
 
 def count_parameters(model: nn.Module) -> int:

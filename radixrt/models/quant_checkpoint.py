@@ -108,10 +108,10 @@ def load_int4_model(path: str | Path, cfg: ModelConfig, dtype: torch.dtype) -> L
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg, device=torch.device("cpu"))
     fused: dict[str, list[tuple[int, QuantWeight | torch.Tensor]]] = {}
-    for hf_name, (ours, offset, _rows) in model.weight_map().items():
+    for hf_name, slot in model.weight_map().items():
         if hf_name not in tensors:
             raise ModelLoadError(f"{file} lacks {hf_name}")
-        fused.setdefault(ours, []).append((offset, tensors[hf_name]))
+        fused.setdefault(slot.ours, []).append((slot.offset, tensors[hf_name]))
     for ours, parts in fused.items():
         values = [v for _, v in sorted(parts, key=lambda p: p[0])]
         module_name = ours.rpartition(".")[0]

@@ -1,7 +1,7 @@
 """python -m radixrt.worker: a worker process, started by ProcessGroup (its ChildSpec on stdin)."""
 
 from radixrt.process_group import child_main
-from radixrt.worker.process import run_worker
+from radixrt.worker.tp import run_rank
 
 if __name__ == "__main__":
-    child_main(run_worker)
+    child_main(run_rank)

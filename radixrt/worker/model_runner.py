@@ -13,8 +13,9 @@ from radixrt.config import EngineConfig, torch_dtype
 from radixrt.ipc.messages import ForwardBatch, StepResult
 from radixrt.kvcache.pool import KVPool, KVPoolShape
 from radixrt.model_info import resolve_context_length
-from radixrt.models.config import ModelConfig
+from radixrt.models.config import ModelConfig, shard_config
 from radixrt.models.loader import load_model
+from radixrt.models.parallel import TensorParallel
 from radixrt.worker.sampler import Sampler
 
 logger = logging.getLogger("radixrt")
@@ -80,18 +81,25 @@ def make_attention_backend(config: EngineConfig, pool: KVPool, model_cfg: ModelC
 class ModelRunner:
     """The worker's engine room: model weights, KV pool, page table of every slot, attention
     backend and sampler. `step(ForwardBatch)` applies the batch's changes, runs the model over
-    the flattened tokens and samples the rows that finish their prompt."""
+    the flattened tokens and samples the rows that finish their prompt.
 
-    def __init__(self, config: EngineConfig, model_cfg: ModelConfig | None = None) -> None:
+    Under tensor parallelism (tp.size > 1) every rank runs every step on its shard (its
+    heads, its KV heads in its pool); only rank 0 has a sampler and a StepResult to give."""
+
+    def __init__(self, config: EngineConfig, model_cfg: ModelConfig | None = None,
+                 tp: TensorParallel | None = None) -> None:
         self.config = config
+        self.tp = tp = tp or TensorParallel()
         self.device = torch.device(config.device)
         self.dtype = torch_dtype(config.dtype)
-        self.model_cfg = model_cfg or ModelConfig.from_dir(config.model_path)
+        full_cfg = model_cfg or ModelConfig.from_dir(config.model_path)
+        self.model_cfg = shard_config(full_cfg, tp.size)  # this rank's heads and MLP width
         torch.manual_seed(config.seed)
-        self.model = load_model(config.model_path, self.dtype, self.device, self.model_cfg,
-                                quantization=config.quantization)
+        self.model = load_model(config.model_path, self.dtype, self.device, full_cfg,
+                                quantization=config.quantization, tp=tp)
         self.kv_dtype = torch_dtype(config.kv_dtype)
-        num_pages = size_kv_pool(config, self.model_cfg, self.kv_dtype, self.device)
+        num_pages = tp.agree_min(size_kv_pool(config, self.model_cfg, self.kv_dtype,
+                                              self.device))
         m = self.model_cfg
         self.pool = KVPool(KVPoolShape(m.num_layers, num_pages, config.page_size,
                                        m.num_kv_heads, m.head_dim), self.kv_dtype, self.device)
@@ -102,7 +110,8 @@ class ModelRunner:
         self.page_table = np.full((max_slots(config), self.max_pages_per_req),
                                   self.pool.scratch_page, dtype=np.int32)
         self.attn = make_attention_backend(config, self.pool, m)
-        self.sampler = Sampler(m.vocab_size, self.device, config.seed)
+        # Only rank 0 samples (see radixrt/models/parallel.py for why that keeps ranks in step).
+        self.sampler = Sampler(m.vocab_size, self.device, config.seed) if tp.rank == 0 else None
         logger.info("KV pool: %d pages x %d tokens, %s (%.2f GiB); %s attention", num_pages,
                     self.page_size, config.kv_dtype,
                     self.pool.shape.bytes_per_page(self.kv_dtype) * num_pages / 2**30,
@@ -118,10 +127,12 @@ class ModelRunner:
 
     def _apply_updates(self, batch: ForwardBatch) -> None:
         for slot in batch.freed_slots:
-            self.sampler.remove(slot)
+            if self.sampler is not None:
+                self.sampler.remove(slot)
             self.page_table[slot].fill(self.pool.scratch_page)
-        for new in batch.new_slots:
-            self.sampler.add(new)
+        if self.sampler is not None:
+            for new in batch.new_slots:
+                self.sampler.add(new)
         start = 0
         for slot, off, n in zip(batch.page_slots.tolist(), batch.page_offsets.tolist(),
                                 batch.page_lens.tolist()):
@@ -153,7 +164,7 @@ class ModelRunner:
         if B:
             logits = self.forward(batch)
             rows = np.nonzero(batch.sample)[0]
-            if len(rows):
+            if len(rows) and self.sampler is not None:
                 out = self.sampler.sample(logits, batch.slots[rows].tolist())
                 next_ids[rows] = out.next_ids.cpu().numpy()
                 if out.logprobs is not None:

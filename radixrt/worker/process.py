@@ -15,17 +15,21 @@ from radixrt.model_info import ModelInfo
 from radixrt.models.config import ModelConfig
 from radixrt.process_group import report
 from radixrt.worker.model_runner import ModelRunner
+from radixrt.worker.tp import init_tensor_parallel, rank_config
 
 logger = logging.getLogger("radixrt")
 
 
 def run_worker(endpoints: Endpoints, name: str, config: EngineConfig, info: ModelInfo,
-               rank: int = 0) -> None:
+               rank: int = 0, dist_port: int | None = None) -> None:
+    """Rank `rank` of config.tp_size; dist_port: the ranks' torch.distributed store (tp > 1)."""
     logging.basicConfig(level=config.log_level.upper(),
                         format=f"[%(asctime)s {name}] %(message)s", datefmt="%H:%M:%S")
+    config = rank_config(config, rank)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    runner = ModelRunner(config, ModelConfig.from_info(info))
+    tp = init_tensor_parallel(config, rank, dist_port)
+    runner = ModelRunner(config, ModelConfig.from_info(info), tp)
     ctx = zmq.Context.instance()
     inbox = PullQueue(ctx, endpoints.to_worker(rank), bind=True, hop=SchedulerWorkerMsg)
     outbox = PushQueue(ctx, endpoints.from_worker, bind=False, hop=SchedulerWorkerMsg)

@@ -19,6 +19,7 @@ import pytest
 
 from radixrt import Engine
 from radixrt.process_group import StartupError
+from radixrt.testing.processes import alive
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,14 +32,6 @@ out = engine.generate(input_ids=[1, 504, 3575, 282],
 print(json.dumps({{"ids": out["output_ids"], "sockets": engine.group.endpoints.directory,
                   "children": [p.pid for p in engine.group.procs.values()]}}))
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.timeout(900)

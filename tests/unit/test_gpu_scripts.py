@@ -137,6 +137,14 @@ def test_shell_scripts_parse() -> None:
         subprocess.run(["bash", "-n", str(REPO / "scripts" / name)], check=True)
 
 
+def test_gpu_check_tp_step_names_existing_tests() -> None:
+    """The tensor-parallel step runs a test file that exists, gated on the GPU count."""
+    script = (REPO / "scripts" / "gpu_check.sh").read_text()
+    line = next(x for x in script.splitlines() if x.startswith("TP_TESTS="))
+    assert (REPO / line.split("=", 1)[1]).is_file()
+    assert '[ "$NGPU" -ge 2 ]' in script and '--ignore="$TP_TESTS"' in script
+
+
 @pytest.mark.slow  # downloads from PyPI: run with -m slow
 def test_real_download_of_the_tvm_ffi_wheel(tmp_path: Path) -> None:
     gb.pip_download("apache-tvm-ffi>=0.1.11,<0.2", tmp_path)
