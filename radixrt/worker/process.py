@@ -11,6 +11,7 @@ from radixrt.config import EngineConfig
 from radixrt.ipc.dispatch import Dispatcher
 from radixrt.ipc.messages import ForwardBatch, SchedulerWorkerMsg, WorkerReady
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
+from radixrt.log import setup_logging
 from radixrt.model_info import ModelInfo
 from radixrt.models.config import ModelConfig
 from radixrt.process_group import report
@@ -21,8 +22,7 @@ logger = logging.getLogger("radixrt")
 
 def run_worker(endpoints: Endpoints, name: str, config: EngineConfig, info: ModelInfo,
                rank: int = 0) -> None:
-    logging.basicConfig(level=config.log_level.upper(),
-                        format=f"[%(asctime)s {name}] %(message)s", datefmt="%H:%M:%S")
+    setup_logging(config.log_level, name)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     runner = ModelRunner(config, ModelConfig.from_info(info))
