@@ -4,8 +4,12 @@ Sockets: PULL to_tokenizer (from the frontend / Engine) and PULL to_detokenizer 
 scheduler), both bound here; PUSH to_scheduler and PUSH to_frontend, connected. It blocks in
 zmq.Poller while idle: the cores belong to the model worker.
 
+The loop only does what is quick: checks, detokenizing, relaying. Building a request (chat
+template, tokenizing) runs on worker threads (tokenizer/workers.py), so a long prompt never
+holds up the streams of others; the loop answers pings (/health) at once.
+
 To the frontend go TextDeltaBatches (one per scheduler step, or one refusal) and the
-scheduler's answers to stats and flush requests, relayed unchanged.
+scheduler's answers to stats, flush and ping requests, relayed unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from radixrt.ipc.messages import (
     FlushCacheDone,
     FlushCacheReq,
     FrontendTokenizerMsg,
+    GenerateReq,
+    PingReq,
+    Pong,
     SchedulerStats,
     StatsReq,
     TextDelta,
@@ -33,11 +40,13 @@ from radixrt.ipc.messages import (
     TokenOutBatch,
 )
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
+from radixrt.log import setup_logging
 from radixrt.model_info import ModelInfo
 from radixrt.process_group import report
 from radixrt.sampling_params import InvalidRequestError
 from radixrt.tokenizer.detokenize import IncrementalDetokenizer, StopStringMatcher, TokenTexts
-from radixrt.tokenizer.tokenize import PromptTokenizer
+from radixrt.tokenizer.tokenize import PromptTokenizer, request_size
+from radixrt.tokenizer.workers import Workers
 
 logger = logging.getLogger("radixrt.tokenizer")
 
@@ -66,16 +75,41 @@ class TokenizerManager:
         self.tokenizer = self.prompts.tokenizer
         self.texts = TokenTexts(self.tokenizer)  # token strings of logprobs entries
         self.requests: dict[str, RequestState] = {}
+        self.building: dict[str, bool] = {}  # rid -> aborted, while its prompt is built
 
     def handle_tokenize(self, req: TokenizeReq) -> Outbox:
-        if req.rid in self.requests:
+        """admit, build and finish in one go (Engine-free tests; the process splits them)."""
+        refused = self.admit(req)
+        if refused is not None:
+            return refused
+        try:
+            built: GenerateReq | Exception = self.prompts.build(req)
+        except Exception as exc:  # noqa: BLE001 - finish() turns it into a refusal
+            built = exc
+        return self.finish(req, built)
+
+    def admit(self, req: TokenizeReq) -> Outbox | None:
+        """The loop's quick checks before a request is built: a refusal, or None to build it."""
+        if req.rid in self.requests or req.rid in self.building:
             return [], [refusal(req.rid, f"request id {req.rid!r} is already running", None)]
         try:
-            gen = self.prompts.build(req)
+            self.prompts.check_size(req)  # too long to fit: refused by length, untokenized
         except InvalidRequestError as exc:
             return [], [refusal(req.rid, str(exc), exc.param)]
-        except Exception as exc:  # noqa: BLE001 - e.g. a string where a number belongs
-            return [], [refusal(req.rid, f"invalid request: {type(exc).__name__}: {exc}", None)]
+        self.building[req.rid] = False
+        return None
+
+    def finish(self, req: TokenizeReq, built: GenerateReq | Exception) -> Outbox:
+        """A built request goes to the scheduler (unless aborted meanwhile); an error is the
+        request's refusal."""
+        if self.building.pop(req.rid, False):
+            return [], [TextDelta(req.rid, "", [], finished=True, finish_reason="abort")]
+        if isinstance(built, InvalidRequestError):
+            return [], [refusal(req.rid, str(built), built.param)]
+        if isinstance(built, Exception):  # e.g. a string where a number belongs
+            return [], [refusal(req.rid, f"invalid request: {type(built).__name__}: {built}",
+                                None)]
+        gen = built
         sp = gen.sampling
         self.requests[req.rid] = RequestState(
             detok=IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens),
@@ -84,6 +118,9 @@ class TokenizerManager:
         return [gen], []
 
     def handle_abort(self, req: AbortReq) -> Outbox:
+        if req.rid in self.building:
+            self.building[req.rid] = True  # dropped once built
+            return [], []
         state = self.requests.get(req.rid)
         if state is None:
             return [], []
@@ -149,9 +186,10 @@ def refusal(rid: str, message: str, param: str | None) -> TextDelta:
 
 def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelInfo) -> None:
     """Process main (ProcessGroup.start("tokenizer", run_tokenizer, log_level, info))."""
-    logging.basicConfig(level=log_level.upper(),
-                        format=f"[%(asctime)s {name}] %(message)s", datefmt="%H:%M:%S")
+    setup_logging(log_level, name)
     manager = TokenizerManager(info)
+    manager.prompts.model_templates.start()  # now, not at the first chat request
+    workers: Workers[TokenizeReq, GenerateReq] = Workers(manager.prompts.build)
     ctx = zmq.Context.instance()
     from_frontend = PullQueue(ctx, endpoints.to_tokenizer, bind=True, hop=FrontendTokenizerMsg)
     from_scheduler = PullQueue(ctx, endpoints.to_detokenizer, bind=True,
@@ -161,6 +199,7 @@ def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelIn
     poller = zmq.Poller()
     poller.register(from_scheduler.sock, zmq.POLLIN)
     poller.register(from_frontend.sock, zmq.POLLIN)
+    poller.register(workers.wake_fd, zmq.POLLIN)
 
     def send(outbox: Outbox) -> None:
         to_sched, deltas = outbox
@@ -169,20 +208,36 @@ def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelIn
         if deltas:
             to_frontend.put(TextDeltaBatch(deltas))
 
+    def tokenize(req: TokenizeReq) -> None:
+        refused = manager.admit(req)
+        if refused is not None:
+            send(refused)
+        else:
+            workers.submit(req, request_size(req))
+
+    def ping(msg: PingReq) -> None:
+        to_frontend.put(Pong("tokenizer", msg.seq))
+        to_scheduler.put(msg)
+
     handle = Dispatcher(name, {
         # From the frontend.
-        TokenizeReq: lambda m: send(manager.handle_tokenize(m)),
+        TokenizeReq: tokenize,
         AbortReq: lambda m: send(manager.handle_abort(m)),
         StatsReq: to_scheduler.put,
         FlushCacheReq: to_scheduler.put,
+        PingReq: ping,
         # From the scheduler.
         TokenOutBatch: lambda m: send(manager.handle_token_outs(m)),
         SchedulerStats: to_frontend.put,
         FlushCacheDone: to_frontend.put,
+        Pong: to_frontend.put,
     })
     report(endpoints, ChildReady(name))
     while True:
         events = dict(poller.poll())
+        if workers.wake_fd in events:  # built requests: to the scheduler
+            for req, built in workers.completed():
+                send(manager.finish(req, built))
         # Scheduler output first: it is what streaming clients are waiting for.
         for queue in (from_scheduler, from_frontend):
             if queue.sock not in events:

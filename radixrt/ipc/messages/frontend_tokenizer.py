@@ -23,6 +23,7 @@ class TokenizeReq(FrontendTokenizerMsg):
     stream: bool = False
     cache_salt: str | None = None
     chat_template_kwargs: dict | None = None
+    chat_template: str | None = None  # a request's own template (only when the server trusts it)
 
 
 @dataclass
