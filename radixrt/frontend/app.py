@@ -17,8 +17,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from radixrt.config import ServerConfig
+from radixrt.frontend.body_limit import BodyLimitMiddleware
 from radixrt.frontend.client import AsyncTokenizerClient
 from radixrt.frontend.errors import APIError
+from radixrt.frontend.health import PipelineHealth
 from radixrt.frontend.metrics import Metrics
 from radixrt.frontend.protocol import ModelCard, ModelList
 from radixrt.frontend.responses import json_response
@@ -53,10 +55,13 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
     no tokenizer: the token strings of logprobs come with the deltas."""
     serving = OpenAIServing(config, info, Metrics())
     started = int(time.time())
+    health: list[PipelineHealth] = []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         serving.client = AsyncTokenizerClient(endpoints)
+        health.append(PipelineHealth(serving.client.ping, config.limits.health_stall_s))
+        serving.client.on_pong = health[0].on_pong
         serving.client.start()
         yield
         serving.abort_all()
@@ -66,6 +71,8 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
     app.state.serving = serving
     if config.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.limits.max_request_bytes,
+                       timeout_s=config.limits.body_timeout_s)
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> Response:
@@ -104,14 +111,24 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
 
     @app.get("/v1/models")
     async def models() -> Response:
-        card = ModelCard(id=serving.served_name, created=started,
-                         root=config.engine.model_path, max_model_len=info.context_length)
+        # The served name, never the model's directory: a path tells clients nothing they
+        # need and the server's layout to anyone.
+        card = ModelCard(id=serving.served_name, created=started, root=serving.served_name,
+                         max_model_len=info.context_length)
         return json_response(ModelList(data=[card]))
 
     @app.get("/health")
-    async def health() -> Response:
-        if serving.shutting_down:
-            return JSONResponse({"status": "shutting down"}, status_code=503)
+    async def health_check() -> Response:
+        """200 while every stage answers; 503 while draining or once a stage went silent."""
+        if serving.draining:
+            return JSONResponse({"status": "shutting down"}, status_code=503,
+                                headers={"Retry-After": "5"})
+        stuck = await health[0].check()
+        if stuck is not None:
+            stage, why = stuck
+            logger.warning("/health: %s", why)
+            return JSONResponse({"status": "unhealthy", "stage": stage, "message": why},
+                                status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")
@@ -125,8 +142,20 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
 
     @app.post("/flush_cache")
     async def flush_cache() -> Response:
+        """Flush now. While requests run, the pages they hold stay: 409, saying how much of
+        the rest was freed (the scheduler answers within one step, never waits for idle)."""
         assert serving.client is not None
-        await serving.client.flush_cache()
-        return JSONResponse({"success": True, "message": "Cache flushed."})
+        try:
+            done = await serving.client.flush_cache()
+        except asyncio.TimeoutError:
+            raise APIError(503, "The scheduler did not answer the flush.", "service_unavailable",
+                           headers={"Retry-After": "1"}) from None
+        if not done.flushed:
+            raise APIError(409, f"The cache was not flushed: {done.running} requests are "
+                           f"running and hold their cached prefixes. The {done.pages_freed} "
+                           "pages no request held were freed; flush again once idle to drop "
+                           "everything.", code="requests_running")
+        return JSONResponse({"success": True, "message": "Cache flushed.",
+                             "pages_freed": done.pages_freed})
 
     return app
