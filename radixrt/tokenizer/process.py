@@ -213,7 +213,9 @@ def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelIn
         if refused is not None:
             send(refused)
         else:
-            workers.submit(req, request_size(req))
+            own = req.chat_template is not None or "chat_template" in (
+                req.chat_template_kwargs or {})
+            workers.submit(req, request_size(req), own)
 
     def ping(msg: PingReq) -> None:
         to_frontend.put(Pong("tokenizer", msg.seq))

@@ -5,7 +5,8 @@ run on it: requests are built on worker threads (the Rust tokenizer releases the
 works; templates render in a child process) and the results come back through a queue, with
 a byte on a pipe that the loop polls next to its sockets. Long inputs get a thread of their
 own, so a long-but-legal prompt never queues ahead of a short one, and after each long one the
-heap is trimmed so that its memory goes back to the system.
+heap is trimmed so that its memory goes back to the system. Requests that bring their own chat
+template get a lane of their own too: a hostile template holds up only its own kind.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ class Workers(Generic[Job, Result]):
         self.fn = fn
         self._short = ThreadPoolExecutor(short_threads, thread_name_prefix="tokenize")
         self._long = ThreadPoolExecutor(1, thread_name_prefix="tokenize-long")
+        self._template = ThreadPoolExecutor(1, thread_name_prefix="tokenize-template")
         self._done: queue.SimpleQueue[tuple[Job, Result | Exception]] = queue.SimpleQueue()
         self.wake_fd, self._wake_w = os.pipe()
         os.set_blocking(self.wake_fd, False)
 
-    def submit(self, job: Job, size: int) -> None:
+    def submit(self, job: Job, size: int, own_template: bool = False) -> None:
         long = size >= LONG_INPUT
-        (self._long if long else self._short).submit(self._run, job, long)
+        lane = self._template if own_template else self._long if long else self._short
+        lane.submit(self._run, job, long)
 
     def _run(self, job: Job, long: bool) -> None:
         try:
@@ -73,5 +76,6 @@ class Workers(Generic[Job, Result]):
     def close(self) -> None:
         self._short.shutdown(wait=False, cancel_futures=True)
         self._long.shutdown(wait=False, cancel_futures=True)
+        self._template.shutdown(wait=False, cancel_futures=True)
         os.close(self.wake_fd)
         os.close(self._wake_w)
