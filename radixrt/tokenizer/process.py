@@ -46,7 +46,7 @@ from radixrt.process_group import report
 from radixrt.sampling_params import InvalidRequestError
 from radixrt.tokenizer.detokenize import IncrementalDetokenizer, StopStringMatcher, TokenTexts
 from radixrt.tokenizer.tokenize import PromptTokenizer, request_size
-from radixrt.tokenizer.workers import Workers
+from radixrt.tokenizer.workers import LONG_INPUT, Workers, malloc_trim
 
 logger = logging.getLogger("radixrt.tokenizer")
 
@@ -208,10 +208,14 @@ def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelIn
         if deltas:
             to_frontend.put(TextDeltaBatch(deltas))
 
+    refused_long: list[bool] = []  # a long input was refused on the loop: trim the heap
+
     def tokenize(req: TokenizeReq) -> None:
         refused = manager.admit(req)
         if refused is not None:
             send(refused)
+            if request_size(req) >= LONG_INPUT:
+                refused_long.append(True)
         else:
             own = req.chat_template is not None or "chat_template" in (
                 req.chat_template_kwargs or {})
@@ -249,3 +253,7 @@ def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelIn
                     handle(msg)
                 except Exception:  # noqa: BLE001 - one bad message must not stop the server
                     logger.exception("tokenizer: failed to handle %s", type(msg).__name__)
+            msg = None  # noqa: F841 - let go of the last message before a trim
+        if refused_long:  # its message and text are gone now: give the memory back
+            refused_long.clear()
+            malloc_trim()

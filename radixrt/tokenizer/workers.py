@@ -25,7 +25,7 @@ Job = TypeVar("Job")
 Result = TypeVar("Result")
 
 
-def _malloc_trim() -> None:
+def malloc_trim() -> None:
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
@@ -56,7 +56,7 @@ class Workers(Generic[Job, Result]):
         except Exception as exc:  # noqa: BLE001 - handed to the loop as the job's result
             out = exc
         if long:
-            _malloc_trim()
+            malloc_trim()
         self._done.put((job, out))
         os.write(self._wake_w, b"\0")
 
