@@ -171,6 +171,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--slow-clients", type=int, default=2000)
     ap.add_argument("--streams", type=int, default=200)
+    ap.add_argument("--huge-repeat", type=int, default=25_000_000,
+                    help="the huge prompt is 'a ' this many times (50 MB by default)")
     a = ap.parse_args()
     tok = tokenizer_pid(a.pid)
     port = int(a.url.rsplit(":", 1)[1])
@@ -181,7 +183,7 @@ def main() -> None:
             "chat_template": "{{ 'a ' * 5000000 }}"}}).encode()
         report["template"] = during(a.url, tok, body, "/v1/chat/completions", a.timeout)
     if "huge" in cases:
-        body = json.dumps({"prompt": "a " * 25_000_000, "max_tokens": 4}).encode()
+        body = json.dumps({"prompt": "a " * a.huge_repeat, "max_tokens": 4}).encode()
         report["huge"] = during(a.url, tok, body, "/v1/completions", a.timeout)
     if "slow" in cases:
         report["slow"] = slow_clients(a.url, port, a.slow_clients, 60)
