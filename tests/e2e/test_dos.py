@@ -32,7 +32,7 @@ MAX_BYTES = 60_000_000  # above the 50 MB prompt, so that one is refused by its 
 @pytest.fixture(scope="module")
 def server(tiny_llama: Path, launch_server: Callable[..., ServerProcess]) -> ServerProcess:
     return launch_server("--model", str(tiny_llama), "--dtype", "float32",
-                         "--max-total-tokens", "4096", "--max-queued-requests", "64",
+                         "--max-total-tokens", "4096", "--max-queued-requests", "256",
                          "--trust-request-chat-template", "--header-timeout", "2",
                          "--health-stall-timeout", "2", "--max-request-bytes", str(MAX_BYTES))
 
@@ -122,9 +122,9 @@ def test_tiny_top_p_is_the_greedy_token(server: ServerProcess) -> None:
 
 
 def test_a_request_that_never_fits_is_400(server: ServerProcess) -> None:
-    for body, param in (({"prompt": ["x"] * 1100, "max_tokens": 1}, "prompt"),
-                        ({"prompt": ["x"] * 65, "max_tokens": 1}, "prompt"),
-                        ({"prompt": ["x"] * 5, "n": 16, "max_tokens": 1}, "n")):
+    for body, param in (({"prompt": ["x"] * 1100, "max_tokens": 1}, "prompt"),  # limit 256
+                        ({"prompt": ["x"] * 257, "max_tokens": 1}, "prompt"),
+                        ({"prompt": ["x"] * 17, "n": 16, "max_tokens": 1}, "n")):
         err = error_of(httpx.post(f"{server.url}/v1/completions", json=body, timeout=30), 400)
         assert err["param"] == param and "--max-queued-requests" in err["message"], err
     # What fits still goes through.
