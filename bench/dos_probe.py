@@ -95,17 +95,23 @@ def during(url: str, tok: int, body: bytes, path: str, timeout: float) -> dict:
             "rss_after_mb": round(rss_mb(tok)), "attack": out}
 
 
-def slow_clients(url: str, port: int, n: int, wait_s: float) -> dict:
+def hold_half_requests(port: int, n: int) -> list[socket.socket]:
+    """n connections that send part of their request headers and then nothing."""
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
         s.setblocking(False)
         socks.append(s)
-    stall = small(url, 30)
+    return socks
+
+
+def wait_closed(socks: list[socket.socket], timeout_s: float) -> tuple[float, int]:
+    """Wait until the server closed every one of socks, at most timeout_s; close them all.
+    Returns (seconds waited, how many were still open)."""
     t0 = time.monotonic()
-    open_ = socks
-    while open_ and time.monotonic() - t0 < wait_s:
+    open_ = list(socks)
+    while open_ and time.monotonic() - t0 < timeout_s:
         still = []
         for s in open_:
             try:
@@ -116,11 +122,18 @@ def slow_clients(url: str, port: int, n: int, wait_s: float) -> dict:
             except OSError:
                 pass
         open_ = still
-        time.sleep(0.2)
+        time.sleep(0.1)
     for s in socks:
         s.close()
-    return {"connections": n, "stall_s": round(stall, 2), "still_open": len(open_),
-            "all_closed_after_s": round(time.monotonic() - t0, 1) if not open_ else None}
+    return time.monotonic() - t0, len(open_)
+
+
+def slow_clients(url: str, port: int, n: int, wait_s: float) -> dict:
+    socks = hold_half_requests(port, n)
+    stall = small(url, 30)
+    waited, still_open = wait_closed(socks, wait_s)
+    return {"connections": n, "stall_s": round(stall, 2), "still_open": still_open,
+            "all_closed_after_s": round(waited, 1) if not still_open else None}
 
 
 def metrics(url: str) -> dict[str, float]:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from bench.dos_probe import hold_half_requests, wait_closed
+
 if TYPE_CHECKING:
     from conftest import ServerProcess
 
@@ -242,44 +244,13 @@ def test_body_size_limit_is_413_before_reading(server: ServerProcess) -> None:
 # ------------------------------------------------------------------ slow clients, log floods
 
 
-def hold_half_requests(server: ServerProcess, n: int) -> list[socket.socket]:
-    """n connections that send part of their request headers and then nothing."""
-    socks = []
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", server.port))
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
-        s.setblocking(False)
-        socks.append(s)
-    return socks
-
-
-def closed_by_server(socks: list[socket.socket], timeout_s: float) -> float:
-    """Seconds until the server closed every one of socks (AssertionError past timeout_s)."""
-    t0 = time.monotonic()
-    open_ = list(socks)
-    while open_ and time.monotonic() - t0 < timeout_s:
-        still = []
-        for s in open_:
-            try:
-                if s.recv(4096) != b"":
-                    still.append(s)
-            except BlockingIOError:
-                still.append(s)
-            except OSError:
-                pass
-        open_ = still
-        time.sleep(0.1)
-    for s in socks:
-        s.close()
-    assert not open_, f"{len(open_)} of {len(socks)} connections still open after {timeout_s} s"
-    return time.monotonic() - t0
-
-
 def slow_client_storm(server: ServerProcess, n: int) -> None:
-    socks = hold_half_requests(server, n)
-    assert timed_completion(server) < 2.0  # served meanwhile
+    bound = stall_bound(server)
+    socks = hold_half_requests(server.port, n)
+    assert timed_completion(server) < bound  # served meanwhile
     assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
-    closed_by_server(socks, 2 + 10)  # --header-timeout 2, plus time for a shared CPU
+    waited, still_open = wait_closed(socks, 2 + 10)  # --header-timeout 2, + a shared CPU
+    assert still_open == 0, f"{still_open} of {n} connections still open after {waited:.1f} s"
 
 
 def test_slow_clients_are_dropped(server: ServerProcess) -> None:
