@@ -145,6 +145,22 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class HTTPLimits:
+    """What one client may cost the HTTP server (docs/reliability.md): time to send its
+    headers and body, idle keep-alive time, body size, open connections; and how long a
+    draining server waits for requests in flight, and a stage may go without answering
+    before /health calls the server unhealthy."""
+
+    max_request_bytes: int = 32 * 1024 * 1024
+    header_timeout_s: float = 10.0  # from connect (or the first byte after keep-alive idle)
+    body_timeout_s: float = 60.0  # from the request headers to the body's last byte
+    keep_alive_timeout_s: float = 5.0
+    max_connections: int = 4096  # lowered at start to fit under the open-file limit
+    drain_timeout_s: float = 30.0
+    health_stall_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """The HTTP server's configuration around the EngineConfig."""
 
@@ -154,6 +170,8 @@ class ServerConfig:
     api_key: str | None = None
     api_keys: dict[str, str] = field(default_factory=dict)  # --api-key-file: key -> tenant
     allowed_origins: tuple[str, ...] = ()  # --allowed-origins: CORS, off when empty
+    limits: HTTPLimits = field(default_factory=HTTPLimits)
+    trust_request_chat_template: bool = False  # else a request's chat_template is a 400
     extra: dict[str, object] = field(default_factory=dict)
 
 

@@ -1,5 +1,5 @@
 """python -m radixrt.launch_server: start every process of a server, serve HTTP until
-SIGINT/SIGTERM (exit 0) or until a child process dies (exit 1)."""
+SIGINT/SIGTERM (drain, then exit 0) or until a child process dies (exit 1)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import FrameType
 
@@ -17,10 +17,16 @@ import uvicorn
 
 from radixrt.config import ServerConfig
 from radixrt.frontend.auth import load_api_key_file
+from radixrt.log import setup_logging
 from radixrt.model_info import ModelInfo, ModelLoadError
 from radixrt.process_group import ProcessGroup, StartupError
 from radixrt.router.dp import add_dp_args, run_data_parallel
-from radixrt.server_args import add_engine_args, engine_config_from_args
+from radixrt.server_args import (
+    add_engine_args,
+    add_http_limit_args,
+    engine_config_from_args,
+    http_limits_from_args,
+)
 
 logger = logging.getLogger("radixrt")
 
@@ -44,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--allowed-origins", default=None, metavar="ORIGINS",
                    help="CORS: comma-separated origins browsers may call from (`*`: any); "
                         "off by default")
+    add_http_limit_args(parser)
     add_engine_args(parser)
     add_dp_args(parser)
     return parser
@@ -58,38 +65,53 @@ def _raise_stop(sig: int, frame: FrameType | None) -> None:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn that aborts in-flight requests at the first signal and exits 0 afterwards.
+    """uvicorn that drains at the first signal and exits 0 afterwards.
 
-    uvicorn re-raises the signals it caught once it is done, which would kill us with the
-    signal's status; we record none, so the process exits normally.
+    First SIGTERM/SIGINT: new requests get 503 and /health turns 503 while the requests in
+    flight finish (up to `drain_timeout_s`, then the rest are aborted); then uvicorn shuts
+    down. A second signal aborts everything and exits at once. uvicorn re-raises the signals
+    it caught once it is done, which would kill us with the signal's status; we record none,
+    so the process exits normally.
     """
 
-    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[int]],
+                 abort: Callable[[], None]) -> None:
         super().__init__(config)
-        self.on_exit = on_exit
+        self.drain, self.abort = drain, abort
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            logger.info("%s: shutting down", signal.Signals(sig).name)
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True  # a second Ctrl-C: stop waiting for connections
-        self.stop()
+        name = signal.Signals(sig).name
+        if self.draining or self.should_exit or self.loop is None:
+            if self.draining and not self.force_exit:
+                logger.info("%s again: aborting every request and exiting now", name)
+            self.force_exit = True
+            self.stop()
+            return
+        self.draining = True
+        logger.info("%s: draining: new requests get 503 while those in flight finish "
+                    "(send it again to stop at once)", name)
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        aborted = await self.drain()
+        if aborted:
+            logger.warning("drain timeout: aborted %d requests still running", aborted)
+        self.should_exit = True
 
     def stop(self) -> None:
+        """Stop now: abort what runs (from any thread)."""
         self.should_exit = True
-        self.on_exit()
-
-
-def setup_logging(level: str) -> None:
-    # The children's format: one readable stream of lines from every process.
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="[%(asctime)s server] %(message)s", datefmt="%H:%M:%S")
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.abort)
 
 
 def run_server(config: ServerConfig, info: ModelInfo) -> int:
     """Start the processes and serve; return the exit status."""
     from radixrt.backend import start_backend
     from radixrt.frontend.app import create_app
+    from radixrt.frontend.connection_guard import guarded_protocol, raise_open_file_limit
 
     engine = config.engine
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -112,15 +134,16 @@ def run_server(config: ServerConfig, info: ModelInfo) -> int:
         group.shutdown()
         raise
 
-    loop_box: list[asyncio.AbstractEventLoop] = []
-
-    def abort_requests() -> None:
-        if loop_box:
-            loop_box[0].call_soon_threadsafe(app.state.serving.abort_all)
-
+    serving = app.state.serving
+    limits = config.limits
+    protocol = guarded_protocol(limits, raise_open_file_limit())
+    logger.debug("at most %d connections", protocol.table.max_connections)
+    # log_config=None: uvicorn's lines go through our handler (format, repeat filter).
     server = _Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
-                                    access_log=False, timeout_graceful_shutdown=5),
-                     abort_requests)
+                                    log_config=None, access_log=False, http=protocol,
+                                    timeout_keep_alive=limits.keep_alive_timeout_s,
+                                    timeout_graceful_shutdown=5),
+                     lambda: serving.drain(limits.drain_timeout_s), serving.abort_all)
     died: list[str] = []
 
     def on_death(name: str, code: int | None) -> None:
@@ -133,7 +156,7 @@ def run_server(config: ServerConfig, info: ModelInfo) -> int:
         name = Path(engine.model_path).name
 
     async def serve() -> None:
-        loop_box.append(asyncio.get_running_loop())
+        server.loop = asyncio.get_running_loop()
         task = asyncio.create_task(server.serve())
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
@@ -174,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = engine_config_from_args(args)
     except ValueError as exc:  # flags that contradict each other: one usage line, exit 2
         parser.error(str(exc))
-    setup_logging(engine.log_level)
+    setup_logging(engine.log_level, "server")
     try:  # one clear line instead of one per process
         info = ModelInfo.load(engine)
     except ModelLoadError as exc:
@@ -184,8 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("radixrt failed to start: cannot listen on %s:%d: %s", args.host, args.port,
                      err)
         return 1
+    try:
+        limits = http_limits_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     config = ServerConfig(engine=engine, host=args.host, port=args.port, api_key=args.api_key,
-                          api_keys=api_keys, allowed_origins=origins)
+                          api_keys=api_keys, allowed_origins=origins, limits=limits,
+                          trust_request_chat_template=bool(args.trust_request_chat_template))
     return run_server(config, info)
 
 

@@ -76,7 +76,7 @@ def child_main(target: Callable[..., None]) -> None:
     run target(endpoints, name, *args), and report a failure before ready to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # no half-dead trees on Ctrl-C
     spec: ChildSpec = pickle.load(sys.stdin.buffer)
-    _die_with_parent(spec.parent_pid)
+    die_with_parent(spec.parent_pid)
     try:
         if spec.package_dir != PACKAGE_DIR:
             raise RuntimeError(f"the child imported radixrt from {PACKAGE_DIR}, the parent "
@@ -90,7 +90,7 @@ def child_main(target: Callable[..., None]) -> None:
             os._exit(1)
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Linux: get SIGKILL when the parent dies, so a killed server leaves no orphans."""
     try:
         import ctypes
@@ -104,7 +104,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """The parent's environment, with its sys.path: a child imports exactly what the parent
     imports (a source checkout, a notebook's sys.path edits), not what its cwd holds."""
     env = dict(os.environ)
@@ -138,7 +138,7 @@ class ProcessGroup:
         spec = ChildSpec(name, self.endpoints, args, os.getpid(), PACKAGE_DIR)
         # Its own session: a terminal's Ctrl-C goes to the parent only, which stops everyone.
         proc = subprocess.Popen([sys.executable, "-m", f"radixrt.{role}"],
-                                stdin=subprocess.PIPE, env=_child_env(), start_new_session=True)
+                                stdin=subprocess.PIPE, env=child_env(), start_new_session=True)
         assert proc.stdin is not None
         try:
             proc.stdin.write(pickle.dumps(spec, protocol=5))

@@ -12,6 +12,7 @@ from radixrt.config import (
     KV_CACHE_DTYPES,
     QUANTIZATIONS,
     EngineConfig,
+    HTTPLimits,
     build_engine_config,
 )
 
@@ -101,3 +102,55 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     names = {f.name for f in dataclasses.fields(EngineConfig)} - _SPECIAL
     options = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return build_engine_config(args.model_path, **options)
+
+
+# --flag -> HTTPLimits field, for the limits a server puts on its clients.
+_LIMIT_FLAGS = {
+    "max_request_bytes": "max_request_bytes",
+    "header_timeout": "header_timeout_s",
+    "body_timeout": "body_timeout_s",
+    "keep_alive_timeout": "keep_alive_timeout_s",
+    "max_connections": "max_connections",
+    "drain_timeout": "drain_timeout_s",
+    "health_stall_timeout": "health_stall_s",
+}
+
+
+def add_http_limit_args(parser: argparse.ArgumentParser) -> None:
+    """The HTTP server's bounds on clients and its shutdown (docs/reliability.md)."""
+    d = HTTPLimits()
+    g = parser.add_argument_group("HTTP limits")
+    g.add_argument("--max-request-bytes", type=int, default=None, metavar="N",
+                   help=f"largest request body; larger ones get 413 (default "
+                        f"{d.max_request_bytes})")
+    g.add_argument("--header-timeout", type=float, default=None, metavar="S",
+                   help=f"seconds a connection has to send its request headers (default "
+                        f"{d.header_timeout_s:g})")
+    g.add_argument("--body-timeout", type=float, default=None, metavar="S",
+                   help=f"seconds a request has to send its body (default {d.body_timeout_s:g})")
+    g.add_argument("--keep-alive-timeout", type=float, default=None, metavar="S",
+                   help=f"seconds an idle keep-alive connection stays open (default "
+                        f"{d.keep_alive_timeout_s:g})")
+    g.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help=f"open connections; past it the longest idle one is closed (default "
+                        f"{d.max_connections}, lowered to fit the open-file limit)")
+    g.add_argument("--drain-timeout", type=float, default=None, metavar="S",
+                   help=f"on SIGTERM/SIGINT, seconds to let requests in flight finish before "
+                        f"aborting them; a second signal exits at once (default "
+                        f"{d.drain_timeout_s:g})")
+    g.add_argument("--health-stall-timeout", type=float, default=None, metavar="S",
+                   help=f"/health answers 503 once a stage (tokenizer, scheduler, worker) has "
+                        f"not answered for this long (default {d.health_stall_s:g})")
+    g.add_argument("--trust-request-chat-template", action="store_true", default=None,
+                   help="accept a chat_template in requests (rendered sandboxed, with time and "
+                        "size bounds); without it such a request is a 400")
+
+
+def http_limits_from_args(args: argparse.Namespace) -> HTTPLimits:
+    options = {field: getattr(args, flag) for flag, field in _LIMIT_FLAGS.items()
+               if getattr(args, flag, None) is not None}
+    limits = HTTPLimits(**options)  # type: ignore[arg-type]
+    for flag, field in _LIMIT_FLAGS.items():
+        if getattr(limits, field) <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive")
+    return limits

@@ -20,8 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from radixrt.config import ServerConfig
 from radixrt.frontend import anthropic
 from radixrt.frontend.auth import APIKeyMiddleware
+from radixrt.frontend.body_limit import BodyLimitMiddleware
 from radixrt.frontend.client import AsyncTokenizerClient
 from radixrt.frontend.errors import APIError
+from radixrt.frontend.health import PipelineHealth
 from radixrt.frontend.metrics import Metrics
 from radixrt.frontend.openapi import describe_bodies
 from radixrt.frontend.protocol import (
@@ -54,10 +56,13 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
     no tokenizer: the token strings of logprobs come with the deltas."""
     serving = OpenAIServing(config, info, Metrics())
     started = int(time.time())
+    health: list[PipelineHealth] = []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         serving.client = AsyncTokenizerClient(endpoints)
+        health.append(PipelineHealth(serving.client.ping, config.limits.health_stall_s))
+        serving.client.on_pong = health[0].on_pong
         serving.client.start()
         yield
         serving.abort_all()
@@ -69,6 +74,8 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
     if config.api_key or config.api_keys:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key, tenants=config.api_keys,
                            anthropic_paths=anthropic_paths)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.limits.max_request_bytes,
+                       timeout_s=config.limits.body_timeout_s)
     if config.allowed_origins:  # added last: outermost, so preflights and 401s get headers
         app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins),
                            allow_methods=["*"], allow_headers=["*"])
@@ -135,8 +142,10 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
         return json_response(DetokenizeResponse(prompt=done.text))
 
     def model_card() -> ModelCard:
-        return ModelCard(id=serving.served_name, created=started,
-                         root=config.engine.model_path, max_model_len=info.context_length)
+        # The served name, never the model's directory: a path tells clients nothing they
+        # need and the server's layout to anyone.
+        return ModelCard(id=serving.served_name, created=started, root=serving.served_name,
+                         max_model_len=info.context_length)
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> Response:
@@ -148,9 +157,17 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
         return json_response(model_card())
 
     @app.get("/health")
-    async def health() -> Response:
-        if serving.shutting_down:
-            return JSONResponse({"status": "shutting down"}, status_code=503)
+    async def health_check() -> Response:
+        """200 while every stage answers; 503 while draining or once a stage went silent."""
+        if serving.draining:
+            return JSONResponse({"status": "shutting down"}, status_code=503,
+                                headers={"Retry-After": "5"})
+        stuck = await health[0].check()
+        if stuck is not None:
+            stage, why = stuck
+            logger.warning("/health: %s", why)
+            return JSONResponse({"status": "unhealthy", "stage": stage, "message": why},
+                                status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics")
@@ -164,9 +181,21 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
 
     @app.post("/flush_cache")
     async def flush_cache() -> Response:
+        """Flush now. While requests run, the pages they hold stay: 409, saying how much of
+        the rest was freed (the scheduler answers within one step, never waits for idle)."""
         assert serving.client is not None
-        await serving.client.flush_cache()
-        return JSONResponse({"success": True, "message": "Cache flushed."})
+        try:
+            done = await serving.client.flush_cache()
+        except asyncio.TimeoutError:
+            raise APIError(503, "The scheduler did not answer the flush.", "service_unavailable",
+                           headers={"Retry-After": "1"}) from None
+        if not done.flushed:
+            raise APIError(409, f"The cache was not flushed: {done.running} requests are "
+                           f"running and hold their cached prefixes. The {done.pages_freed} "
+                           "pages no request held were freed; flush again once idle to drop "
+                           "everything.", code="requests_running")
+        return JSONResponse({"success": True, "message": "Cache flushed.",
+                             "pages_freed": done.pages_freed})
 
     describe_bodies(app, {
         "/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,

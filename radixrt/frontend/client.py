@@ -27,6 +27,8 @@ from radixrt.ipc.messages import (
     FlushCacheDone,
     FlushCacheReq,
     FrontendTokenizerMsg,
+    PingReq,
+    Pong,
     SchedulerStats,
     StatsReq,
     TextDelta,
@@ -83,7 +85,9 @@ class AsyncTokenizerClient:
             FlushCacheDone: self._answer,
             EncodeDone: self._reply,
             DecodeDone: self._reply,
+            Pong: lambda m: self.on_pong(m) if self.on_pong is not None else None,
         })
+        self.on_pong: Callable[[Pong], None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -155,8 +159,12 @@ class AsyncTokenizerClient:
     async def stats(self, timeout_s: float = 5.0) -> SchedulerStats:
         return await self._ask(StatsReq(), SchedulerStats, timeout_s)
 
-    async def flush_cache(self, timeout_s: float = 60.0) -> FlushCacheDone:
-        return await self._ask(FlushCacheReq(), FlushCacheDone, timeout_s)
+    async def flush_cache(self, timeout_s: float = 10.0) -> FlushCacheDone:
+        """Flush now: what running requests hold stays (the answer says so)."""
+        return await self._ask(FlushCacheReq(wait_for_idle=False), FlushCacheDone, timeout_s)
+
+    def ping(self, msg: PingReq) -> None:
+        self._send(msg)
 
     def close(self) -> None:
         if self._task is not None:

@@ -161,6 +161,7 @@ class ChatCompletionRequest(_SamplingRequest):
     # continue_final_message), or leave the final message open for the model to continue.
     add_generation_prompt: bool | None = None
     continue_final_message: bool = False
+    chat_template: str | None = None  # refused unless --trust-request-chat-template
 
     def _max_new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

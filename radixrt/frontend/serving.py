@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -85,7 +86,8 @@ class OpenAIServing:
         self.client: AsyncTokenizerClient | None = None
         self._live: dict[int, Generation] = {}
         self.in_flight = 0  # sub-requests
-        self.shutting_down = False
+        self.draining = False  # no new requests; those in flight finish
+        self.shutting_down = False  # requests still in flight are aborted
 
     # ------------------------------------------------------------ lifecycle
 
@@ -95,9 +97,20 @@ class OpenAIServing:
                            code="model_not_found")
         return self.served_name
 
+    async def drain(self, timeout_s: float) -> int:
+        """Stop accepting requests, let those in flight finish for up to timeout_s, then
+        abort the rest; returns how many sub-requests were aborted."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = self.in_flight
+        self.abort_all()
+        return left
+
     def abort_all(self) -> None:
         """Shutdown: stop accepting, finish every open request now (as aborted)."""
-        self.shutting_down = True
+        self.draining = self.shutting_down = True
         assert self.client is not None
         for gen in list(self._live.values()):
             for rid in gen.unfinished:
@@ -121,9 +134,14 @@ class OpenAIServing:
                      per_prompt: int) -> Generation:
         """Submit; return once every choice answered once (a refusal becomes a 4xx here)."""
         limit = self.config.engine.max_queued_requests
-        if self.shutting_down:
+        if self.draining:
             raise APIError(503, "The server is shutting down.", "service_unavailable",
                            headers={"Retry-After": "5"})
+        if len(reqs) > limit:  # never fits, however idle the server: not worth a retry
+            raise APIError(400, f"This request makes {len(reqs)} sub-requests (prompts x n), "
+                           f"more than this server takes at once ({limit}, "
+                           "--max-queued-requests).", param="n" if per_prompt > 1 else "prompt",
+                           code="too_many_sub_requests")
         if self.in_flight + len(reqs) > limit:
             raise APIError(503, f"The server is overloaded ({self.in_flight} requests in "
                            f"flight, limit {limit}); retry later.", "server_overloaded",
@@ -285,6 +303,7 @@ class OpenAIServing:
 
     async def _chat(self, request: Request, body: ChatCompletionRequest,
                     shape: ResponseShape) -> Response:
+        self._check_template(body)
         messages = [m.to_dict() for m in body.messages]
         add_generation_prompt = body.generation_prompt()
         reqs = [TokenizeReq(rid=f"{shape.api_id}-{i}", messages=messages,
@@ -292,9 +311,23 @@ class OpenAIServing:
                             cache_salt=body.cache_salt,
                             chat_template_kwargs=body.chat_template_kwargs,
                             add_generation_prompt=add_generation_prompt,
-                            continue_final_message=body.continue_final_message)
+                            continue_final_message=body.continue_final_message,
+                            chat_template=body.chat_template)
                 for i in range(body.n)]
         return await self._respond(request, reqs, body.n, shape, body.stream, body.include_usage)
+
+    def _check_template(self, body: ChatCompletionRequest) -> None:
+        """A template a request brings is code run on the server: only when trusted."""
+        if body.chat_template is not None:
+            param = "chat_template"
+        elif "chat_template" in (body.chat_template_kwargs or {}):
+            param = "chat_template_kwargs"
+        else:
+            return
+        if not self.config.trust_request_chat_template:
+            raise APIError(400, f"{param}: this server does not accept chat templates in "
+                           "requests (start it with --trust-request-chat-template)",
+                           param=param, code="chat_template_not_allowed")
 
     async def completions(self, request: Request) -> Response:
         body = parse_request(CompletionRequest, await request.body())

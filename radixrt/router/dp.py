@@ -63,11 +63,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def engine_argv(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """The engine flags given on this command line, rendered again for a replica."""
-    from radixrt.server_args import add_engine_args
+    """The engine and HTTP-limit flags given on this command line, rendered again for a
+    replica."""
+    from radixrt.server_args import add_engine_args, add_http_limit_args
 
     engine_parser = argparse.ArgumentParser(add_help=False)
     add_engine_args(engine_parser)
+    add_http_limit_args(engine_parser)
     out: list[str] = []
     for action in engine_parser._actions:  # argparse has no public accessor
         value = getattr(args, action.dest, None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import sys
 from types import FrameType
 
 import uvicorn
@@ -49,8 +48,9 @@ class RouterServer(uvicorn.Server):
 
 
 def setup_logging(level: str, who: str = "router") -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format=f"[%(asctime)s {who}] %(message)s", datefmt="%H:%M:%S")
+    from radixrt.log import setup_logging as setup
+
+    setup(level, who)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request
 
 

@@ -106,6 +106,12 @@ class KVManager:
         self.allocator.free(freed)
         return len(freed)
 
+    def evict_unlocked(self) -> int:
+        """Free every cached page no request holds; returns how many."""
+        pages = self.cache.evict(self.cache.evictable_pages)
+        self.allocator.free(pages)
+        return len(pages)
+
     def pages_in_flight(self, running: list[Request]) -> int:
         """Pages held by running requests that the cache does not own."""
         return sum(len(r.pages) - r.cached_len // self.page_size for r in running)

@@ -15,6 +15,8 @@ from radixrt.ipc.messages import (
     FlushCacheDone,
     FlushCacheReq,
     GenerateReq,
+    PingReq,
+    Pong,
     SchedulerWorkerMsg,
     StatsReq,
     StepResult,
@@ -22,6 +24,7 @@ from radixrt.ipc.messages import (
     WorkerReady,
 )
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
+from radixrt.log import setup_logging
 from radixrt.model_info import ModelInfo
 from radixrt.process_group import report
 from radixrt.scheduler.scheduler import Scheduler
@@ -32,7 +35,10 @@ logger = logging.getLogger("radixrt")
 class SchedulerLoop:
     """The Scheduler's process loop: take messages, run a step on the worker(s), send outputs.
 
-    It blocks on its inbox while there is no work; a flush waits until no request runs.
+    It blocks on its inbox while there is no work. While the worker runs a step it answers
+    pings (holding other messages for after the step), so /health can tell a slow step from a
+    stuck stage. A flush that may wait waits until no request runs; one that may not frees
+    what no running request holds and says so.
     """
 
     def __init__(self, endpoints: Endpoints, config: EngineConfig, info: ModelInfo,
@@ -47,16 +53,26 @@ class SchedulerLoop:
         self.from_worker = PullQueue(ctx, endpoints.from_worker, bind=True,
                                      hop=SchedulerWorkerMsg)
         self.flush_pending = 0  # FlushCacheReqs not answered yet
+        self.held: list[object] = []  # arrived during a step, handled after it
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox.sock, zmq.POLLIN)
+        self.poller.register(self.from_worker.sock, zmq.POLLIN)
         s = self.sched
         self.handle = Dispatcher("scheduler", {
             GenerateReq: s.add_request,
             AbortReq: lambda m: s.abort(m.rid),
             StatsReq: lambda m: self.to_tokenizer.put(s.get_stats()),
             FlushCacheReq: self._request_flush,
+            PingReq: lambda m: self.to_tokenizer.put(Pong("scheduler", m.seq)),
         })
 
     def _request_flush(self, msg: FlushCacheReq) -> None:
-        self.flush_pending += 1
+        if msg.wait_for_idle or not self.sched.running:
+            self.flush_pending += 1
+            return
+        freed = self.sched.kv.evict_unlocked()
+        self.to_tokenizer.put(FlushCacheDone(freed, flushed=False,
+                                             running=len(self.sched.running)))
 
     def _flush_when_idle(self) -> None:
         if self.flush_pending and not self.sched.running:
@@ -75,9 +91,10 @@ class SchedulerLoop:
         s = self.sched
         while True:
             # Block when idle; otherwise take whatever arrived during the last step.
-            if not s.has_work and not self.flush_pending:
+            if not s.has_work and not self.flush_pending and not self.held:
                 self.handle(self.inbox.get())
-            for msg in self.inbox.drain():
+            held, self.held = self.held, []
+            for msg in held + self.inbox.drain():
                 self.handle(msg)
             self._flush_when_idle()
             batch = s.schedule()
@@ -91,18 +108,31 @@ class SchedulerLoop:
                 t0 = time.perf_counter()
                 for w in self.workers:
                     w.put(batch)
-                result = self.from_worker.get()
+                result = self._await_result()
                 assert isinstance(result, StepResult) and result.step == batch.step
                 s.stats.ipc_seconds += time.perf_counter() - t0 - result.forward_seconds
                 out = s.process_result(result)
             if out.outs:
                 self.to_tokenizer.put(out)
 
+    def _await_result(self) -> StepResult:
+        """The worker's StepResult; pings are answered meanwhile, other messages held."""
+        started = time.monotonic()
+        while True:
+            events = dict(self.poller.poll())
+            if self.from_worker.sock in events:
+                return self.from_worker.get()
+            for msg in self.inbox.drain():
+                if isinstance(msg, PingReq):
+                    self.to_tokenizer.put(Pong("scheduler", msg.seq,
+                                               time.monotonic() - started))
+                else:
+                    self.held.append(msg)
+
 
 def run_scheduler(endpoints: Endpoints, name: str, config: EngineConfig, info: ModelInfo,
                   worker: WorkerReady) -> None:
-    logging.basicConfig(level=config.log_level.upper(),
-                        format=f"[%(asctime)s {name}] %(message)s", datefmt="%H:%M:%S")
+    setup_logging(config.log_level, name)
     loop = SchedulerLoop(endpoints, config, info, worker)
     report(endpoints, ChildReady(name))
     loop.run()

@@ -4,8 +4,12 @@ Sockets: PULL to_tokenizer (from the frontend / Engine) and PULL to_detokenizer 
 scheduler), both bound here; PUSH to_scheduler and PUSH to_frontend, connected. It blocks in
 zmq.Poller while idle: the cores belong to the model worker.
 
+The loop only does what is quick: checks, detokenizing, relaying. Building a request (chat
+template, tokenizing) runs on worker threads (tokenizer/workers.py), so a long prompt never
+holds up the streams of others; the loop answers pings (/health) at once.
+
 To the frontend go TextDeltaBatches (one per scheduler step, or one refusal) and the
-scheduler's answers to stats and flush requests, relayed unchanged.
+scheduler's answers to stats, flush and ping requests, relayed unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from radixrt.ipc.messages import (
     FlushCacheDone,
     FlushCacheReq,
     FrontendTokenizerMsg,
+    GenerateReq,
+    PingReq,
+    Pong,
     SchedulerStats,
     StatsReq,
     TextDelta,
@@ -37,11 +44,13 @@ from radixrt.ipc.messages import (
     TokenOutBatch,
 )
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
+from radixrt.log import setup_logging
 from radixrt.model_info import ModelInfo
 from radixrt.process_group import report
 from radixrt.sampling_params import InvalidRequestError
 from radixrt.tokenizer.detokenize import IncrementalDetokenizer, StopStringMatcher, TokenTexts
-from radixrt.tokenizer.tokenize import PromptTokenizer
+from radixrt.tokenizer.tokenize import PromptTokenizer, request_size
+from radixrt.tokenizer.workers import LONG_INPUT, Workers, malloc_trim
 
 logger = logging.getLogger("radixrt.tokenizer")
 
@@ -70,16 +79,41 @@ class TokenizerManager:
         self.tokenizer = self.prompts.tokenizer
         self.texts = TokenTexts(self.tokenizer)  # token strings of logprobs entries
         self.requests: dict[str, RequestState] = {}
+        self.building: dict[str, bool] = {}  # rid -> aborted, while its prompt is built
 
     def handle_tokenize(self, req: TokenizeReq) -> Outbox:
-        if req.rid in self.requests:
+        """admit, build and finish in one go (Engine-free tests; the process splits them)."""
+        refused = self.admit(req)
+        if refused is not None:
+            return refused
+        try:
+            built: GenerateReq | Exception = self.prompts.build(req)
+        except Exception as exc:  # noqa: BLE001 - finish() turns it into a refusal
+            built = exc
+        return self.finish(req, built)
+
+    def admit(self, req: TokenizeReq) -> Outbox | None:
+        """The loop's quick checks before a request is built: a refusal, or None to build it."""
+        if req.rid in self.requests or req.rid in self.building:
             return [], [refusal(req.rid, f"request id {req.rid!r} is already running", None)]
         try:
-            gen = self.prompts.build(req)
+            self.prompts.check_size(req)  # too long to fit: refused by length, untokenized
         except InvalidRequestError as exc:
             return [], [refusal(req.rid, str(exc), exc.param)]
-        except Exception as exc:  # noqa: BLE001 - e.g. a string where a number belongs
-            return [], [refusal(req.rid, f"invalid request: {type(exc).__name__}: {exc}", None)]
+        self.building[req.rid] = False
+        return None
+
+    def finish(self, req: TokenizeReq, built: GenerateReq | Exception) -> Outbox:
+        """A built request goes to the scheduler (unless aborted meanwhile); an error is the
+        request's refusal."""
+        if self.building.pop(req.rid, False):
+            return [], [TextDelta(req.rid, "", [], finished=True, finish_reason="abort")]
+        if isinstance(built, InvalidRequestError):
+            return [], [refusal(req.rid, str(built), built.param)]
+        if isinstance(built, Exception):  # e.g. a string where a number belongs
+            return [], [refusal(req.rid, f"invalid request: {type(built).__name__}: {built}",
+                                None)]
+        gen = built
         sp = gen.sampling
         self.requests[req.rid] = RequestState(
             detok=IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens),
@@ -89,7 +123,7 @@ class TokenizerManager:
 
     def handle_encode(self, req: EncodeReq) -> EncodeDone:
         try:
-            return EncodeDone(req.rid, self.prompts.encode(req))
+            return EncodeDone(req.rid, self.prompts.encode_request(req))
         except InvalidRequestError as exc:
             return EncodeDone(req.rid, error=str(exc), error_param=exc.param)
 
@@ -100,6 +134,9 @@ class TokenizerManager:
             return DecodeDone(req.rid, error=str(exc), error_param=exc.param)
 
     def handle_abort(self, req: AbortReq) -> Outbox:
+        if req.rid in self.building:
+            self.building[req.rid] = True  # dropped once built
+            return [], []
         state = self.requests.get(req.rid)
         if state is None:
             return [], []
@@ -165,9 +202,10 @@ def refusal(rid: str, message: str, param: str | None) -> TextDelta:
 
 def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelInfo) -> None:
     """Process main (ProcessGroup.start("tokenizer", run_tokenizer, log_level, info))."""
-    logging.basicConfig(level=log_level.upper(),
-                        format=f"[%(asctime)s {name}] %(message)s", datefmt="%H:%M:%S")
+    setup_logging(log_level, name)
     manager = TokenizerManager(info)
+    manager.prompts.model_templates.start()  # now, not at the first chat request
+    workers: Workers[TokenizeReq, GenerateReq] = Workers(manager.prompts.build)
     ctx = zmq.Context.instance()
     from_frontend = PullQueue(ctx, endpoints.to_tokenizer, bind=True, hop=FrontendTokenizerMsg)
     from_scheduler = PullQueue(ctx, endpoints.to_detokenizer, bind=True,
@@ -177,6 +215,7 @@ def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelIn
     poller = zmq.Poller()
     poller.register(from_scheduler.sock, zmq.POLLIN)
     poller.register(from_frontend.sock, zmq.POLLIN)
+    poller.register(workers.wake_fd, zmq.POLLIN)
 
     def send(outbox: Outbox) -> None:
         to_sched, deltas = outbox
@@ -185,22 +224,44 @@ def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelIn
         if deltas:
             to_frontend.put(TextDeltaBatch(deltas))
 
+    refused_long: list[bool] = []  # a long input was refused on the loop: trim the heap
+
+    def tokenize(req: TokenizeReq) -> None:
+        refused = manager.admit(req)
+        if refused is not None:
+            send(refused)
+            if request_size(req) >= LONG_INPUT:
+                refused_long.append(True)
+        else:
+            own = req.chat_template is not None or "chat_template" in (
+                req.chat_template_kwargs or {})
+            workers.submit(req, request_size(req), own)
+
+    def ping(msg: PingReq) -> None:
+        to_frontend.put(Pong("tokenizer", msg.seq))
+        to_scheduler.put(msg)
+
     handle = Dispatcher(name, {
         # From the frontend.
-        TokenizeReq: lambda m: send(manager.handle_tokenize(m)),
+        TokenizeReq: tokenize,
         AbortReq: lambda m: send(manager.handle_abort(m)),
         EncodeReq: lambda m: to_frontend.put(manager.handle_encode(m)),
         DecodeReq: lambda m: to_frontend.put(manager.handle_decode(m)),
         StatsReq: to_scheduler.put,
         FlushCacheReq: to_scheduler.put,
+        PingReq: ping,
         # From the scheduler.
         TokenOutBatch: lambda m: send(manager.handle_token_outs(m)),
         SchedulerStats: to_frontend.put,
         FlushCacheDone: to_frontend.put,
+        Pong: to_frontend.put,
     })
     report(endpoints, ChildReady(name))
     while True:
         events = dict(poller.poll())
+        if workers.wake_fd in events:  # built requests: to the scheduler
+            for req, built in workers.completed():
+                send(manager.finish(req, built))
         # Scheduler output first: it is what streaming clients are waiting for.
         for queue in (from_scheduler, from_frontend):
             if queue.sock not in events:
@@ -210,3 +271,7 @@ def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelIn
                     handle(msg)
                 except Exception:  # noqa: BLE001 - one bad message must not stop the server
                     logger.exception("tokenizer: failed to handle %s", type(msg).__name__)
+            msg = None  # noqa: F841 - let go of the last message before a trim
+        if refused_long:  # its message and text are gone now: give the memory back
+            refused_long.clear()
+            malloc_trim()

@@ -11,6 +11,7 @@ from radixrt.config import EngineConfig
 from radixrt.ipc.dispatch import Dispatcher
 from radixrt.ipc.messages import ForwardBatch, SchedulerWorkerMsg, WorkerReady
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
+from radixrt.log import setup_logging
 from radixrt.model_info import ModelInfo
 from radixrt.models.config import ModelConfig
 from radixrt.process_group import report
@@ -23,8 +24,7 @@ logger = logging.getLogger("radixrt")
 def run_worker(endpoints: Endpoints, name: str, config: EngineConfig, info: ModelInfo,
                rank: int = 0, dist_port: int | None = None) -> None:
     """Rank `rank` of config.tp_size; dist_port: the ranks' torch.distributed store (tp > 1)."""
-    logging.basicConfig(level=config.log_level.upper(),
-                        format=f"[%(asctime)s {name}] %(message)s", datefmt="%H:%M:%S")
+    setup_logging(config.log_level, name)
     config = rank_config(config, rank)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)

@@ -190,6 +190,9 @@ def _truncate(p: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.
             vals = vals / vals.sum()
             cum = vals.cumsum(0)
             keep = (cum - vals) < top_p  # keep the smallest set reaching top_p
+            # ... and always the top token: a tiny top_p (1e-46 is 0 in float32) would
+            # otherwise keep nothing and sample from NaNs (vLLM keeps it too).
+            keep[0] = True
             vals = torch.where(keep, vals, torch.zeros_like(vals))
         p = torch.zeros_like(p).scatter_(0, idx, vals)
     return p / p.sum()

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(400)
 @pytest.fixture(scope="module")
 def server(default_model_dir: Path, launch_server: Callable[..., ServerProcess]) -> ServerProcess:
     return launch_server("--model", str(default_model_dir), "--dtype", "float32",
-                         "--max-total-tokens", "4096")
+                         "--max-total-tokens", "4096", "--drain-timeout", "2")
 
 
 def test_capital_of_france(server: ServerProcess, default_model_dir: Path) -> None:
@@ -33,7 +33,7 @@ def test_capital_of_france(server: ServerProcess, default_model_dir: Path) -> No
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
-def test_sigterm_aborts_requests_and_stops_every_process(server: ServerProcess) -> None:
+def test_sigterm_drains_then_aborts_and_stops_every_process(server: ServerProcess) -> None:
     everyone = [server.proc.pid, *server.descendants()]
     assert len(everyone) >= 4  # frontend, worker, scheduler, tokenizer
     lines: list[str] = []

@@ -99,3 +99,13 @@ def test_logprobs_are_the_models_distribution() -> None:
     vals, ids = ref.topk(3)
     assert out.top_ids[0].tolist() == ids.tolist()
     assert torch.allclose(out.top_logprobs[0], vals)
+
+
+def test_tiny_top_p_keeps_the_top_token() -> None:
+    """top_p of 1e-46 (0 in float32) or any tiny value: the most likely token, never NaNs."""
+    x = logits(1, seed=4)
+    top = int(x[0].argmax())
+    for top_p in (1e-46, 1e-300, 5e-324, 1e-8):
+        assert draw(SamplingParams(temperature=1, top_p=top_p, seed=1), 5, x) == [top] * 5
+        assert draw(SamplingParams(temperature=0.7, top_p=top_p, top_k=10, min_p=0.1,
+                                   seed=2), 5, x) == [top] * 5

@@ -8,7 +8,7 @@ as raw buffers (radixrt/ipc/sockets.py).
 
 Each hop's queues accept only that hop's base type, and each process routes what it receives
 through one dispatch table (radixrt/ipc/dispatch.py). Requests the tokenizer relays unchanged
-to the scheduler (abort, stats, flush) and their answers belong to both of the first two hops.
+to the scheduler (abort, stats, flush, ping) and their answers belong to both of the first two hops.
 """
 
 from radixrt.ipc.messages.control import ChildFailed, ChildReady, ControlMsg, WorkerReady
@@ -34,6 +34,8 @@ from radixrt.ipc.messages.tokenizer_scheduler import (
     FlushCacheDone,
     FlushCacheReq,
     GenerateReq,
+    PingReq,
+    Pong,
     SchedulerStats,
     StatsReq,
     TokenizerSchedulerMsg,
@@ -44,7 +46,8 @@ from radixrt.ipc.messages.tokenizer_scheduler import (
 __all__ = [
     "AbortReq", "ChildFailed", "ChildReady", "ControlMsg", "DecodeDone", "DecodeReq",
     "EncodeDone", "EncodeReq", "FlushCacheDone", "FlushCacheReq",
-    "ForwardBatch", "FrontendTokenizerMsg", "GenerateReq", "NewSlot", "SchedulerStats",
+    "ForwardBatch", "FrontendTokenizerMsg", "GenerateReq", "NewSlot", "PingReq", "Pong",
+    "SchedulerStats",
     "SchedulerWorkerMsg", "StatsReq", "StepResult", "TextDelta", "TextDeltaBatch",
     "TokenLogprob", "TokenOut", "TokenOutBatch", "TokenizeReq", "TokenizerSchedulerMsg",
     "WorkerReady",

@@ -25,6 +25,7 @@ class TokenizeReq(FrontendTokenizerMsg):
     chat_template_kwargs: dict | None = None
     add_generation_prompt: bool = True  # end a chat prompt with the assistant's turn opener
     continue_final_message: bool = False  # leave the final chat message open instead
+    chat_template: str | None = None  # a request's own template (only when the server trusts it)
 
 
 @dataclass

@@ -84,11 +84,33 @@ class SchedulerStats(FrontendTokenizerMsg, TokenizerSchedulerMsg):
 
 @dataclass
 class FlushCacheReq(FrontendTokenizerMsg, TokenizerSchedulerMsg):
-    """Drop the prefix cache once no request runs; answered by FlushCacheDone."""
+    """Drop the prefix cache; answered by FlushCacheDone. With wait_for_idle, once no request
+    runs; without, at once: all of it when idle, else only the pages no request holds."""
+
+    wait_for_idle: bool = True
 
 
 @dataclass
 class FlushCacheDone(FrontendTokenizerMsg, TokenizerSchedulerMsg):
-    """The answer to a FlushCacheReq."""
+    """The answer to a FlushCacheReq: flushed is False when running requests kept theirs."""
 
     pages_freed: int = 0
+    flushed: bool = True
+    running: int = 0
+
+
+@dataclass
+class PingReq(FrontendTokenizerMsg, TokenizerSchedulerMsg):
+    """Liveness probe of the pipeline (/health): the tokenizer process answers it and passes
+    it on to the scheduler, which answers it too, even while the worker runs a step."""
+
+    seq: int
+
+
+@dataclass
+class Pong(FrontendTokenizerMsg, TokenizerSchedulerMsg):
+    """A stage's answer to PingReq `seq`."""
+
+    stage: str  # "tokenizer" | "scheduler"
+    seq: int
+    step_running_s: float = 0.0  # scheduler: how long the worker has been on its step
