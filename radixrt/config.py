@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "int4")
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")  # auto: the model dtype
+# Overlap scheduling's default on CPU, where the worker's forward shares the cores with the
+# scheduler: chosen by measurement (docs/benchmarks.md, "Overlap scheduling").
+OVERLAP_ON_CPU = True
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "flashinfer")
 
 
@@ -112,6 +115,9 @@ class EngineConfig:
     max_queued_requests: int = 1024
     schedule_policy: str = "lpm"  # lpm | fcfs
     context_length: int | None = None  # None: from the model config
+    # Overlap scheduling: build step N+1 while the worker runs step N. None: the device's
+    # default (on for CUDA; on CPU OVERLAP_ON_CPU, chosen by measurement, docs/benchmarks.md).
+    disable_overlap_schedule: bool | None = None
     # CUDA
     disable_cuda_graph: bool = False
     cuda_graph_max_bs: int = 128
@@ -122,6 +128,12 @@ class EngineConfig:
 
     def replace(self, **changes: object) -> EngineConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def overlap_schedule(self) -> bool:
+        if self.disable_overlap_schedule is None:
+            return self.device.startswith("cuda") or OVERLAP_ON_CPU
+        return not self.disable_overlap_schedule
 
     @property
     def kv_dtype(self) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import zmq
 
@@ -14,6 +13,7 @@ from radixrt.ipc.messages import (
     ChildReady,
     FlushCacheDone,
     FlushCacheReq,
+    ForwardBatch,
     GenerateReq,
     SchedulerWorkerMsg,
     StatsReq,
@@ -24,6 +24,7 @@ from radixrt.ipc.messages import (
 from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
 from radixrt.model_info import ModelInfo
 from radixrt.process_group import report
+from radixrt.scheduler.pipeline import StepPipeline
 from radixrt.scheduler.scheduler import Scheduler
 
 logger = logging.getLogger("radixrt")
@@ -47,6 +48,8 @@ class SchedulerLoop:
         self.from_worker = PullQueue(ctx, endpoints.from_worker, bind=True,
                                      hop=SchedulerWorkerMsg)
         self.flush_pending = 0  # FlushCacheReqs not answered yet
+        self.pipeline = StepPipeline(self.sched, config.overlap_schedule, self._send,
+                                     self._receive)
         s = self.sched
         self.handle = Dispatcher("scheduler", {
             GenerateReq: s.add_request,
@@ -58,8 +61,17 @@ class SchedulerLoop:
     def _request_flush(self, msg: FlushCacheReq) -> None:
         self.flush_pending += 1
 
+    def _send(self, batch: ForwardBatch) -> None:
+        for w in self.workers:
+            w.put(batch)
+
+    def _receive(self) -> StepResult:
+        result = self.from_worker.get()
+        assert isinstance(result, StepResult)
+        return result
+
     def _flush_when_idle(self) -> None:
-        if self.flush_pending and not self.sched.running:
+        if self.flush_pending and not self.sched.running and not self.sched.steps_in_flight:
             freed = self.sched.flush_cache()
             for _ in range(self.flush_pending):
                 self.to_tokenizer.put(FlushCacheDone(freed))
@@ -80,21 +92,11 @@ class SchedulerLoop:
             for msg in self.inbox.drain():
                 self.handle(msg)
             self._flush_when_idle()
-            batch = s.schedule()
-            if batch is None:
-                out = s.collect_outputs()
-                if s.waiting and not s.running:
-                    # Nothing runnable right now: wait for news instead of spinning.
-                    if (msg := self._poll(5)) is not None:
-                        self.handle(msg)
-            else:
-                t0 = time.perf_counter()
-                for w in self.workers:
-                    w.put(batch)
-                result = self.from_worker.get()
-                assert isinstance(result, StepResult) and result.step == batch.step
-                s.stats.ipc_seconds += time.perf_counter() - t0 - result.forward_seconds
-                out = s.process_result(result)
+            out = self.pipeline.step()
+            if s.waiting and not s.running and not s.steps_in_flight:
+                # Nothing runnable right now: wait for news instead of spinning.
+                if (msg := self._poll(5)) is not None:
+                    self.handle(msg)
             if out.outs:
                 self.to_tokenizer.put(out)
 

@@ -15,6 +15,7 @@ from radixrt.kvcache.pool import KVPool, KVPoolShape
 from radixrt.model_info import resolve_context_length
 from radixrt.models.config import ModelConfig
 from radixrt.models.loader import load_model
+from radixrt.worker.launched import LaunchedStep
 from radixrt.worker.sampler import Sampler
 
 logger = logging.getLogger("radixrt")
@@ -103,6 +104,8 @@ class ModelRunner:
                                   self.pool.scratch_page, dtype=np.int32)
         self.attn = make_attention_backend(config, self.pool, m)
         self.sampler = Sampler(m.vocab_size, self.device, config.seed)
+        # The token each slot sampled last, on the device: resolves PENDING_TOKEN inputs.
+        self.last_token = torch.zeros(max_slots(config), dtype=torch.long, device=self.device)
         logger.info("KV pool: %d pages x %d tokens, %s (%.2f GiB); %s attention", num_pages,
                     self.page_size, config.kv_dtype,
                     self.pool.shape.bytes_per_page(self.kv_dtype) * num_pages / 2**30,
@@ -138,33 +141,36 @@ class ModelRunner:
         meta, positions = self.build_metadata(batch)
         cu_end = np.cumsum(batch.num_new.astype(np.int64)) - 1
         logits_idx = torch.from_numpy(cu_end[batch.sample]).to(self.device)
-        input_ids = torch.from_numpy(batch.input_ids.astype(np.int64)).to(self.device)
+        input_ids = self._input_ids(batch)
         if self.cuda_graph is not None and self.cuda_graph.can_run(meta):
             return self.cuda_graph.replay(meta, input_ids, positions, logits_idx)
         self.attn.plan(meta)
         return self.model(input_ids, positions, self.attn, logits_idx)
 
-    def step(self, batch: ForwardBatch) -> StepResult:
+    def _input_ids(self, batch: ForwardBatch) -> torch.Tensor:
+        """The batch's token ids on the device, PENDING_TOKEN (< 0) resolved from last_token
+        without a host round trip."""
+        ids = torch.from_numpy(batch.input_ids.astype(np.int64)).to(self.device)
+        if len(batch.input_ids) and batch.input_ids.min() < 0:
+            tok_slots = torch.from_numpy(np.repeat(batch.slots, batch.num_new).astype(np.int64))
+            ids = torch.where(ids < 0, self.last_token[tok_slots.to(self.device)], ids)
+        return ids
+
+    def launch(self, batch: ForwardBatch) -> LaunchedStep:
+        """Queue the step on the device (run it, on CPU); the tokens stay there until
+        `.result()`. The next launch may come first: it reads them through last_token."""
         t0 = time.perf_counter()
         self._apply_updates(batch)
-        B = batch.batch_size
-        next_ids = np.full(B, -1, dtype=np.int32)
-        result = StepResult(step=batch.step, next_ids=next_ids)
-        if B:
+        rows = np.nonzero(batch.sample)[0]
+        out = None
+        if batch.batch_size:
             logits = self.forward(batch)
-            rows = np.nonzero(batch.sample)[0]
             if len(rows):
-                out = self.sampler.sample(logits, batch.slots[rows].tolist())
-                next_ids[rows] = out.next_ids.cpu().numpy()
-                if out.logprobs is not None:
-                    lp = np.zeros(B, dtype=np.float32)
-                    lp[rows] = out.logprobs.cpu().numpy()
-                    result.logprobs = lp
-                if out.top_ids is not None:
-                    k = out.top_ids.shape[1]
-                    result.top_ids = np.full((B, k), -1, dtype=np.int32)
-                    result.top_logprobs = np.zeros((B, k), dtype=np.float32)
-                    result.top_ids[rows] = out.top_ids.cpu().numpy()
-                    result.top_logprobs[rows] = out.top_logprobs.cpu().numpy()
-        result.forward_seconds = time.perf_counter() - t0
-        return result
+                slots = batch.slots[rows]
+                out = self.sampler.sample(logits, slots.tolist())
+                self.last_token[torch.from_numpy(slots.astype(np.int64)).to(self.device)] = \
+                    out.next_ids
+        return LaunchedStep.launch(batch.step, batch.batch_size, rows, out, t0)
+
+    def step(self, batch: ForwardBatch) -> StepResult:
+        return self.launch(batch).result()

@@ -20,6 +20,7 @@ from radixrt.ipc.messages.frontend_tokenizer import (
     TokenLogprob,
 )
 from radixrt.ipc.messages.scheduler_worker import (
+    PENDING_TOKEN,
     ForwardBatch,
     NewSlot,
     SchedulerWorkerMsg,
@@ -38,7 +39,7 @@ from radixrt.ipc.messages.tokenizer_scheduler import (
 )
 
 __all__ = [
-    "AbortReq", "ChildFailed", "ChildReady", "ControlMsg", "FlushCacheDone", "FlushCacheReq",
+    "PENDING_TOKEN", "AbortReq", "ChildFailed", "ChildReady", "ControlMsg", "FlushCacheDone", "FlushCacheReq",
     "ForwardBatch", "FrontendTokenizerMsg", "GenerateReq", "NewSlot", "SchedulerStats",
     "SchedulerWorkerMsg", "StatsReq", "StepResult", "TextDelta", "TextDeltaBatch",
     "TokenLogprob", "TokenOut", "TokenOutBatch", "TokenizeReq", "TokenizerSchedulerMsg",
