@@ -77,7 +77,28 @@ def build_metadata(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.nda
 class AttentionBackend(ABC):
     """Attention over the paged KV pool: `plan(meta)` once per step (host-side work, e.g. index
     tensors or kernel plans), then `forward(q, k, v, layer_id)` per layer, which also writes the
-    step's new K/V into the pool."""
+    step's new K/V into the pool.
+
+    Graph hooks (the model runner's one graph runner serves any backend through them): a
+    backend whose forward is capturable once planned sets `supports_cuda_graph`, sizes its
+    fixed buffers in `init_capture`, and plans a batch of a captured size into them in
+    `prepare_for_capture` / `prepare_for_replay`. The metadata passed there is already padded
+    to the captured size and its `out_slots` is the graph runner's static buffer. The defaults
+    just plan, which is what an eager replay (tests, CPU) needs.
+    """
+
+    supports_cuda_graph = False
+
+    def init_capture(self, max_batch_size: int, max_pages_per_req: int) -> None:  # noqa: B027
+        """Allocate whatever fixed buffers captured decode batches up to max_batch_size read."""
+
+    def prepare_for_capture(self, meta: AttentionMetadata) -> None:
+        """Plan a (padded, dummy) decode batch of a size about to be captured."""
+        self.plan(meta)
+
+    def prepare_for_replay(self, meta: AttentionMetadata) -> None:
+        """Plan a real decode batch, padded to a captured size, into that size's buffers."""
+        self.plan(meta)
 
     @abstractmethod
     def plan(self, meta: AttentionMetadata) -> None:

@@ -15,6 +15,7 @@ from radixrt.kvcache.pool import KVPool, KVPoolShape
 from radixrt.model_info import resolve_context_length
 from radixrt.models.config import ModelConfig
 from radixrt.models.loader import load_model
+from radixrt.worker.graph_runner import GraphRunner, create_graph_runner
 from radixrt.worker.launched import LaunchedStep
 from radixrt.worker.sampler import Sampler
 
@@ -110,10 +111,8 @@ class ModelRunner:
                     self.page_size, config.kv_dtype,
                     self.pool.shape.bytes_per_page(self.kv_dtype) * num_pages / 2**30,
                     config.attention_backend)
-        # CUDA graphs for decode (None on CPU, with torch attention, or --disable-cuda-graph).
-        from radixrt.worker.cuda_graph import create_cuda_graph_runner
-
-        self.cuda_graph = create_cuda_graph_runner(self)
+        # Decode graphs (None on CPU, without a capturable backend, or --disable-cuda-graph).
+        self.graphs: GraphRunner | None = create_graph_runner(self)
 
     @property
     def num_pages(self) -> int:
@@ -142,8 +141,8 @@ class ModelRunner:
         cu_end = np.cumsum(batch.num_new.astype(np.int64)) - 1
         logits_idx = torch.from_numpy(cu_end[batch.sample]).to(self.device)
         input_ids = self._input_ids(batch)
-        if self.cuda_graph is not None and self.cuda_graph.can_run(meta):
-            return self.cuda_graph.replay(meta, input_ids, positions, logits_idx)
+        if self.graphs is not None and self.graphs.can_run(meta):
+            return self.graphs.replay(meta, input_ids, positions, logits_idx)
         self.attn.plan(meta)
         return self.model(input_ids, positions, self.attn, logits_idx)
 
