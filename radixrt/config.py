@@ -17,7 +17,7 @@ QUANTIZATIONS = ("none", "int8", "int4")
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")  # auto: the model dtype
 # Overlap scheduling's default on CPU, where the worker's forward shares the cores with the
 # scheduler: chosen by measurement (docs/benchmarks.md, "Overlap scheduling").
-OVERLAP_ON_CPU = True
+OVERLAP_ON_CPU = False
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "flashinfer")
 
 

@@ -87,11 +87,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--disable-overlap-schedule", dest="disable_overlap_schedule",
                    action="store_const", const=True, default=None,
                    help="schedule each step only after the previous one's tokens are back "
-                        "(default: overlap on CUDA; on CPU see --enable-overlap-schedule)")
+                        "(the default on CPU, where overlap measured slower: the scheduler "
+                        "competes with the worker for the cores)")
     g.add_argument("--enable-overlap-schedule", dest="disable_overlap_schedule",
                    action="store_const", const=False,
-                   help="build step N+1 while the worker runs step N (the default on CUDA and, "
-                        "as measured, on CPU)")
+                   help="build step N+1 while the worker runs step N, hiding scheduler and "
+                        "IPC time (the default on CUDA)")
 
     g = parser.add_argument_group("runtime")
     g.add_argument("--seed", type=int, default=None,

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import torch
 
-from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_metadata
+from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_step_inputs
+from radixrt.attention.staging import Staging
 from radixrt.config import EngineConfig, torch_dtype
 from radixrt.ipc.messages import ForwardBatch, StepResult
 from radixrt.kvcache.pool import KVPool, KVPoolShape
@@ -107,6 +108,7 @@ class ModelRunner:
         self.sampler = Sampler(m.vocab_size, self.device, config.seed)
         # The token each slot sampled last, on the device: resolves PENDING_TOKEN inputs.
         self.last_token = torch.zeros(max_slots(config), dtype=torch.long, device=self.device)
+        self.staging = Staging(self.device)  # one host-to-device copy per step
         logger.info("KV pool: %d pages x %d tokens, %s (%.2f GiB); %s attention", num_pages,
                     self.page_size, config.kv_dtype,
                     self.pool.shape.bytes_per_page(self.kv_dtype) * num_pages / 2**30,
@@ -131,29 +133,30 @@ class ModelRunner:
             start += n
 
     def build_metadata(self, batch: ForwardBatch) -> tuple[AttentionMetadata, torch.Tensor]:
-        """Attention metadata and flat positions of one batch (host arrays -> device once)."""
-        return build_metadata(batch.start_pos, batch.num_new, self.page_table[batch.slots],
-                              self.page_size, self.device)
+        """Attention metadata and flat positions of one batch."""
+        meta, positions, _ = self.step_inputs(batch)
+        return meta, positions
+
+    def step_inputs(self, batch: ForwardBatch
+                    ) -> tuple[AttentionMetadata, torch.Tensor, list[torch.Tensor]]:
+        """Metadata, positions, logits rows, token ids and (when the batch has PENDING_TOKEN
+        inputs) each token's slot: every host array of the step in one transfer."""
+        cu_end = np.cumsum(batch.num_new.astype(np.int64)) - 1
+        extra = [cu_end[batch.sample], batch.input_ids.astype(np.int64)]
+        if len(batch.input_ids) and batch.input_ids.min() < 0:
+            extra.append(np.repeat(batch.slots, batch.num_new).astype(np.int64))
+        return build_step_inputs(batch.start_pos, batch.num_new, self.page_table[batch.slots],
+                                 self.page_size, self.staging.upload, extra)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [num sampled rows, vocab] for the rows with batch.sample set."""
-        meta, positions = self.build_metadata(batch)
-        cu_end = np.cumsum(batch.num_new.astype(np.int64)) - 1
-        logits_idx = torch.from_numpy(cu_end[batch.sample]).to(self.device)
-        input_ids = self._input_ids(batch)
+        meta, positions, (logits_idx, input_ids, *tok_slots) = self.step_inputs(batch)
+        if tok_slots:  # PENDING_TOKEN inputs: the slot's last sampled token, on the device
+            input_ids = torch.where(input_ids < 0, self.last_token[tok_slots[0]], input_ids)
         if self.graphs is not None and self.graphs.can_run(meta):
             return self.graphs.replay(meta, input_ids, positions, logits_idx)
         self.attn.plan(meta)
         return self.model(input_ids, positions, self.attn, logits_idx)
-
-    def _input_ids(self, batch: ForwardBatch) -> torch.Tensor:
-        """The batch's token ids on the device, PENDING_TOKEN (< 0) resolved from last_token
-        without a host round trip."""
-        ids = torch.from_numpy(batch.input_ids.astype(np.int64)).to(self.device)
-        if len(batch.input_ids) and batch.input_ids.min() < 0:
-            tok_slots = torch.from_numpy(np.repeat(batch.slots, batch.num_new).astype(np.int64))
-            ids = torch.where(ids < 0, self.last_token[tok_slots.to(self.device)], ids)
-        return ids
 
     def launch(self, batch: ForwardBatch) -> LaunchedStep:
         """Queue the step on the device (run it, on CPU); the tokens stay there until

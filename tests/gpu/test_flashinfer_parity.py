@@ -131,3 +131,21 @@ def test_graph_capture_covers_configured_sizes(make_tiny_model) -> None:
     assert graphs.batch_sizes == [1, 2, 4, 8, 16, 24, 32]  # cuda_graph_max_bs=32
     assert sorted(graphs.graphs) == graphs.batch_sizes
     assert graphs.pick_batch_size(5) == 8 and graphs.pick_batch_size(32) == 32
+
+
+def test_staging_one_transfer_per_step() -> None:
+    """CUDA: a step's arrays go through one pinned buffer in one copy, values and dtypes
+    intact, and alternating buffers are not overwritten while a copy may be in flight."""
+    from radixrt.attention.staging import Staging
+
+    st = Staging("cuda")
+    rng = np.random.default_rng(1)
+    for step in range(5):
+        arrays = [rng.integers(0, 1000, (3, 4)).astype(np.int32),
+                  rng.integers(0, 1 << 40, 17).astype(np.int64)]
+        out = st.upload(arrays)
+        assert st.transfers == step + 1
+        for a, t in zip(arrays, out, strict=True):
+            assert t.is_cuda and t.shape == a.shape
+            assert np.array_equal(t.cpu().numpy(), a)
+    assert all(b is None or b.is_pinned() for b in st._bufs)  # noqa: SLF001

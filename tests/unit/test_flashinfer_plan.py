@@ -9,6 +9,7 @@ TorchAttentionBackend.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import types
@@ -26,6 +27,7 @@ from radixrt.attention.flashinfer_backend import (
     build_paged_kv_inputs,
     use_tensor_cores,
 )
+from radixrt.attention.staging import Staging
 from radixrt.attention.torch_backend import TorchAttentionBackend
 from radixrt.ipc.messages import ForwardBatch
 from radixrt.kvcache.pool import KVPool, KVPoolShape
@@ -70,7 +72,8 @@ def random_batch(rng: np.random.Generator, ps: int, max_pages: int, n_slots: int
 
 def runner_metadata(batch: ForwardBatch, table: np.ndarray, ps: int) -> AttentionMetadata:
     """The metadata ModelRunner.build_metadata makes for this batch (its own code, no model)."""
-    fake = SimpleNamespace(page_size=ps, page_table=table, device=torch.device("cpu"))
+    fake = SimpleNamespace(page_size=ps, page_table=table, staging=Staging("cpu"))
+    fake.step_inputs = functools.partial(ModelRunner.step_inputs, fake)  # type: ignore[arg-type]
     meta, _positions = ModelRunner.build_metadata(fake, batch)  # type: ignore[arg-type]
     return meta
 

@@ -217,5 +217,5 @@ def test_gpu_check_dry_run_writes_the_required_keys(tmp_path: Path,
     assert [d["batch"] for d in r["decode"]] == [1, 2]
     o = r["overlap"]
     assert o["identical_outputs"] and o["exposed_host_ms_per_step"] >= 0
-    assert o["on"]["steps"] == o["off"]["steps"] > 0
+    assert o["on"]["steps"] > 0 and o["off"]["steps"] > 0  # arrivals may split prefills
     assert "## Overlap scheduling" in (tmp_path / "out" / "gpu_summary.md").read_text()
