@@ -429,6 +429,47 @@ class Bench:
         say(f"   bandwidth at bs={big['batch']}: {achieved / 1e12:.2f} TB/s"
             + (f" = {achieved / peak:.0%} of {peak / 1e12:.2f} TB/s" if peak else ""))
 
+    # -- 3b. fused ops, one by one
+    def fused_ops(self) -> None:
+        """Each FlashInfer fused op against its torch version at this model's shapes, for
+        a decode batch of 128 tokens (RADIXRT_FUSED_OPS toggles radixrt/models/fused.py)."""
+        from radixrt.models import fused
+
+        f, dev, dt = self.fields, self.device, self.dtype
+        T, H, d = 128, f["hidden_size"], f["head_dim"]
+        x = torch.randn(T, H, dtype=dt, device=dev)
+        r = torch.randn(T, H, dtype=dt, device=dev)
+        w = torch.ones(H, dtype=dt, device=dev)
+        gu = torch.randn(T, 2 * f["intermediate_size"], dtype=dt, device=dev)
+        q = torch.randn(T, f["num_attention_heads"], d, dtype=dt, device=dev)
+        k = torch.randn(T, f["num_key_value_heads"], d, dtype=dt, device=dev)
+        pos = torch.randint(0, 4096, (T,), device=dev)
+        cos, sin = torch.rand(4096, d // 2, device=dev), torch.rand(4096, d // 2, device=dev)
+        cos_sin = torch.cat([cos, sin], -1)
+        ops = {"rms_norm": lambda: fused.rms_norm(x, w, 1e-5),
+               "add_rms_norm": lambda: fused.add_rms_norm(x.clone(), r.clone(), w, 1e-5),
+               "silu_and_mul": lambda: fused.silu_and_mul(gu),
+               "rope": lambda: fused.rope(pos, q, k, cos, sin, cos_sin)}
+        out: dict[str, Any] = {"tokens": T, "available": fused.flashinfer_for(dev) is not None}
+        for name, fn in ops.items():
+            row = {}
+            for mode in ("1", "0"):
+                os.environ[fused.ENV] = mode
+                for _ in range(3):
+                    fn()
+                sync(dev)
+                t = time.perf_counter()
+                for _ in range(50):
+                    fn()
+                sync(dev)
+                row["fused_us" if mode == "1" else "torch_us"] = round(
+                    (time.perf_counter() - t) / 50 * 1e6, 2)
+            os.environ[fused.ENV] = "1"
+            row["speedup"] = round(row["torch_us"] / max(row["fused_us"], 1e-9), 2)
+            out[name] = row
+            say(f"   {name}: fused {row['fused_us']} us, torch {row['torch_us']} us")
+        self.results["fused_ops"] = out
+
     # -- 4. shared prefix
     def shared_prefix(self) -> None:
         a = self.args
@@ -600,6 +641,7 @@ class Bench:
             return self.results
         self.section("prefill", 15 if big else 1, self.prefill)
         self.section("decode", 40 if big else 1, self.decode)
+        self.section("fused_ops", 10 if big else 1, self.fused_ops)
         self.section("shared_prefix", 45 if big else 1, self.shared_prefix)
         if not a.skip_overlap:
             self.section("overlap", 120 if big else 1, self.overlap)
@@ -666,6 +708,15 @@ def markdown(r: dict[str, Any]) -> str:
                          f"{v['requests_per_s']} | {v['output_tokens_per_s']} | "
                          f"{v['cached_prompt_tokens']} |")
         lines += ["", f"Speedup with the radix cache: {s['speedup']}x", ""]
+    if "fused_ops" in r:
+        fo = r["fused_ops"]
+        lines += ["## Fused ops (FlashInfer vs torch)", "",
+                  f"{fo['tokens']} tokens; FlashInfer available: {fo['available']}.", "",
+                  "| op | fused us | torch us | speedup |", "|---|---|---|---|"]
+        for name, v in fo.items():
+            if isinstance(v, dict):
+                lines.append(f"| {name} | {v['fused_us']} | {v['torch_us']} | {v['speedup']} |")
+        lines.append("")
     if "overlap" in r:
         o = r["overlap"]
         lines += ["## Overlap scheduling (radixrt.Engine)", "",

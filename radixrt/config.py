@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -15,10 +16,16 @@ if TYPE_CHECKING:
 DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "int4")
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")  # auto: the model dtype
-# Overlap scheduling's default on CPU, where the worker's forward shares the cores with the
-# scheduler: chosen by measurement (docs/benchmarks.md, "Overlap scheduling").
-OVERLAP_ON_CPU = False
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "flashinfer")
+
+
+# Overlap scheduling's default on CPU, where the worker's forward shares the cores with the
+# scheduler: on only when the worker leaves a core free (--num-threads below the core count).
+# Measured (docs/benchmarks.md, "Overlap scheduling"): with every core in the worker's threads
+# overlap was slower (the scheduler and tokenizer preempt its threads); with one core left
+# free it was faster.
+def overlap_on_cpu(num_threads: int | None) -> bool:
+    return num_threads is not None and num_threads < (os.cpu_count() or 1)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -116,7 +123,7 @@ class EngineConfig:
     schedule_policy: str = "lpm"  # lpm | fcfs
     context_length: int | None = None  # None: from the model config
     # Overlap scheduling: build step N+1 while the worker runs step N. None: the device's
-    # default (on for CUDA; on CPU OVERLAP_ON_CPU, chosen by measurement, docs/benchmarks.md).
+    # default (on for CUDA; on CPU see overlap_on_cpu, chosen by measurement).
     disable_overlap_schedule: bool | None = None
     # CUDA
     disable_cuda_graph: bool = False
@@ -132,7 +139,7 @@ class EngineConfig:
     @property
     def overlap_schedule(self) -> bool:
         if self.disable_overlap_schedule is None:
-            return self.device.startswith("cuda") or OVERLAP_ON_CPU
+            return self.device.startswith("cuda") or overlap_on_cpu(self.num_threads)
         return not self.disable_overlap_schedule
 
     @property

@@ -87,8 +87,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--disable-overlap-schedule", dest="disable_overlap_schedule",
                    action="store_const", const=True, default=None,
                    help="schedule each step only after the previous one's tokens are back "
-                        "(the default on CPU, where overlap measured slower: the scheduler "
-                        "competes with the worker for the cores)")
+                        "(the default on CPU unless --num-threads leaves a core free: with "
+                        "all cores in the worker, overlap measured slower)")
     g.add_argument("--enable-overlap-schedule", dest="disable_overlap_schedule",
                    action="store_const", const=False,
                    help="build step N+1 while the worker runs step N, hiding scheduler and "

@@ -218,4 +218,7 @@ def test_gpu_check_dry_run_writes_the_required_keys(tmp_path: Path,
     o = r["overlap"]
     assert o["identical_outputs"] and o["exposed_host_ms_per_step"] >= 0
     assert o["on"]["steps"] > 0 and o["off"]["steps"] > 0  # arrivals may split prefills
-    assert "## Overlap scheduling" in (tmp_path / "out" / "gpu_summary.md").read_text()
+    assert set(r["fused_ops"]) >= {"rms_norm", "add_rms_norm", "silu_and_mul", "rope"}
+    assert not r["fused_ops"]["available"]  # CPU: the torch path on both sides
+    md = (tmp_path / "out" / "gpu_summary.md").read_text()
+    assert "## Overlap scheduling" in md and "## Fused ops" in md

@@ -4,6 +4,8 @@ state) and no page may leak; driven in one process on a tiny random-weight model
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -167,6 +169,9 @@ def test_config_flag_and_default() -> None:
     cfg = EngineConfig(model_path="x", device="cpu")
     assert cfg.disable_overlap_schedule is None
     assert EngineConfig(model_path="x", device="cuda").overlap_schedule
+    # CPU: on only when the worker leaves a core to the scheduler (measured, see config.py).
+    assert not cfg.overlap_schedule
+    assert cfg.replace(num_threads=1).overlap_schedule is ((os.cpu_count() or 1) > 1)
     assert not cfg.replace(disable_overlap_schedule=True).overlap_schedule
     assert cfg.replace(disable_overlap_schedule=False).overlap_schedule
     p = argparse.ArgumentParser()
