@@ -432,8 +432,8 @@ class Bench:
     # -- 3b. fused ops, one by one
     def fused_ops(self) -> None:
         """Each FlashInfer fused op against its torch version at this model's shapes, for
-        a decode batch of 128 tokens (RADIXRT_FUSED_OPS toggles radixrt/models/fused.py)."""
-        from radixrt.models import fused
+        a decode batch of 128 tokens (RADIXRT_FUSED_OPS toggles radixrt/models/fused_cuda.py)."""
+        from radixrt.models import fused_cuda as fused
 
         f, dev, dt = self.fields, self.device, self.dtype
         T, H, d = 128, f["hidden_size"], f["head_dim"]

@@ -7,7 +7,6 @@ import math
 import torch
 from torch import nn
 
-from radixrt.models import fused
 from radixrt.models.config import ModelConfig, ModelLoadError
 
 
@@ -18,11 +17,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused.rms_norm(x, self.weight, self.eps)
-
-    def add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(norm(residual + x), residual + x)."""
-        return fused.add_rms_norm(x, residual, self.weight, self.eps)
+        # Normalise in float32 as Hugging Face does, so low-precision runs stay faithful.
+        dtype = x.dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(dtype)
 
 
 def _rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -61,11 +60,16 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(t, inv_freq)
         self.register_buffer("cos", freqs.cos().float().to(device), persistent=False)
         self.register_buffer("sin", freqs.sin().float().to(device), persistent=False)
-        # FlashInfer's layout of the same table (cos | sin), only where its kernel runs.
-        self.cos_sin = (torch.cat([self.cos, self.sin], dim=-1)
-                        if fused.flashinfer_for(torch.device(device)) is not None else None)
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return fused.rope(positions, q, k, self.cos, self.sin, self.cos_sin)
+        cos = self.cos[positions].unsqueeze(1)  # [T, 1, D/2]
+        sin = self.sin[positions].unsqueeze(1)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    dtype = x.dtype
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(dtype)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from radixrt.attention.base import AttentionBackend
-from radixrt.models import fused
 from radixrt.models.config import ModelConfig
 from radixrt.models.layers import RMSNorm, RotaryEmbedding
 
@@ -54,7 +54,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(fused.silu_and_mul(self.gate_up_proj(x)))
+        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -65,18 +66,10 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
-                rope: RotaryEmbedding, attn: AttentionBackend
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The residual stream is residual + x (x: the previous layer's MLP output; residual
-        None before the first layer), so each add fuses with the norm that follows it."""
-        if residual is None:
-            h, residual = self.input_layernorm(x), x
-        else:
-            h, residual = self.input_layernorm.add(x, residual)
-        h = self.self_attn(h, positions, rope, attn)
-        h, residual = self.post_attention_layernorm.add(h, residual)
-        return self.mlp(h), residual
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
+                attn: AttentionBackend) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, rope, attn)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class LlamaForCausalLM(nn.Module):
@@ -96,11 +89,9 @@ class LlamaForCausalLM(nn.Module):
                 logits_indices: torch.Tensor) -> torch.Tensor:
         """Logits (float32) [len(logits_indices), vocab] of the tokens at those flat indices."""
         x = self.embed_tokens(input_ids)
-        residual = None
         for layer in self.layers:
-            x, residual = layer(x, residual, positions, self.rope, attn)
-        x = self.norm(x[logits_indices] if residual is None
-                      else residual[logits_indices] + x[logits_indices])
+            x = layer(x, positions, self.rope, attn)
+        x = self.norm(x[logits_indices])
         return self.lm_head(x).float()
 
     def weight_map(self) -> dict[str, tuple[str, int, int]]:

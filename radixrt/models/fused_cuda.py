@@ -1,5 +1,8 @@
 """Fused elementwise ops: FlashInfer's kernels on CUDA, the torch versions everywhere else.
 
+Not wired into the decoder yet: main's radixrt/models/fused.py (CPU native fused layers, a
+residual-handing decoder layer) landed in parallel; these kernels become its CUDA branch.
+
 RMSNorm, residual add + RMSNorm, SiLU-and-mul and RoPE from a cos/sin cache run as one
 FlashInfer kernel each when the tensor is on a CUDA device and flashinfer imports (and
 RADIXRT_FUSED_OPS is not 0); otherwise the torch code below, which is the reference the GPU
