@@ -21,6 +21,15 @@ ext_modules = [
         extra_compile_args=["-O3", "-fopenmp"],
         extra_link_args=["-fopenmp"],
     ),
+    # The decoder's elementwise layers fused (RMSNorm + residual, RoPE). -ffp-contract=off
+    # keeps each product rounded as torch rounds it.
+    Pybind11Extension(
+        "radixrt._layers_cpu",
+        ["csrc/layers_cpu.cpp"],
+        cxx_std=17,
+        extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off"],
+        extra_link_args=["-fopenmp"],
+    ),
     # Paged CPU attention. OpenMP: import it after torch so it binds to torch's libgomp.
     Pybind11Extension(
         "radixrt._attention_cpu",

@@ -15,6 +15,8 @@ labelled as `attention` (the cpu backend's kernels are not torch ops).
         --backends torch,cpu --dtypes float32,bfloat16 --kv-dtypes auto,bfloat16 --profile
     python -m bench.bench_decode --in-process --contexts 900 --batch-sizes 4 \
         --backends cpu --quantizations none,int8,int4
+    python -m bench.bench_decode --in-process --contexts 900 --batch-sizes 4 --profile \
+        --case torch:bfloat16:auto:none:off --case cpu:float32:bfloat16:int4:on
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtypes", default="float32", help="in-process model dtypes")
     ap.add_argument("--kv-dtypes", default="auto", help="in-process KV-cache dtypes")
     ap.add_argument("--quantizations", default="auto", help="in-process weight quantizations")
+    ap.add_argument("--fused", default="on",
+                    help="in-process: fused CPU norm/RoPE per case, on and/or off")
+    ap.add_argument("--case", action="append", default=[],
+                    help="in-process: an explicit case backend:dtype:kv_dtype:quantization:fused "
+                         "(repeatable; replaces the cross product of the options above)")
     ap.add_argument("--threads", type=int, default=None, help="in-process torch threads")
     ap.add_argument("--profile", action="store_true", help="in-process: torch.profiler top ops")
     ap.add_argument("--contexts", default="16,1024,2048")

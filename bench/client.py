@@ -179,14 +179,7 @@ class OpenAIClient:
                     rec.error = f"HTTP {resp.status_code}: {text[:300]}"
                 else:
                     async for line in resp.aiter_lines():
-                        if not line.startswith("data:"):
-                            continue  # blank separators, SSE comments, event: lines
-                        data = line[5:].strip()
-                        if data == "[DONE]":
-                            break
-                        now = time.perf_counter() - t0
-                        self._chunk(rec, json.loads(data), now, parts)
-                        if rec.error:
+                        if self.stream_line(rec, line, time.perf_counter() - t0, parts):
                             break
         except (httpx.HTTPError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             rec.error = f"{type(e).__name__}: {e}"
@@ -195,6 +188,18 @@ class OpenAIClient:
         if rec.error is None and not rec.chunk_times:
             rec.error = "no output: the stream carried no content"
         return rec
+
+    @classmethod
+    def stream_line(cls, rec: RequestRecord, line: str, now: float, parts: list[str]) -> bool:
+        """Take one line of a server-sent event stream into rec; True when the stream is over
+        ([DONE] or an error)."""
+        if not line.startswith("data:"):
+            return False  # blank separators, SSE comments, event: lines
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return True
+        cls._chunk(rec, json.loads(data), now, parts)
+        return rec.error is not None
 
     @staticmethod
     def _chunk(rec: RequestRecord, obj: dict[str, Any], now: float, parts: list[str]) -> None:

@@ -9,8 +9,12 @@ the benchmark client itself. Linux only; elsewhere every function returns None.
 from __future__ import annotations
 
 import os
+import platform
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -92,3 +96,31 @@ def busy_fraction(interval: float = 3.0) -> float | None:
     if a is None or b is None:
         return None
     return (b - a) / ((time.monotonic() - t0) * (ncpu or 1))
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "os_cpu_count": os.cpu_count()}
+    try:
+        info["nproc"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        info["nproc"] = os.cpu_count()
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+        info["cpu"] = m.group(1).strip() if m else None
+        flags = set((re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.M) or ["", ""])[1].split())
+        info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    except OSError:
+        pass
+    try:
+        m = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        info["memory_gib"] = round(int(m.group(1)) / 2**20, 1) if m else None
+    except OSError:
+        pass
+    for mod in ("torch", "transformers"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    return info

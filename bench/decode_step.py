@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from radixrt.config import build_engine_config
+from radixrt.models import fused
 from radixrt.testing.batches import batch_from_chunks
 from radixrt.worker.model_runner import ModelRunner
 
@@ -140,24 +141,37 @@ def run_in_process(args: Namespace) -> list[dict[str, Any]]:
     alike."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = [(b, d, k, q) for b in args.backends.split(",") for d in args.dtypes.split(",")
-             for k in args.kv_dtypes.split(",") for q in args.quantizations.split(",")]
+    # Fused norm/RoPE on or off per case (a process-wide switch, set before each case's step).
+    if args.case:  # explicit cases: backend:dtype:kv_dtype:quantization:fused
+        cases_fused = []
+        for spec in args.case:
+            b, d, k, q, f = spec.split(":")
+            cases_fused.append(((b, d, k, q), f == "on"))
+    else:
+        cases_fused = [((b, d, k, q), f == "on") for b in args.backends.split(",")
+                       for d in args.dtypes.split(",") for k in args.kv_dtypes.split(",")
+                       for q in args.quantizations.split(",") for f in args.fused.split(",")]
+    cases = [c for c, _ in cases_fused]
     rows = []
     print(f"torch threads {torch.get_num_threads()}; median of {args.steps} decode steps, "
           f"cases interleaved")
-    print("| Backend | dtype | KV | Quant | Context | Batch | Step ms | Attention ms | Linear ms "
-          "| min step ms | load s | weights MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| Backend | dtype | KV | Quant | Fused | Context | Batch | Step ms | Attention ms "
+          "| Linear ms | min step ms | load s | weights MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     warm = 3
     for ctx in (int(x) for x in args.contexts.split(",")):
         for b in (int(x) for x in args.batch_sizes.split(",")):
             total = warm + args.steps + (5 if args.profile else 0)
             built = [make_runner(args.model, *c, b, ctx, total) for c in cases]
             runners = [r for r, _, _ in built]
-            lasts = [prefill(r, b, ctx, total, seed=ctx + b) for r in runners]
+            lasts = []
+            for r, (_, f) in zip(runners, cases_fused):
+                fused.enabled = f
+                lasts.append(prefill(r, b, ctx, total, seed=ctx + b))
             times: list[list[tuple[float, float, float]]] = [[] for _ in cases]
             for s in range(warm + args.steps):
                 for i, (r, timer, _) in enumerate(built):
+                    fused.enabled = cases_fused[i][1]
                     timer.seconds = 0.0
                     lasts[i], sec, attn = decode_step(r, lasts[i], ctx + s, s)
                     if s >= warm:
@@ -167,18 +181,21 @@ def run_in_process(args: Namespace) -> list[dict[str, Any]]:
                 row: dict[str, Any] = {
                     "backend": backend, "dtype": dtype, "kv_dtype": runners[i].config.kv_dtype,
                     "quantization": runners[i].config.quantization,
+                    "fused": cases_fused[i][1],
                     "context": ctx, "batch": b, "step_ms": 1000 * statistics.median(step),
                     "min_step_ms": 1000 * min(step),
                     "attention_ms": 1000 * statistics.median(t[1] for t in times[i]),
                     "linear_ms": 1000 * statistics.median(t[2] for t in times[i]),
                     "load_s": built[i][2], "weights_mib": weight_mib(runners[i].model)}
                 print(f"| {backend} | {dtype} | {row['kv_dtype']} | {row['quantization']} | "
-                      f"{ctx} | {b} | {row['step_ms']:.1f} | {row['attention_ms']:.1f} | "
+                      f"{'on' if row['fused'] else 'off'} | {ctx} | {b} | {row['step_ms']:.1f} | "
+                      f"{row['attention_ms']:.1f} | "
                       f"{row['linear_ms']:.1f} | {row['min_step_ms']:.1f} | "
                       f"{row['load_s']:.1f} | {row['weights_mib']:.0f} |", flush=True)
                 rows.append(row)
             if args.profile:
                 for i, row in enumerate(rows[-len(cases):]):
+                    fused.enabled = cases_fused[i][1]
                     row.update(profile_steps(runners[i], lasts[i], ctx + warm + args.steps, 5))
                     print(f"\n{row['backend']} {row['dtype']} KV {row['kv_dtype']}, "
                           f"context {ctx}, batch {b}: top ops of 5 steps")

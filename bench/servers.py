@@ -128,3 +128,13 @@ def radixrt_cmd(model: str, port: int, dtype: str = "float32", cache: bool = Tru
     if not cache:
         cmd.append("--disable-radix-cache")
     return cmd + list(extra or [])
+
+
+def llama_server_cmd(binary: str, gguf: str, port: int, slots: int = 4, threads: int = 2,
+                     ctx_per_slot: int = 2048, extra: list[str] | None = None) -> list[str]:
+    """llama.cpp's llama-server with its defaults but for the slots, threads and context
+    (-c is shared out evenly: each of the -np slots gets -c / -np tokens). Prompt caching
+    (`cache_prompt`, and the RAM prompt cache `--cache-ram`) is on by default."""
+    return [binary, "-m", gguf, "-np", str(slots), "-t", str(threads),
+            "-c", str(slots * ctx_per_slot), "--host", "127.0.0.1", "--port", str(port),
+            *list(extra or [])]

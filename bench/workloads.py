@@ -10,10 +10,12 @@ Workloads (SGLang's bench_serving / vLLM's benchmark_serving shapes, scaled to a
 
 * shared_prefix: G groups x P prompts; each group has one long system prompt, each prompt a
   short question of its own (SGLang's generated-shared-prefix, default 64x16, 2048+128 -> 256).
-* multi_turn:    C clients x R rounds; a long first message (a pasted document), short
-  follow-ups; clients arrive as a Poisson process, a client's rounds are sequential.
+* multi_turn:    C clients x R rounds; a long first message (a pasted document) or a long
+  system prompt of the client's own, short follow-ups; clients arrive as a Poisson process
+  (or all at once), a client's rounds are sequential.
 * rag:           D long documents; each question uses a random subset of them, placed first in
-  canonical (index) order so prompts over the same leading documents share a prefix.
+  canonical (index) order so prompts over the same leading documents share a prefix;
+  optionally after one shared system prompt (chat).
 * unique:        independent random prompts; no sharing at all (the control).
 """
 
@@ -230,38 +232,49 @@ def shared_prefix(num_groups: int = 4, prompts_per_group: int = 8, system_tokens
 
 def multi_turn(num_clients: int = 8, num_rounds: int = 4, first_turn_tokens: int = 512,
                turn_tokens: int = 64, output_tokens: int = 32, request_rate: float | None = 1.0,
-               max_concurrency: int | None = None, seed: int = 0,
+               max_concurrency: int | None = None, system_tokens: int = 0, seed: int = 0,
                tokenizer: Tokenizer | None = None) -> Workload:
+    """system_tokens > 0: each client has a system prompt of its own (an app's long
+    instructions), so what a cache can reuse is the client's own history, round after round."""
     rng = _rng("multi_turn", seed)
     src = TextSource(tokenizer)
     sessions = []
     for c in range(num_clients):
-        first = src.compose(rng, first_turn_tokens,
-                            head="Read this document, then answer my questions.\n")
+        system = (src.compose(rng, system_tokens, head=f"You are the assistant of client {c}. "
+                              "Follow these instructions.\n") if system_tokens > 0 else None)
+        first = (src.compose(rng, first_turn_tokens,
+                             head="Read this document, then answer my questions.\n")
+                 if system is None else src.question(rng, first_turn_tokens))
         follow = [src.question(rng, turn_tokens) for _ in range(num_rounds - 1)]
         sessions.append(Session(sid=f"c{c}", api="chat", turns=(first, *follow),
-                                max_tokens=output_tokens))
+                                max_tokens=output_tokens, system=system))
+    arrivals = "all at once" if request_rate is None else f"at {request_rate}/s (Poisson)"
+    opening = (f"a {system_tokens}-token system prompt each, a {first_turn_tokens}-token first "
+               "question" if system_tokens > 0 else f"{first_turn_tokens}-token first message")
     return Workload(
         name="multi_turn",
-        description=f"{num_clients} clients x {num_rounds} rounds: {first_turn_tokens}-token first "
-                    f"message, {turn_tokens}-token follow-ups, {output_tokens} tokens per reply, "
-                    f"clients arrive at {request_rate}/s (Poisson)",
+        description=f"{num_clients} clients x {num_rounds} rounds: {opening}, {turn_tokens}-token "
+                    f"follow-ups, {output_tokens} tokens per reply, clients arrive {arrivals}",
         sessions=tuple(sessions), max_concurrency=max_concurrency or num_clients,
         request_rate=request_rate, seed=seed,
         params={"num_clients": num_clients, "num_rounds": num_rounds,
                 "first_turn_tokens": first_turn_tokens, "turn_tokens": turn_tokens,
-                "output_tokens": output_tokens})
+                "output_tokens": output_tokens, "system_tokens": system_tokens})
 
 
 def rag(num_docs: int = 6, doc_tokens: int = 384, num_questions: int = 24, docs_per_question: int = 2,
         question_tokens: int = 32, output_tokens: int = 32, max_concurrency: int = 8,
-        request_rate: float | None = None, seed: int = 0,
+        request_rate: float | None = None, system_tokens: int = 0, seed: int = 0,
         tokenizer: Tokenizer | None = None) -> Workload:
+    """system_tokens > 0: chat requests with one shared system prompt (the app's instructions)
+    and the documents plus the question as the user message; else plain completions."""
     if not 1 <= docs_per_question <= num_docs:
         raise ValueError("docs_per_question must be in [1, num_docs]")
     rng = _rng("rag", seed)
     src = TextSource(tokenizer)
     docs = [src.text(rng, doc_tokens - 8) for _ in range(num_docs)]
+    system = (src.compose(rng, system_tokens, head="You answer questions from documents. "
+                          "Follow these rules.\n") if system_tokens > 0 else None)
     sessions = []
     for q in range(num_questions):
         # Canonical order (by index) is what makes prompts over the same documents share.
@@ -269,18 +282,20 @@ def rag(num_docs: int = 6, doc_tokens: int = 384, num_questions: int = 24, docs_
         context = "\n\n".join(f"Document {d + 1}:\n{docs[d]}" for d in chosen)
         prompt = (f"{context}\n\nAnswer the question using the documents above.\n"
                   f"Question: {src.question(rng, question_tokens)}\nAnswer:")
-        sessions.append(Session(sid=f"q{q}", api="completions", turns=(prompt,),
-                                max_tokens=output_tokens, group=chosen[0]))
+        sessions.append(Session(sid=f"q{q}", api="completions" if system is None else "chat",
+                                turns=(prompt,), max_tokens=output_tokens, system=system,
+                                group=chosen[0]))
+    head = f"a {system_tokens}-token system prompt + " if system is not None else ""
     return Workload(
         name="rag",
         description=f"{num_docs} documents of {doc_tokens} tokens; {num_questions} questions of "
-                    f"{question_tokens} tokens, each over {docs_per_question} random documents "
-                    f"(canonical order) -> {output_tokens} tokens",
+                    f"{question_tokens} tokens, each over {head}{docs_per_question} random "
+                    f"documents (canonical order) -> {output_tokens} tokens",
         sessions=tuple(sessions), max_concurrency=max_concurrency, request_rate=request_rate,
         seed=seed,
         params={"num_docs": num_docs, "doc_tokens": doc_tokens, "num_questions": num_questions,
                 "docs_per_question": docs_per_question, "question_tokens": question_tokens,
-                "output_tokens": output_tokens})
+                "output_tokens": output_tokens, "system_tokens": system_tokens})
 
 
 def unique(num_prompts: int = 24, prompt_tokens: int = 512, output_tokens: int = 32,
@@ -305,7 +320,8 @@ GENERATORS = {"shared_prefix": shared_prefix, "multi_turn": multi_turn, "rag": r
               "unique": unique}
 
 # Sizes per preset. quick: SGLang's shapes scaled to finish in minutes on 2 CPU cores (the
-# HF baseline serves one request at a time, so it sets the pace); full: 4x the requests.
+# HF baseline serves one request at a time, so it sets the pace); full: 4x the requests;
+# cpu-peer: radixrt against llama-server, concurrency matched to its 4 slots.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "shared_prefix": {"num_groups": 4, "prompts_per_group": 8, "system_tokens": 1024,
@@ -326,6 +342,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "question_tokens": 64, "output_tokens": 64, "max_concurrency": 16},
         "unique": {"num_prompts": 64, "prompt_tokens": 1024, "output_tokens": 64,
                    "max_concurrency": 16},
+    },
+    # The shapes of issue 9's measurements against llama.cpp's llama-server (-np 4): four
+    # requests in flight, one per server slot; every prompt + reply fits a 2048-token slot.
+    "cpu-peer": {
+        "shared_prefix": {"num_groups": 4, "prompts_per_group": 6, "system_tokens": 1024,
+                          "question_tokens": 64, "output_tokens": 32, "max_concurrency": 4},
+        "multi_turn": {"num_clients": 4, "num_rounds": 4, "system_tokens": 680,
+                       "first_turn_tokens": 64, "turn_tokens": 64, "output_tokens": 32,
+                       "request_rate": None},
+        "rag": {"num_docs": 5, "doc_tokens": 384, "num_questions": 20, "docs_per_question": 2,
+                "system_tokens": 256, "question_tokens": 32, "output_tokens": 24,
+                "max_concurrency": 4},
+        "unique": {"num_prompts": 16, "prompt_tokens": 512, "output_tokens": 32,
+                   "max_concurrency": 4},
     },
 }
 

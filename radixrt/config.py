@@ -112,7 +112,8 @@ class EngineConfig:
     tp_size: int = 1
     # KV cache
     page_size: int = 16
-    kv_cache_dtype: str = "auto"  # auto (= dtype) | float32 | bfloat16
+    # auto: bfloat16 for quantized weights on the cpu backend (see kv_dtype), else the dtype
+    kv_cache_dtype: str = "auto"
     max_total_tokens: int | None = None  # None: size from mem_fraction
     mem_fraction: float = 0.85
     disable_radix_cache: bool = False
@@ -144,8 +145,15 @@ class EngineConfig:
 
     @property
     def kv_dtype(self) -> str:
-        """The KV cache's resolved type name."""
-        return self.dtype if self.kv_cache_dtype == "auto" else self.kv_cache_dtype
+        """The KV cache's resolved type name. `auto` with int4/int8 weights on the cpu
+        backend is bfloat16: the KV is the biggest stream a CPU decode step reads (measured at
+        batch 4 x 900 tokens: attention 21.9 -> 17.2 ms a step) and holds twice the tokens,
+        while its rounding is small next to the weights' own; float32 weights stay exact."""
+        if self.kv_cache_dtype != "auto":
+            return self.kv_cache_dtype
+        if self.quantization in ("int4", "int8") and self.attention_backend == "cpu":
+            return "bfloat16"
+        return self.dtype
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 30000
     api_key: str | None = None
+    api_keys: dict[str, str] = field(default_factory=dict)  # --api-key-file: key -> tenant
+    allowed_origins: tuple[str, ...] = ()  # --allowed-origins: CORS, off when empty
     extra: dict[str, object] = field(default_factory=dict)
 
 

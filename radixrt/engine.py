@@ -68,7 +68,7 @@ class Engine:
             raise ValueError("sampling_params must be one dict or one per prompt")
         reqs = []
         for item, p in zip(batch, params):
-            sp = SamplingParams.from_dict(p)
+            sp = SamplingParams.from_dict(p, self.model_info.sampling_defaults)
             rid = f"engine-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
             if isinstance(item, str):
                 reqs.append(TokenizeReq(rid, prompt=item, sampling=sp, cache_salt=cache_salt))
@@ -81,7 +81,7 @@ class Engine:
     def chat(self, messages: list[dict], sampling_params: ParamsInput = None,
              cache_salt: str | None = None) -> dict:
         """One chat completion: the model's chat template is applied to messages."""
-        sp = SamplingParams.from_dict(sampling_params)
+        sp = SamplingParams.from_dict(sampling_params, self.model_info.sampling_defaults)
         rid = f"engine-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         return self._run([TokenizeReq(rid, messages=messages, sampling=sp,
                                       cache_salt=cache_salt)])[0]

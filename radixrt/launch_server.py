@@ -16,6 +16,7 @@ from types import FrameType
 import uvicorn
 
 from radixrt.config import ServerConfig
+from radixrt.frontend.auth import load_api_key_file
 from radixrt.model_info import ModelInfo, ModelLoadError
 from radixrt.process_group import ProcessGroup, StartupError
 from radixrt.router.dp import add_dp_args, run_data_parallel
@@ -28,13 +29,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m radixrt.launch_server",
         description="Serve a model with an OpenAI-compatible HTTP API (/v1/chat/completions, "
-                    "/v1/completions, /v1/models), plus /generate, /flush_cache, /health and "
-                    "/metrics.")
+                    "/v1/completions, /v1/models), Anthropic's /v1/messages, plus /generate, "
+                    "/tokenize, /detokenize, /flush_cache, /health and /metrics.")
     g = parser.add_argument_group("HTTP")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     g.add_argument("--port", type=int, default=30000, help="port to listen on (default 30000)")
     g.add_argument("--api-key", default=None, metavar="KEY",
-                   help="require `Authorization: Bearer KEY` on every endpoint but /health")
+                   help="require `Authorization: Bearer KEY` (or `x-api-key: KEY`) on every "
+                        "endpoint but /health")
+    g.add_argument("--api-key-file", default=None, metavar="FILE",
+                   help="tenants: one `KEY [NAME]` per line (# comments). Each key is accepted "
+                        "like --api-key and gets its own prefix-cache namespace: tenants never "
+                        "share KV")
+    g.add_argument("--allowed-origins", default=None, metavar="ORIGINS",
+                   help="CORS: comma-separated origins browsers may call from (`*`: any); "
+                        "off by default")
     add_engine_args(parser)
     add_dp_args(parser)
     return parser
@@ -151,6 +160,14 @@ def run_server(config: ServerConfig, info: ModelInfo) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.dp_size > 1 and (args.api_key_file or args.allowed_origins):
+        parser.error("--api-key-file and --allowed-origins are not implemented with --dp-size "
+                     "> 1 (the router checks one --api-key)")
+    try:
+        api_keys = load_api_key_file(args.api_key_file) if args.api_key_file else {}
+    except (OSError, ValueError) as exc:
+        parser.error(f"--api-key-file: {exc}")
+    origins = tuple(o.strip() for o in (args.allowed_origins or "").split(",") if o.strip())
     if args.dp_size > 1:  # N whole servers behind the router (radixrt/router/dp.py)
         return run_data_parallel(parser, args)
     engine = engine_config_from_args(args)
@@ -164,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("radixrt failed to start: cannot listen on %s:%d: %s", args.host, args.port,
                      err)
         return 1
-    config = ServerConfig(engine=engine, host=args.host, port=args.port, api_key=args.api_key)
+    config = ServerConfig(engine=engine, host=args.host, port=args.port, api_key=args.api_key,
+                          api_keys=api_keys, allowed_origins=origins)
     return run_server(config, info)
 
 

@@ -61,6 +61,22 @@ def eos_token_ids(lm: dict[str, Any], gen: dict[str, Any]) -> tuple[int, ...]:
     return (int(eos),)
 
 
+# generation_config.json keys that are sampling defaults (vLLM's set), as SamplingParams names.
+SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                         "max_new_tokens")
+
+
+def sampling_defaults(gen: dict[str, Any]) -> dict[str, float | int]:
+    """The model's sampling defaults from generation_config.json (numbers only: a request
+    value wins over them, and they win over the API's own defaults)."""
+    out: dict[str, float | int] = {}
+    for key in SAMPLING_DEFAULT_KEYS:
+        value = gen.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = int(value) if key in ("top_k", "max_new_tokens") else float(value)
+    return out
+
+
 def max_positions(lm: dict[str, Any]) -> int:
     return int(lm.get("max_position_embeddings", DEFAULT_MAX_POSITIONS))
 
@@ -80,6 +96,7 @@ class ModelInfo:
     model_path: str = ""
     config: dict[str, Any] = field(default_factory=dict, compare=False)  # config.json
     generation_config: dict[str, Any] = field(default_factory=dict, compare=False)
+    sampling_defaults: dict[str, float | int] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_dir(cls, path: str | Path, context_length: int | None = None) -> ModelInfo:
@@ -95,6 +112,7 @@ class ModelInfo:
             model_path=str(path),
             config=raw,
             generation_config=gen,
+            sampling_defaults=sampling_defaults(gen),
         )
 
     @classmethod

@@ -22,13 +22,14 @@ class SamplingParams:
     min_new_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = -1  # -1: no limit
+    top_k: int = -1  # -1 (or 0, vLLM's spelling): no limit
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)  # applied by the detokenizer
+    include_stop_str_in_output: bool = False  # keep a matched stop string in the text
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: bool = False
@@ -37,12 +38,18 @@ class SamplingParams:
     skip_special_tokens: bool = True
     n: int = 1
 
+    def __post_init__(self) -> None:
+        if self.top_k == 0:
+            self.top_k = -1
+
     @classmethod
-    def from_dict(cls, d: dict | SamplingParams | None) -> SamplingParams:
-        if d is None:
-            return cls()
+    def from_dict(cls, d: dict | SamplingParams | None,
+                  defaults: dict | None = None) -> SamplingParams:
+        """From a dict over `defaults` (the model's, ModelInfo.sampling_defaults); a
+        SamplingParams is taken as it is."""
         if isinstance(d, SamplingParams):
             return d
+        d = {**(defaults or {}), **(d or {})}
         known = cls.__dataclass_fields__
         unknown = sorted(set(d) - set(known))
         if unknown:

@@ -61,7 +61,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--page-size", type=int, default=None, metavar="N",
                    help=f"tokens per KV-cache page (default {d.page_size})")
     g.add_argument("--kv-cache-dtype", default=None, choices=list(KV_CACHE_DTYPES),
-                   help="KV-cache type (default auto: the model dtype). bfloat16 with float32 "
+                   help="KV-cache type (default auto: bfloat16 for int4/int8 weights on the cpu "
+                        "attention backend, else the model dtype). bfloat16 with float32 "
                         "weights halves the KV bytes a decode step reads; attention still "
                         "computes in float32")
     g.add_argument("--max-total-tokens", type=int, default=None, metavar="N",

@@ -1,51 +1,52 @@
-"""The FastAPI app: OpenAI-compatible routes, native /generate, health and Prometheus metrics."""
+"""The FastAPI app: OpenAI-compatible routes, Anthropic's /v1/messages, native /generate,
+/tokenize and /detokenize, health and Prometheus metrics."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from radixrt.config import ServerConfig
+from radixrt.frontend import anthropic
+from radixrt.frontend.auth import APIKeyMiddleware
 from radixrt.frontend.client import AsyncTokenizerClient
 from radixrt.frontend.errors import APIError
 from radixrt.frontend.metrics import Metrics
-from radixrt.frontend.protocol import ModelCard, ModelList
+from radixrt.frontend.openapi import describe_bodies
+from radixrt.frontend.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerateRequest,
+    ModelCard,
+    ModelList,
+    parse_request,
+)
 from radixrt.frontend.responses import json_response
 from radixrt.frontend.serving import OpenAIServing
+from radixrt.frontend.tokenize_api import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    ask_tokenizer,
+)
+from radixrt.ipc.messages import DecodeReq
 from radixrt.ipc.sockets import Endpoints
 from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import InvalidRequestError
 
 logger = logging.getLogger("radixrt.frontend")
-
-
-class APIKeyMiddleware:
-    """401 unless `Authorization: Bearer <key>`; /health stays open for probes."""
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                err = APIError(401, "Incorrect or missing API key (Authorization: Bearer ...).",
-                               code="invalid_api_key")
-                await err.response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> FastAPI:
@@ -64,31 +65,40 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
 
     app = FastAPI(title="radixrt", version="0.1.0", lifespan=lifespan)
     app.state.serving = serving
-    if config.api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
+    anthropic_paths = frozenset({anthropic.ROUTE})
+    if config.api_key or config.api_keys:
+        app.add_middleware(APIKeyMiddleware, api_key=config.api_key, tenants=config.api_keys,
+                           anthropic_paths=anthropic_paths)
+    if config.allowed_origins:  # added last: outermost, so preflights and 401s get headers
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins),
+                           allow_methods=["*"], allow_headers=["*"])
+
+    def answer(request: Request, err: APIError) -> Response:
+        # Anthropic's routes answer errors in Anthropic's shape.
+        return err.response(anthropic=request.url.path in anthropic_paths)
 
     @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> Response:
-        return exc.response()
+    async def api_error(request: Request, exc: APIError) -> Response:
+        return answer(request, exc)
 
     @app.exception_handler(InvalidRequestError)
-    async def invalid(_: Request, exc: InvalidRequestError) -> Response:
-        return APIError.bad_request(exc).response()
+    async def invalid(request: Request, exc: InvalidRequestError) -> Response:
+        return answer(request, APIError.bad_request(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def validation(_: Request, exc: RequestValidationError) -> Response:
-        return APIError(400, str(exc)).response()
+    async def validation(request: Request, exc: RequestValidationError) -> Response:
+        return answer(request, APIError(400, str(exc)))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return APIError(exc.status_code, str(exc.detail), kind).response()
+        return answer(request, APIError(exc.status_code, str(exc.detail), kind))
 
     @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception) -> Response:
+    async def internal(request: Request, exc: Exception) -> Response:
         logger.exception("internal error")
-        return APIError(500, f"internal error: {type(exc).__name__}: {exc}",
-                        "internal_error").response()
+        return answer(request, APIError(500, f"internal error: {type(exc).__name__}: {exc}",
+                                        "internal_error"))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -98,15 +108,44 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
     async def completions(request: Request) -> Response:
         return await serving.completions(request)
 
+    @app.post(anthropic.ROUTE)
+    async def messages(request: Request) -> Response:
+        return await serving.messages(request)
+
     @app.post("/generate")
     async def generate(request: Request) -> Response:
         return await serving.generate(request)
 
-    @app.get("/v1/models")
-    async def models() -> Response:
-        card = ModelCard(id=serving.served_name, created=started,
+    @app.post("/tokenize", response_model=TokenizeResponse)
+    async def tokenize(request: Request) -> Response:
+        body = parse_request(TokenizeRequest, await request.body())
+        serving.check_model(body.model)
+        assert serving.client is not None
+        done = await ask_tokenizer(serving.client, body.to_req())
+        return json_response(TokenizeResponse(count=len(done.ids), tokens=done.ids,
+                                              max_model_len=info.context_length))
+
+    @app.post("/detokenize", response_model=DetokenizeResponse)
+    async def detokenize(request: Request) -> Response:
+        body = parse_request(DetokenizeRequest, await request.body())
+        serving.check_model(body.model)
+        assert serving.client is not None
+        done = await ask_tokenizer(serving.client, DecodeReq(f"detok-{uuid.uuid4().hex}",
+                                                             body.tokens))
+        return json_response(DetokenizeResponse(prompt=done.text))
+
+    def model_card() -> ModelCard:
+        return ModelCard(id=serving.served_name, created=started,
                          root=config.engine.model_path, max_model_len=info.context_length)
-        return json_response(ModelList(data=[card]))
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> Response:
+        return json_response(ModelList(data=[model_card()]))
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard)
+    async def model(model_id: str) -> Response:
+        serving.check_model(model_id)
+        return json_response(model_card())
 
     @app.get("/health")
     async def health() -> Response:
@@ -129,4 +168,8 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
         await serving.client.flush_cache()
         return JSONResponse({"success": True, "message": "Cache flushed."})
 
+    describe_bodies(app, {
+        "/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
+        anthropic.ROUTE: anthropic.MessagesRequest, "/generate": GenerateRequest,
+        "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest})
     return app

@@ -19,6 +19,10 @@ import zmq.asyncio
 from radixrt.ipc.dispatch import Dispatcher
 from radixrt.ipc.messages import (
     AbortReq,
+    DecodeDone,
+    DecodeReq,
+    EncodeDone,
+    EncodeReq,
     FlushCacheDone,
     FlushCacheReq,
     FrontendTokenizerMsg,
@@ -71,10 +75,13 @@ class AsyncTokenizerClient:
             SchedulerStats: deque(),
             FlushCacheDone: deque(),
         }
+        self._calls: dict[str, asyncio.Future[Any]] = {}  # EncodeReq / DecodeReq by rid
         self._route = Dispatcher("frontend", {
             TextDeltaBatch: self._deliver,
             SchedulerStats: self._answer,
             FlushCacheDone: self._answer,
+            EncodeDone: self._reply,
+            DecodeDone: self._reply,
         })
         self._task: asyncio.Task[None] | None = None
 
@@ -102,6 +109,21 @@ class AsyncTokenizerClient:
             if not fut.done():  # skip callers that timed out
                 fut.set_result(msg)
                 break
+
+    def _reply(self, msg: EncodeDone | DecodeDone) -> None:
+        fut = self._calls.pop(msg.rid, None)
+        if fut is not None and not fut.done():  # else: the caller timed out
+            fut.set_result(msg)
+
+    async def call(self, req: EncodeReq | DecodeReq, timeout_s: float = 30.0) -> Any:
+        """Send an EncodeReq / DecodeReq; its EncodeDone / DecodeDone (TimeoutError)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[req.rid] = fut
+        self._send(req)
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self._calls.pop(req.rid, None)
 
     def _send(self, msg: FrontendTokenizerMsg) -> None:
         # Not awaited: aborts must go out from `finally` blocks of cancelled tasks too (a

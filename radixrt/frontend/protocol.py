@@ -1,7 +1,8 @@
 """Pydantic models of the OpenAI API (and radixrt's native /generate).
 
 Requests are parsed with `parse_request` (strict JSON: a string where a number belongs is a
-400, not a silent conversion); unknown fields are ignored, as OpenAI-compatible servers do.
+400, not a silent conversion). A field the server does not implement is a 400 naming it
+(frontend/fields.py lists the known ones); an explicit null means the field's default.
 Value ranges are checked by SamplingParams.validate, the one place that knows them.
 """
 
@@ -9,17 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Literal, TypeVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_serializer
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_serializer
 
+from radixrt.frontend.fields import (
+    OPENAI_DEFAULT_VALUES,
+    OPENAI_UNSUPPORTED,
+    _Request,
+    unsupported_message,
+)
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
 
 # ---------------------------------------------------------------- requests
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
 
 
 class TextPart(_Request):
@@ -44,11 +48,21 @@ class ChatMessage(_Request):
 
 
 class StreamOptions(_Request):
+    DEFAULT_VALUES = {"include_obfuscation": (False,)}  # deltas are never padded
+    UNSUPPORTED = {"include_obfuscation": "stream obfuscation is not implemented"}
+
     include_usage: bool = False
 
 
 class _SamplingRequest(_Request):
-    """Fields shared by chat and text completions (OpenAI's plus vLLM/SGLang extensions)."""
+    """Fields shared by chat and text completions (OpenAI's plus vLLM/SGLang extensions).
+
+    Unset sampling fields take the model's generation_config.json defaults, then OpenAI's.
+    """
+
+    DEFAULT_VALUES = OPENAI_DEFAULT_VALUES
+    UNSUPPORTED = OPENAI_UNSUPPORTED
+    OPENAI_MAX_TOKENS: ClassVar[int | None] = None  # None: the rest of the context
 
     model: str | None = None
     max_tokens: int | None = None
@@ -62,15 +76,18 @@ class _SamplingRequest(_Request):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
+    # An opaque end-user id that OpenAI keeps for abuse monitoring: it asks nothing of the
+    # generation, so doing nothing with it is its meaning here.
     user: str | None = None
-    # Extensions
-    top_k: int | None = None
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
+    # Extensions (vLLM / SGLang)
+    top_k: int | None = None  # 0 and -1: no limit
+    min_p: float | None = None
+    repetition_penalty: float | None = None
     min_tokens: int = 0
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
     cache_salt: str | None = None
 
     @property
@@ -83,12 +100,18 @@ class _SamplingRequest(_Request):
     def _logprobs(self) -> tuple[bool, int]:
         return False, 0
 
-    def to_sampling_params(self) -> SamplingParams:
+    def to_sampling_params(self, defaults: Mapping[str, Any] | None = None) -> SamplingParams:
         """SamplingParams for the whole request (n included; the frontend splits n).
 
-        max_new_tokens None means "the rest of the context", resolved by the tokenizer once
-        it knows the prompt length (OpenAI's default).
+        `defaults` are the model's (ModelInfo.sampling_defaults): a field the request leaves
+        unset takes the model's value, else OpenAI's. max_new_tokens None means "the rest of
+        the context", resolved by the tokenizer once it knows the prompt length.
         """
+        model = defaults or {}
+
+        def pick(value: Any, key: str, openai_default: Any) -> Any:
+            return value if value is not None else model.get(key, openai_default)
+
         bias: dict[int, float] | None = None
         if self.logit_bias is not None:
             try:
@@ -97,17 +120,17 @@ class _SamplingRequest(_Request):
                 raise InvalidRequestError("logit_bias keys must be token ids", "logit_bias") from None
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         logprobs, top = self._logprobs()
-        max_new = self._max_new_tokens()
+        max_new = pick(self._max_new_tokens(), "max_new_tokens", self.OPENAI_MAX_TOKENS)
         if max_new is not None and max_new < 1:
             raise InvalidRequestError("max_tokens must be at least 1", "max_tokens")
         return SamplingParams(
-            max_new_tokens=max_new,  # type: ignore[arg-type]  # None: filled by the tokenizer
+            max_new_tokens=max_new,
             min_new_tokens=self.min_tokens,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=-1 if self.top_k is None else self.top_k,
-            min_p=self.min_p,
-            repetition_penalty=self.repetition_penalty,
+            temperature=pick(self.temperature, "temperature", 1.0),
+            top_p=pick(self.top_p, "top_p", 1.0),
+            top_k=pick(self.top_k, "top_k", -1),
+            min_p=pick(self.min_p, "min_p", 0.0),
+            repetition_penalty=pick(self.repetition_penalty, "repetition_penalty", 1.0),
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             seed=self.seed,
@@ -118,6 +141,7 @@ class _SamplingRequest(_Request):
             top_logprobs=top,
             logit_bias=bias,
             skip_special_tokens=self.skip_special_tokens,
+            include_stop_str_in_output=self.include_stop_str_in_output,
             n=self.n,
         )
 
@@ -127,7 +151,16 @@ class ChatCompletionRequest(_SamplingRequest):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
+    # OpenAI's successor of `user` for abuse monitoring: nothing to do, as for `user`.
+    safety_identifier: str | None = None
+    # A hint where OpenAI routes a request for cache hits; this server's prefix cache is
+    # keyed on the prompt itself, so there is nothing to do with it.
+    prompt_cache_key: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # vLLM's: end the prompt with the assistant's turn opener (default: true unless
+    # continue_final_message), or leave the final message open for the model to continue.
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool = False
 
     def _max_new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -137,13 +170,26 @@ class ChatCompletionRequest(_SamplingRequest):
             raise InvalidRequestError("top_logprobs needs logprobs set to true", "top_logprobs")
         return self.logprobs, self.top_logprobs or 0
 
+    def generation_prompt(self) -> bool:
+        return generation_prompt(self.add_generation_prompt, self.continue_final_message)
+
+
+def generation_prompt(add_generation_prompt: bool | None, continue_final_message: bool) -> bool:
+    """Whether the template adds the assistant's turn opener: as asked, else unless the final
+    message is continued; both at once is a 400 (vLLM's rule)."""
+    if continue_final_message and add_generation_prompt:
+        raise InvalidRequestError("continue_final_message and add_generation_prompt cannot "
+                                  "both be true", "add_generation_prompt")
+    if add_generation_prompt is None:
+        return not continue_final_message
+    return add_generation_prompt
+
 
 class CompletionRequest(_SamplingRequest):
+    OPENAI_MAX_TOKENS = 16  # OpenAI's default for (legacy) completions
+
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = 16  # OpenAI's default for (legacy) completions
     logprobs: int | None = None
-    echo: bool = False
-    suffix: str | None = None
 
     def _logprobs(self) -> tuple[bool, int]:
         if self.logprobs is None:
@@ -154,10 +200,6 @@ class CompletionRequest(_SamplingRequest):
 
     def prompts(self) -> list[str] | list[list[int]]:
         """The batch of prompts: one string / id list per entry."""
-        if self.echo:
-            raise InvalidRequestError("echo is not supported", "echo")
-        if self.suffix:
-            raise InvalidRequestError("suffix is not supported", "suffix")
         p = self.prompt
         if isinstance(p, str):
             return [p]
@@ -177,8 +219,10 @@ class GenerateRequest(_Request):
     stream: bool = False
     cache_salt: str | None = None
 
-    def to_sampling_params(self) -> SamplingParams:
-        d = dict(self.sampling_params or {})
+    def to_sampling_params(self, defaults: Mapping[str, Any] | None = None) -> SamplingParams:
+        """The request's sampling_params over the model's defaults (null: the default)."""
+        given = {k: v for k, v in (self.sampling_params or {}).items() if v is not None}
+        d = {**(defaults or {}), **given}
         unknown = sorted(set(d) - set(SamplingParams.__dataclass_fields__))
         if unknown:
             raise InvalidRequestError(f"unknown sampling parameter(s): {', '.join(unknown)}",
@@ -201,16 +245,23 @@ def check_sampling(sp: SamplingParams, vocab_size: int, context_length: int) -> 
     """
     dataclasses.replace(sp, max_new_tokens=sp.max_new_tokens or context_length).validate(
         vocab_size)
-R = TypeVar("R", bound=BaseModel)
 
 
-def validation_error(exc: ValidationError) -> InvalidRequestError:
-    """The first pydantic error as an InvalidRequestError naming the top-level field."""
-    err = exc.errors()[0]
+R = TypeVar("R", bound=_Request)
+
+
+def validation_error(exc: ValidationError,
+                     model: type[_Request] | None = None) -> InvalidRequestError:
+    """A pydantic error as an InvalidRequestError naming the top-level field: the deepest one
+    (of a union's alternatives, the one that got furthest says most)."""
+    err = max(exc.errors(), key=lambda e: len(e.get("loc", ())))
     loc = [str(x) for x in err.get("loc", ())]
     if err["type"] == "json_invalid":
         return InvalidRequestError(f"malformed JSON body: {err['msg']}", None)
     where = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        reasons = model.UNSUPPORTED if model is not None and len(loc) == 1 else {}
+        return InvalidRequestError(unsupported_message(where, reasons), loc[0])
     return InvalidRequestError(f"{where}: {err['msg']}" if where else err["msg"],
                                loc[0] if loc else None)
 
@@ -219,7 +270,7 @@ def parse_request(model: type[R], body: bytes) -> R:
     try:
         return model.model_validate_json(body, strict=True)
     except ValidationError as exc:
-        raise validation_error(exc) from None
+        raise validation_error(exc, model) from None
 
 
 # ---------------------------------------------------------------- responses

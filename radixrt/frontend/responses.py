@@ -3,6 +3,7 @@ them; a shape only says what a choice, a stream chunk and a whole response look 
 
 from __future__ import annotations
 
+import json
 import time
 from abc import ABC, abstractmethod
 from typing import Any
@@ -29,6 +30,15 @@ from radixrt.ipc.messages import TextDelta
 from radixrt.sampling_params import SamplingParams
 
 
+def sse(data: str | BaseModel | dict[str, Any]) -> str:
+    """One server-sent event."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump_json()
+    elif isinstance(data, dict):
+        data = json.dumps(data)
+    return f"data: {data}\n\n"
+
+
 def json_response(model: BaseModel) -> Response:
     # pydantic writes -inf logprobs as null; json.dumps (JSONResponse) would refuse them.
     return Response(model.model_dump_json(), media_type="application/json")
@@ -42,9 +52,27 @@ class ResponseShape(ABC):
         self.api_id, self.model, self.sp = api_id, model, sp
         self.created = int(time.time())
 
-    def opening(self, indices: list[int]) -> list[Any]:
-        """Chunks a stream starts with, before any output."""
+    def opening(self, indices: list[int], usage: UsageInfo) -> list[Any]:
+        """Events a stream starts with, before any output (usage: the prompt's so far)."""
         return []
+
+    def stream_events(self, d: TextDelta, index: int) -> list[Any]:
+        """The events of one delta of choice `index`."""
+        if not self.worth_sending(d):
+            return []
+        return [self.chunk([self.choice(d, index, stream=True)])]
+
+    def closing(self, usage: UsageInfo, include_usage: bool) -> list[Any]:
+        """Events a stream ends with once every choice finished."""
+        return ([self.chunk([], usage)] if include_usage else []) + ["[DONE]"]
+
+    def stream_error(self, error: Any) -> Any:
+        """The last event of a stream that failed (error: an APIError)."""
+        return error.body()
+
+    def event(self, payload: Any) -> str:
+        """How an event goes on the wire."""
+        return sse(payload)
 
     def worth_sending(self, d: TextDelta) -> bool:
         """Streams skip deltas that carry nothing for the client (held-back text)."""
@@ -67,7 +95,7 @@ class ResponseShape(ABC):
 class ChatShape(ResponseShape):
     """/v1/chat/completions."""
 
-    def opening(self, indices: list[int]) -> list[Any]:
+    def opening(self, indices: list[int], usage: UsageInfo) -> list[Any]:
         return [self.chunk([ChatStreamChoice(index=i, finish_reason=None,
                                              delta=DeltaMessage(role="assistant", content=""))])
                 for i in indices]

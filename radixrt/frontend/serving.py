@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel
 
 from radixrt.config import ServerConfig
+from radixrt.frontend.anthropic import MessagesRequest, MessagesShape
+from radixrt.frontend.auth import tenant_of
 from radixrt.frontend.client import AsyncTokenizerClient, merge_deltas
 from radixrt.frontend.errors import APIError
 from radixrt.frontend.metrics import Metrics, RequestTimer
@@ -36,14 +35,6 @@ from radixrt.sampling_params import SamplingParams
 
 DISCONNECTED = "disconnected"  # queue sentinels, next to TextDeltas
 SHUTDOWN = "shutdown"
-
-
-def sse(data: str | BaseModel | dict[str, Any]) -> str:
-    if isinstance(data, BaseModel):
-        data = data.model_dump_json()
-    elif isinstance(data, dict):
-        data = json.dumps(data)
-    return f"data: {data}\n\n"
 
 
 @dataclass
@@ -114,7 +105,7 @@ class OpenAIServing:
             gen.queue.put_nowait(SHUTDOWN)
 
     def _sampling(self, body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
-        sp = body.to_sampling_params()
+        sp = body.to_sampling_params(self.info.sampling_defaults)
         check_sampling(sp, self.info.vocab_size, self.info.context_length)
         return sp
 
@@ -138,6 +129,10 @@ class OpenAIServing:
                            f"flight, limit {limit}); retry later.", "server_overloaded",
                            code="server_overloaded", headers={"Retry-After": "1"})
         assert self.client is not None
+        tenant = tenant_of(request)
+        if tenant is not None:  # --api-key-file: every key has its own cache namespace
+            for r in reqs:
+                r.cache_salt = tenant if r.cache_salt is None else f"{tenant}/{r.cache_salt}"
         gen = Generation([r.rid for r in reqs], per_prompt)
         for r in reqs:
             self.client.submit(r, gen.queue)
@@ -249,17 +244,17 @@ class OpenAIServing:
 
     async def _chunks(self, gen: Generation, shape: ResponseShape, include_usage: bool
                       ) -> AsyncIterator[str]:
-        for c in shape.opening([gen.index(r) for r in gen.rids]):
-            yield sse(c)
+        for c in shape.opening([gen.index(r) for r in gen.rids], gen.usage()):
+            yield shape.event(c)
         async for d in self._deltas(gen):
             if d.error is not None:
-                yield sse(APIError(500, d.error, "internal_error", d.error_param).body())
+                err = APIError(500, d.error, "internal_error", d.error_param)
+                yield shape.event(shape.stream_error(err))
                 return
-            if shape.worth_sending(d):
-                yield sse(shape.chunk([shape.choice(d, gen.index(d.rid), stream=True)]))
-        if include_usage:
-            yield sse(shape.chunk([], gen.usage()))
-        yield sse("[DONE]")
+            for c in shape.stream_events(d, gen.index(d.rid)):
+                yield shape.event(c)
+        for c in shape.closing(gen.usage(), include_usage):
+            yield shape.event(c)
 
     def _stream(self, gen: Generation, chunks: AsyncIterator[str]) -> StreamingResponse:
         async def body() -> AsyncIterator[str]:
@@ -278,11 +273,26 @@ class OpenAIServing:
         body = parse_request(ChatCompletionRequest, await request.body())
         shape = ChatShape(f"chatcmpl-{uuid.uuid4().hex}", self.check_model(body.model),
                           self._sampling(body))
+        return await self._chat(request, body, shape)
+
+    async def messages(self, request: Request) -> Response:
+        """Anthropic's Messages API: a chat completion in Anthropic's shape."""
+        body = parse_request(MessagesRequest, await request.body())
+        chat = body.to_chat()
+        shape = MessagesShape(f"msg_{uuid.uuid4().hex}", self.check_model(body.model),
+                              self._sampling(chat))
+        return await self._chat(request, chat, shape)
+
+    async def _chat(self, request: Request, body: ChatCompletionRequest,
+                    shape: ResponseShape) -> Response:
         messages = [m.to_dict() for m in body.messages]
+        add_generation_prompt = body.generation_prompt()
         reqs = [TokenizeReq(rid=f"{shape.api_id}-{i}", messages=messages,
                             sampling=self._choice_sampling(shape.sp, i), stream=body.stream,
                             cache_salt=body.cache_salt,
-                            chat_template_kwargs=body.chat_template_kwargs)
+                            chat_template_kwargs=body.chat_template_kwargs,
+                            add_generation_prompt=add_generation_prompt,
+                            continue_final_message=body.continue_final_message)
                 for i in range(body.n)]
         return await self._respond(request, reqs, body.n, shape, body.stream, body.include_usage)
 
@@ -304,7 +314,7 @@ class OpenAIServing:
         body = parse_request(GenerateRequest, await request.body())
         if (body.text is None) == (body.input_ids is None):
             raise APIError(400, "give exactly one of text, input_ids", param="text")
-        sp = body.to_sampling_params()
+        sp = body.to_sampling_params(self.info.sampling_defaults)
         check_sampling(sp, self.info.vocab_size, self.info.context_length)
         rid = f"gen-{uuid.uuid4().hex}-0"
         req = TokenizeReq(rid=rid, prompt=body.text, input_ids=body.input_ids, sampling=sp,

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from radixrt.models import fused
 from radixrt.models.config import ModelConfig, ModelLoadError
 
 
@@ -17,11 +18,22 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and fused.usable(x, self.weight):
+            return fused.rmsnorm(x, self.weight, self.eps)
         # Normalise in float32 as Hugging Face does, so low-precision runs stay faithful.
         dtype = x.dtype
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(dtype)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(residual + x), residual + x): the residual add fused with the norm after it.
+        May update `residual` in place."""
+        if x.dim() == 2 and fused.usable(x, residual, self.weight) and residual.is_contiguous():
+            return fused.rmsnorm(x, self.weight, self.eps, residual), residual
+        residual = residual + x
+        return self.forward(residual), residual
 
 
 def _rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -64,6 +76,12 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotated (q, k); on CPU with the fused kernels, q and k are rotated in place."""
+        if fused.usable(q, k) and self.cos.device.type == "cpu":
+            positions = positions.to(torch.int64).contiguous()
+            fused.rope_(q, positions, self.cos, self.sin)
+            fused.rope_(k, positions, self.cos, self.sin)
+            return q, k
         cos = self.cos[positions].unsqueeze(1)  # [T, 1, D/2]
         sin = self.sin[positions].unsqueeze(1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)

@@ -201,10 +201,15 @@ def quant_matmul(x: torch.Tensor, w: QuantWeight, path: str = "auto") -> torch.T
             wt = dequantize(w, slice(a, b), out=_scratch_tensor((b - a) * k).view(b - a, k))
             y[:, a:b] = x @ wt.T
         return y
+    return _small_matmul(x, w, KERNEL_PATHS[path])
+
+
+def _small_matmul(x: torch.Tensor, w: QuantWeight, code: int = 0) -> torch.Tensor:
+    """The packed-weight kernel on a contiguous fp32 [M, K] x (checked by the caller)."""
     ext = _ext()
+    (rows, k), n = x.shape, w.qs.shape[0]
     y = torch.empty(rows, n, dtype=torch.float32)
     threads = torch.get_num_threads()
-    code = KERNEL_PATHS[path]
     if w.bits == 4:
         ext.gemm_q4(x.data_ptr(), rows, k, w.qs.data_ptr(), w.d.data_ptr(),
                     w.m.data_ptr(), n, y.data_ptr(), threads, code)  # type: ignore[union-attr]
@@ -236,6 +241,10 @@ class QuantizedLinear(nn.Module):
         return QuantWeight(self.bits, self.qs, self.d, self.m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dim() == 2 and x.dtype == torch.float32 and self.bias is None
+                and _linear_path == "auto" and x.shape[0] <= SMALL_M and x.is_contiguous()
+                and x.shape[1] == self.in_features):
+            return _small_matmul(x, self.weight_q)  # decode: skip the reshapes and checks
         lead = x.shape[:-1]
         y = quant_matmul(x.reshape(-1, self.in_features).float(), self.weight_q, _linear_path)
         if self.bias is not None:

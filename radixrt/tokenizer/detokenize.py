@@ -63,8 +63,9 @@ class StopStringMatcher:
     never ends in a prefix of a stop string, so a match always starts in the pending tail.
     """
 
-    def __init__(self, stops: list[str]):
+    def __init__(self, stops: list[str], keep_stop: bool = False):
         self.stops = [s for s in stops if s]
+        self.keep_stop = keep_stop  # include_stop_str_in_output: the text ends with the stop
         self.pending = ""
 
     def feed(self, text: str, final: bool = False) -> tuple[str, str | None]:
@@ -78,7 +79,8 @@ class StopStringMatcher:
             if i >= 0 and (best is None or i < best[0]):
                 best = (i, s)
         if best is not None:
-            out, self.pending = self.pending[: best[0]], ""
+            end = best[0] + len(best[1]) if self.keep_stop else best[0]
+            out, self.pending = self.pending[:end], ""
             return out, best[1]
         hold = 0 if final else self._partial_match_len()
         cut = len(self.pending) - hold

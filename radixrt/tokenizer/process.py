@@ -19,6 +19,10 @@ from radixrt.ipc.dispatch import Dispatcher
 from radixrt.ipc.messages import (
     AbortReq,
     ChildReady,
+    DecodeDone,
+    DecodeReq,
+    EncodeDone,
+    EncodeReq,
     FlushCacheDone,
     FlushCacheReq,
     FrontendTokenizerMsg,
@@ -79,9 +83,21 @@ class TokenizerManager:
         sp = gen.sampling
         self.requests[req.rid] = RequestState(
             detok=IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens),
-            stops=StopStringMatcher(list(sp.stop)),
+            stops=StopStringMatcher(list(sp.stop), sp.include_stop_str_in_output),
         )
         return [gen], []
+
+    def handle_encode(self, req: EncodeReq) -> EncodeDone:
+        try:
+            return EncodeDone(req.rid, self.prompts.encode(req))
+        except InvalidRequestError as exc:
+            return EncodeDone(req.rid, error=str(exc), error_param=exc.param)
+
+    def handle_decode(self, req: DecodeReq) -> DecodeDone:
+        try:
+            return DecodeDone(req.rid, self.prompts.decode(req))
+        except InvalidRequestError as exc:
+            return DecodeDone(req.rid, error=str(exc), error_param=exc.param)
 
     def handle_abort(self, req: AbortReq) -> Outbox:
         state = self.requests.get(req.rid)
@@ -173,6 +189,8 @@ def run_tokenizer(endpoints: Endpoints, name: str, log_level: str, info: ModelIn
         # From the frontend.
         TokenizeReq: lambda m: send(manager.handle_tokenize(m)),
         AbortReq: lambda m: send(manager.handle_abort(m)),
+        EncodeReq: lambda m: to_frontend.put(manager.handle_encode(m)),
+        DecodeReq: lambda m: to_frontend.put(manager.handle_decode(m)),
         StatsReq: to_scheduler.put,
         FlushCacheReq: to_scheduler.put,
         # From the scheduler.

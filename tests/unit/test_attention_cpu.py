@@ -297,6 +297,11 @@ def test_config_resolves_backend_and_kv_dtype(tmp_path) -> None:  # type: ignore
     cfg = build_engine_config(str(tmp_path), device="cpu", dtype="float32",
                               kv_cache_dtype="bfloat16")
     assert cfg.kv_dtype == "bfloat16"
+    # auto with quantized weights on the cpu backend: bfloat16 KV; float32 weights stay exact.
+    assert cfg.replace(kv_cache_dtype="auto", quantization="int4").kv_dtype == "bfloat16"
+    assert cfg.replace(kv_cache_dtype="auto", quantization="int4",
+                       attention_backend="torch").kv_dtype == "float32"
+    assert cfg.replace(kv_cache_dtype="float32", quantization="int4").kv_dtype == "float32"
     with pytest.raises(ValueError, match="unknown KV cache dtype"):
         build_engine_config(str(tmp_path), device="cpu", kv_cache_dtype="int8")
     with pytest.raises(ValueError, match="flashinfer backend needs"):

@@ -100,7 +100,8 @@ def test_suite_against_a_peer(hf_server: ServerProcess, tmp_path: Path) -> None:
     """run_suite end to end (workloads, metrics, JSON, docs, figures) with the server as peer."""
     import json
 
-    from bench.run_suite import NOTES_BEGIN, NOTES_END, main
+    from bench.report import NOTES_BEGIN, NOTES_END
+    from bench.run_suite import main
 
     docs = tmp_path / "benchmarks.md"
     docs.write_text(f"old\n{NOTES_BEGIN}\nkept notes\n{NOTES_END}\n")

@@ -11,6 +11,9 @@ import pytest
 from bench.client import RequestRecord, RunResult, arrival_delays
 from bench.metrics import (
     markdown_table,
+    peer_checks,
+    peer_comparison,
+    peer_table,
     percentile,
     plot_summaries,
     round_table,
@@ -149,3 +152,64 @@ def test_tables_and_plots(tmp_path: Path) -> None:
     files = plot_summaries([s1, s2], tmp_path)
     assert [f.name for f in files] == ["throughput.png", "ttft_by_round.png"]
     assert all(f.stat().st_size > 1000 for f in files)
+
+
+def two_round_run(system_scale: float, cached: int, workload: str = "multi_turn") -> RunResult:
+    """Two clients x 2 rounds of 4 tokens each; every time scaled by system_scale."""
+    k = system_scale
+    records = [
+        RequestRecord(workload=workload, sid=sid, turn=turn, api="chat", send_time=k * t,
+                      chunk_times=[k * (t + f), k * (t + f + 0.1), k * (t + f + 0.2),
+                                   k * (t + f + 0.3)],
+                      end_time=k * (t + f + 0.3), prompt_tokens=100 * (turn + 1),
+                      completion_tokens=4, cached_tokens=0 if turn == 0 else cached)
+        for sid, f in (("a", 0.2), ("b", 0.4)) for turn, t in ((0, 0.0), (1, 1.0))]
+    return RunResult(workload=workload, records=records, duration=k * 2.0, started_at=0.0)
+
+
+def test_peer_comparison_and_targets() -> None:
+    """radixrt against llama-server from summaries the metrics code built: radixrt takes half
+    the time everywhere (2.0x throughput, TTFT 0.5x)."""
+    ours = [summarize(two_round_run(1.0, 190, wl), system="radixrt")
+            for wl in ("multi_turn", "unique")]
+    peer = [summarize(two_round_run(2.0, 100, wl), system="llamacpp")
+            for wl in ("multi_turn", "unique")]
+    rows = peer_comparison(ours + peer)
+    assert [r["workload"] for r in rows] == ["multi_turn", "unique"]
+    mt = rows[0]
+    assert mt["throughput"] == pytest.approx((8.0, 4.0)) and mt["throughput_ratio"] == 2.0
+    # Rounds 2+ only: TTFTs 0.2 / 0.4 s (ours), 0.4 / 0.8 s (peer) -> p50 300 vs 600 ms.
+    assert mt["ttft_scope"] == "rounds 2+"
+    assert mt["ttft_p50_ms"] == pytest.approx((300.0, 600.0)) and mt["ttft_ratio"] == 0.5
+    assert mt["cache_hit_rate"] == pytest.approx((380 / 600, 200 / 600))
+    assert mt["completion_tokens"] == (16, 16) and mt["prompt_tokens"] == (600, 600)
+    assert rows[1]["ttft_scope"] == "all"
+
+    checks = {(c["workload"], c["metric"]): c for c in target_checks(ours + peer)}
+    thr = checks[("multi_turn", "throughput radixrt / llamacpp")]
+    assert (thr["value"], thr["target"], thr["passed"]) == (2.0, ">= 2.0", True)
+    ttft = checks[("multi_turn", "TTFT p50 rounds 2+, radixrt / llamacpp")]
+    assert (ttft["value"], ttft["passed"]) == (0.5, False)  # needs <= 1/3
+    assert checks[("unique", "throughput radixrt / llamacpp")]["target"] == ">= 1.0"
+    assert ("unique", "TTFT p50 rounds 2+, radixrt / llamacpp") not in checks
+    assert all(checks[(wl, "completion tokens radixrt / llamacpp")]["passed"]
+               for wl in ("multi_turn", "unique"))
+
+    # One reply cut short (or one request failed) breaks token parity.
+    short = two_round_run(2.0, 100)
+    short.records[0].completion_tokens = 3
+    failed = two_round_run(2.0, 100)
+    failed.records[0].error = "HTTP 500"
+    for bad in (short, failed):
+        rows = peer_comparison([ours[0], summarize(bad, system="llamacpp")])
+        assert [c["passed"] for c in peer_checks(rows) if "completion" in c["metric"]] == [False]
+    # A slower radixrt misses the bar.
+    slow = peer_comparison([summarize(two_round_run(1.5, 190), system="radixrt"), peer[0]])
+    assert [c["passed"] for c in peer_checks(slow) if "throughput" in c["metric"]] == [False]
+
+    table = peer_table(peer_comparison(ours + peer))
+    lines = table.splitlines()
+    assert len(lines) == 4 and len({line.count("|") for line in lines}) == 1
+    assert "| multi_turn | 8.0 / 4.0 | **2.00x** | 300 / 600 (rounds 2+) | 0.50 |" in table
+    assert "63 % / 33 %" in table and "16 / 16" in table
+    assert peer_table([]) == ""

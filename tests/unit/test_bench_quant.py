@@ -28,9 +28,10 @@ def test_bench_decode_in_process_runs(make_tiny_model, tmp_path: Path) -> None: 
     out = tmp_path / "d.json"
     assert bench_decode.main(["--in-process", "--model", str(make_tiny_model("qwen2")),
                               "--contexts", "40", "--batch-sizes", "3", "--steps", "3",
-                              "--prefill-tokens", "20", "--quantizations", "none,int4",
-                              "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["case"] for r in rows] == ["none / float32", "int4 / float32"]
-    assert rows[1]["weights_mib"] < rows[0]["weights_mib"]
-    assert all(r["decode_ms"] > 0 and r["prefill_ms"] > 0 for r in rows)
+                              "--backends", "torch", "--quantizations", "none,int4",
+                              "--fused", "on,off", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["quantization"], r["fused"]) for r in rows] == [
+        ("none", True), ("none", False), ("int4", True), ("int4", False)]
+    assert rows[2]["weights_mib"] < rows[0]["weights_mib"]
+    assert all(r["step_ms"] > 0 and 0 < r["linear_ms"] < r["step_ms"] for r in rows)

@@ -147,3 +147,30 @@ def test_presets_are_complete() -> None:
     assert w.num_requests == 3
     with pytest.raises(ValueError):
         build_workloads(["nope"])
+
+
+def test_cpu_peer_preset_shapes(tok: Any) -> None:
+    """Issue 9's shapes against llama-server -np 4, measured with the real tokenizer."""
+    ws = {w.name: w for w in build_workloads(list(GENERATORS), "cpu-peer", 0, tok)}
+    assert all(w.max_concurrency == 4 for w in ws.values())  # one request per server slot
+    mt = ws["multi_turn"]
+    assert (len(mt.sessions), mt.num_requests, mt.request_rate) == (4, 16, None)
+    systems = {s.system for s in mt.sessions}
+    assert len(systems) == 4  # a system prompt of each client's own
+    assert all(s.system is not None and 670 <= count(tok, s.system) <= 680 for s in mt.sessions)
+    assert all(s.max_tokens == 32 and len(s.turns) == 4 for s in mt.sessions)
+    msgs = chat_messages(mt.sessions[0], 1, ["r0"])
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
+    r = ws["rag"]
+    assert r.num_requests == 20 and r.params["num_docs"] == 5
+    assert all(s.api == "chat" and s.max_tokens == 24 for s in r.sessions)
+    assert len({s.system for s in r.sessions}) == 1  # one system prompt for the app
+    assert 250 <= count(tok, r.sessions[0].system or "") <= 256
+    docs = {line for s in r.sessions for line in s.turns[0].splitlines()
+            if line.startswith("Document ")}
+    assert docs == {f"Document {d}:" for d in range(1, 6)}
+    assert all(s.turns[0].count("Document ") == 2 for s in r.sessions)
+    sp, un = ws["shared_prefix"], ws["unique"]
+    assert sp.num_requests == 24 and len({s.system for s in sp.sessions}) == 4
+    assert all(s.max_tokens == 32 for s in (*sp.sessions, *un.sessions))
+    assert un.num_requests == 16 and all(506 <= count(tok, s.turns[0]) <= 512 for s in un.sessions)

@@ -45,7 +45,7 @@ def test_chat_defaults_and_mapping() -> None:
     r = chat(max_tokens=7, temperature=0, top_p=0.5, stop="END", seed=3, n=2, top_k=5,
              min_p=0.1, repetition_penalty=1.1, min_tokens=2, stop_token_ids=[5],
              ignore_eos=True, skip_special_tokens=False, logit_bias={"17": -100},
-             logprobs=True, top_logprobs=3, cache_salt="s", user="u", unknown_field=1,
+             logprobs=True, top_logprobs=3, cache_salt="s", user="u",
              stream=True, stream_options={"include_usage": True})
     sp = r.to_sampling_params()
     assert (sp.max_new_tokens, sp.temperature, sp.top_p, sp.stop, sp.seed, sp.n) == (
@@ -110,7 +110,7 @@ def test_chat_type_errors(body: bytes, param: str | None) -> None:
     ({"temperature": -1}, "temperature"),
     ({"top_p": 0}, "top_p"),
     ({"top_p": 1.5}, "top_p"),
-    ({"top_k": 0}, "top_k"),
+    ({"top_k": -2}, "top_k"),
     ({"min_p": 2}, "min_p"),
     ({"presence_penalty": 3}, "presence_penalty"),
     ({"frequency_penalty": -3}, "frequency_penalty"),
@@ -170,3 +170,139 @@ def test_response_shapes() -> None:
     assert d["object"] == "chat.completion.chunk"
     assert d["choices"][0]["delta"] == {"content": "hi"}  # no "role": null
     assert d["choices"][0]["finish_reason"] is None
+
+
+# ---------------------------------------------------------------- every field works or is a 400
+
+
+def error_of(body: dict[str, Any], model: type = ChatCompletionRequest) -> InvalidRequestError:
+    with pytest.raises(InvalidRequestError) as info:
+        parse_request(model, json.dumps(body).encode())
+    return info.value
+
+
+@pytest.mark.parametrize("field, value", [
+    ("reasoning_effort", "low"), ("functions", [{"name": "f"}]), ("function_call", "auto"),
+    ("audio", {"voice": "x"}), ("modalities", ["text", "audio"]), ("prediction", {}),
+    ("web_search_options", {}), ("service_tier", "flex"), ("store", True),
+    ("metadata", {"a": "b"}), ("verbosity", "low"), ("moderation", True),
+])
+def test_unimplemented_chat_fields_are_400_naming_them(field: str, value: Any) -> None:
+    err = error_of({"messages": MSG, field: value})
+    assert err.param == field and f"{field} is not supported" in str(err)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("best_of", 3), ("echo", True), ("suffix", "tail"), ("store", True),
+])
+def test_unimplemented_completion_fields_are_400(field: str, value: Any) -> None:
+    err = error_of({"prompt": "x", field: value}, CompletionRequest)
+    assert err.param == field and "not supported" in str(err)
+
+
+def test_unknown_fields_are_400_naming_them() -> None:
+    err = error_of({"messages": MSG, "temprature": 0.5})
+    assert err.param == "temprature"
+    assert str(err) == "Unrecognized request argument supplied: temprature"
+    err = error_of({"messages": [{"role": "user", "content": "x", "colour": 1}]})
+    assert err.param == "messages" and "messages.0.colour" in str(err)
+    err = error_of({"messages": MSG, "stream_options": {"include_usage": True, "x": 1}})
+    assert err.param == "stream_options"
+    err = error_of({"text": "x", "bogus": 1}, GenerateRequest)
+    assert err.param == "bogus"
+
+
+def test_values_that_ask_for_what_the_server_does_are_accepted() -> None:
+    # user / safety_identifier: opaque ids for abuse monitoring; prompt_cache_key: a routing
+    # hint; store false, one service tier, text modality, best_of 1, echo false: the default.
+    r = chat(user="u", safety_identifier="s", prompt_cache_key="k", store=False,
+             service_tier="auto", modalities=["text"],
+             stream_options={"include_usage": True, "include_obfuscation": False})
+    assert r.include_usage
+    completion(prompt="x", best_of=1, echo=False, suffix="", store=False)
+    assert error_of({"messages": MSG, "store": 0}).param == "store"  # 0 is not false
+
+
+def test_null_means_default() -> None:
+    nulls = {k: None for k in ("n", "stream", "logprobs", "top_logprobs", "presence_penalty",
+                               "frequency_penalty", "repetition_penalty", "stop", "seed",
+                               "temperature", "top_p", "top_k", "min_p", "max_tokens",
+                               "stream_options", "logit_bias", "min_tokens", "ignore_eos",
+                               "user", "echo", "best_of", "suffix", "store", "metadata",
+                               "reasoning_effort", "skip_special_tokens")}
+    r = chat(**nulls)
+    assert (r.n, r.stream, r.logprobs) == (1, False, False)
+    assert r.to_sampling_params() == chat().to_sampling_params()
+    c = completion(prompt="x", **{**nulls, "logprobs": None})
+    assert c.to_sampling_params() == completion(prompt="x").to_sampling_params()
+    # A required field stays required.
+    assert error_of({"messages": None}).param == "messages"
+    g = parse_request(GenerateRequest, b'{"text": "x", "sampling_params": {"top_p": null}}')
+    assert g.to_sampling_params().top_p == 1.0
+
+
+@pytest.mark.parametrize("top_k", [0, -1])
+def test_top_k_zero_and_minus_one_mean_no_limit(top_k: int) -> None:
+    sp = chat(top_k=top_k).to_sampling_params()
+    assert sp.top_k == -1
+    check_sampling(sp, VOCAB, 2048)
+    g = parse_request(GenerateRequest, json.dumps(
+        {"text": "x", "sampling_params": {"top_k": top_k}}).encode())
+    assert g.to_sampling_params().top_k == -1
+
+
+def test_model_defaults_precedence() -> None:
+    model = {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "min_p": 0.05,
+             "repetition_penalty": 1.1, "max_new_tokens": 64}
+    sp = chat().to_sampling_params(model)  # nothing given: the model's
+    assert (sp.temperature, sp.top_p, sp.top_k, sp.min_p, sp.repetition_penalty,
+            sp.max_new_tokens) == (0.6, 0.9, 20, 0.05, 1.1, 64)
+    sp = chat(temperature=0, top_p=1, top_k=0, min_p=0, repetition_penalty=1,
+              max_tokens=5).to_sampling_params(model)  # the user's, even when "off"
+    assert (sp.temperature, sp.top_p, sp.top_k, sp.min_p, sp.repetition_penalty,
+            sp.max_new_tokens) == (0.0, 1.0, -1, 0.0, 1.0, 5)
+    sp = chat(temperature=None).to_sampling_params(model)  # null: the model's default
+    assert sp.temperature == 0.6
+    # Without model defaults: OpenAI's (completions: 16 tokens; chat: the rest of the context).
+    assert completion(prompt="x").to_sampling_params({}).max_new_tokens == 16
+    assert completion(prompt="x").to_sampling_params({"max_new_tokens": 64}).max_new_tokens == 64
+    g = parse_request(GenerateRequest, b'{"text": "x", "sampling_params": {"top_p": 0.5}}')
+    assert (g.to_sampling_params(model).top_p, g.to_sampling_params(model).temperature) == (
+        0.5, 0.6)
+
+
+def test_model_defaults_from_generation_config(tmp_path: Any) -> None:
+    from radixrt.model_info import ModelInfo
+
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 10}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({
+        "temperature": 0.7, "top_p": 0.8, "top_k": 40, "do_sample": True, "max_new_tokens": 32,
+        "eos_token_id": [2, 3], "repetition_penalty": "bad"}))
+    info = ModelInfo.from_dir(tmp_path)
+    assert info.sampling_defaults == {"temperature": 0.7, "top_p": 0.8, "top_k": 40,
+                                      "max_new_tokens": 32}
+
+
+def test_generation_prompt_and_continue_final_message() -> None:
+    assert chat().generation_prompt() is True
+    assert chat(continue_final_message=True).generation_prompt() is False
+    assert chat(add_generation_prompt=False).generation_prompt() is False
+    with pytest.raises(InvalidRequestError) as info:
+        chat(continue_final_message=True, add_generation_prompt=True).generation_prompt()
+    assert info.value.param == "add_generation_prompt"
+    assert chat(include_stop_str_in_output=True).to_sampling_params().include_stop_str_in_output
+
+
+def test_every_openai_client_field_is_handled() -> None:
+    """Each parameter of the official client's create() is a field, a known refusal, or one
+    of the structured-output fields (response_format, tools, ...) that another change adds."""
+    from openai.types import completion_create_params as legacy
+    from openai.types.chat import completion_create_params as chat_params
+
+    later = {"response_format", "tools", "tool_choice", "parallel_tool_calls"}
+    for params, model in ((chat_params.CompletionCreateParamsBase, ChatCompletionRequest),
+                          (legacy.CompletionCreateParamsBase, CompletionRequest)):
+        for name in params.__annotations__:
+            known = (name in model.model_fields or name in model.UNSUPPORTED
+                     or name in later)
+            assert known, name

@@ -162,15 +162,22 @@ def fp32_runs(default_model_dir: Path) -> list[tuple[list[int], list[int], torch
     return [(p, *decode(runner, slot, p, STEPS)) for slot, p in enumerate(prompts(default_model_dir))]
 
 
-@pytest.mark.parametrize("quantization", ["int4", "int8"])
+@pytest.mark.parametrize("quantization", ["int4", "int8", "served"])
 def test_greedy_agrees_with_float32(default_model_dir: Path, fp32_runs, quantization: str
                                     ) -> None:  # noqa: ANN001
     """Measured on this model: int4 (the GGUF's own weights, fp32 activations) differs
     from float32 by < 1e-3 in any decode logit and picks the same greedy tokens; int8
     (round-to-nearest from those weights: a second rounding) by up to ~1.2, with ~98% of
-    the greedy tokens the same."""
-    runner = ModelRunner(EngineConfig(model_path=str(default_model_dir), dtype="float32",
-                                      quantization=quantization, max_total_tokens=4096))
+    the greedy tokens the same. "served" is what the server runs by default on a CPU: int4,
+    the cpu attention kernels, a bfloat16 KV cache (its rounding moves logits by ~0.1)."""
+    cfg = EngineConfig(model_path=str(default_model_dir), dtype="float32",
+                       quantization=quantization, max_total_tokens=4096)
+    if quantization == "served":
+        cfg = build_engine_config(str(default_model_dir), device="cpu", dtype="float32",
+                                  max_total_tokens=4096)
+        assert (cfg.quantization, cfg.attention_backend, cfg.kv_dtype) == (
+            "int4", "cpu", "bfloat16")
+    runner = ModelRunner(cfg)
     agree = total = 0
     worst = 0.0
     for slot, (p, cont, want) in enumerate(fp32_runs):
@@ -178,8 +185,11 @@ def test_greedy_agrees_with_float32(default_model_dir: Path, fp32_runs, quantiza
         worst = max(worst, (got - want).abs().max().item())
         agree += int((got.argmax(-1) == want.argmax(-1)).sum())
         total += len(cont)
+    print(f"{quantization}: worst logit difference {worst:.4f}, {agree}/{total} greedy agree")
     if quantization == "int4":
         assert worst < 1e-3 and agree == total, (worst, agree, total)
+    elif quantization == "served":
+        assert worst < 0.5 and agree >= 0.9 * total, (worst, agree, total)
     else:
         assert worst < 3.0 and agree >= 0.9 * total, (worst, agree, total)
 

@@ -13,6 +13,10 @@ to the scheduler (abort, stats, flush) and their answers belong to both of the f
 
 from radixrt.ipc.messages.control import ChildFailed, ChildReady, ControlMsg, WorkerReady
 from radixrt.ipc.messages.frontend_tokenizer import (
+    DecodeDone,
+    DecodeReq,
+    EncodeDone,
+    EncodeReq,
     FrontendTokenizerMsg,
     TextDelta,
     TextDeltaBatch,
@@ -39,7 +43,9 @@ from radixrt.ipc.messages.tokenizer_scheduler import (
 )
 
 __all__ = [
-    "PENDING_TOKEN", "AbortReq", "ChildFailed", "ChildReady", "ControlMsg", "FlushCacheDone", "FlushCacheReq",
+    "PENDING_TOKEN", "AbortReq", "ChildFailed", "ChildReady", "ControlMsg", "DecodeDone",
+    "DecodeReq",
+    "EncodeDone", "EncodeReq", "FlushCacheDone", "FlushCacheReq",
     "ForwardBatch", "FrontendTokenizerMsg", "GenerateReq", "NewSlot", "SchedulerStats",
     "SchedulerWorkerMsg", "StatsReq", "StepResult", "TextDelta", "TextDeltaBatch",
     "TokenLogprob", "TokenOut", "TokenOutBatch", "TokenizeReq", "TokenizerSchedulerMsg",

@@ -23,6 +23,8 @@ class TokenizeReq(FrontendTokenizerMsg):
     stream: bool = False
     cache_salt: str | None = None
     chat_template_kwargs: dict | None = None
+    add_generation_prompt: bool = True  # end a chat prompt with the assistant's turn opener
+    continue_final_message: bool = False  # leave the final chat message open instead
 
 
 @dataclass
@@ -60,3 +62,44 @@ class TextDeltaBatch(FrontendTokenizerMsg):
     """Every delta of one scheduler step (or one refusal): one message, not one per request."""
 
     deltas: list[TextDelta]
+
+
+@dataclass
+class EncodeReq(FrontendTokenizerMsg):
+    """/tokenize: a prompt or chat messages to token ids, nothing generated."""
+
+    rid: str
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict | None = None
+
+
+@dataclass
+class EncodeDone(FrontendTokenizerMsg):
+    """The answer to an EncodeReq: the ids, or the refusal."""
+
+    rid: str
+    ids: list[int] = field(default_factory=list)
+    error: str | None = None
+    error_param: str | None = None
+
+
+@dataclass
+class DecodeReq(FrontendTokenizerMsg):
+    """/detokenize: token ids to text."""
+
+    rid: str
+    ids: list[int]
+
+
+@dataclass
+class DecodeDone(FrontendTokenizerMsg):
+    """The answer to a DecodeReq."""
+
+    rid: str
+    text: str = ""
+    error: str | None = None
+    error_param: str | None = None
