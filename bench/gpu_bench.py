@@ -8,7 +8,9 @@ Sections, in priority order (each skipped when the time budget would not cover i
                   memory-bandwidth limit: (weight bytes + KV bytes read per step) / step time
   4. prefix       a shared-prefix workload (one long system prompt, many questions) with the
                   radix cache on and off, through LocalEngine (or radixrt.Engine: --engine)
-  5. transformers the same weights and GPU through transformers' forward and generate
+  5. overlap      the same decode workload through radixrt.Engine (real processes) with
+                  overlap scheduling on and off: throughput and the exposed host time per step
+  6. transformers the same weights and GPU through transformers' forward and generate
 Results go to --out-json / --out-md after every section, so a timeout keeps what finished.
 
     python bench/gpu_bench.py --out-json r.json --out-md r.md         # on a CUDA machine
@@ -18,7 +20,6 @@ Results go to --out-json / --out-md after every section, so a timeout keeps what
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import json
 import math
@@ -199,18 +200,34 @@ class Pages:
             new_slots=new)
 
 
-def find_graph_runner(runner: Any) -> Any:
-    from radixrt.worker.cuda_graph import CudaGraphRunner
+# What gpu_check.sh must produce (dotted paths into the results JSON; `decode` is a list of
+# rows with `batch` and `step_ms`).
+REQUIRED_KEYS = ("model.params", "prefill.tokens_per_s", "prefill_transformers.tokens_per_s",
+                 "bandwidth.fraction_of_peak", "bandwidth.card_TBps",
+                 "overlap.exposed_host_ms_per_step", "decode")
 
-    return next((v for v in vars(runner).values() if isinstance(v, CudaGraphRunner)), None)
+
+def missing_keys(results: dict[str, Any]) -> list[str]:
+    """REQUIRED_KEYS absent (or None) in results."""
+    missing = []
+    for path in REQUIRED_KEYS:
+        node: Any = results
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None or (path == "decode" and not all("step_ms" in d for d in node)):
+            missing.append(path)
+    return missing
+
+
+def card_slug(device: str) -> str:
+    """A file-name form of the card's name: 'NVIDIA H200' -> 'h200'."""
+    words = [w for w in device.lower().replace("nvidia", "").split() if w]
+    return "_".join("".join(c for c in w if c.isalnum()) for w in words[:2]) or "unknown"
 
 
 def use_graphs(runner: Any, graphs: Any) -> None:
-    """Route runner.step's forward through graph_forward (graphs=None: eager), whether or not
-    ModelRunner has the graph hook integrated."""
-    from radixrt.worker.cuda_graph import graph_forward
-
-    runner.forward = functools.partial(graph_forward, runner, graphs)
+    """Decode steps through the runner's graph runner, or eagerly (graphs=None)."""
+    runner.graphs = graphs
 
 
 def timed_steps(runner: Any, make: Callable[[int], ForwardBatch], steps: int, warmup: int
@@ -301,7 +318,6 @@ class Bench:
         self.results["setup"]["weights_write_s"] = round(time.monotonic() - t, 1)
 
     def load_runner(self) -> None:
-        from radixrt.worker.cuda_graph import create_cuda_graph_runner
         from radixrt.worker.model_runner import ModelRunner
 
         a = self.args
@@ -325,13 +341,8 @@ class Bench:
         self.results["setup"]["runner_load_s"] = round(time.monotonic() - t, 1)
         self.results["setup"]["kv_pool_tokens"] = self.runner.num_pages * ps
         self.results["setup"]["attention_backend"] = cfg.attention_backend
-        self.graphs = find_graph_runner(self.runner)
-        if self.graphs is None and not a.no_graphs:
-            t = time.monotonic()
-            self.graphs = create_cuda_graph_runner(self.runner)
-            if self.graphs is not None:
-                self.results["setup"]["graph_capture_s"] = round(time.monotonic() - t, 1)
-        elif self.graphs is not None:
+        self.graphs = None if a.no_graphs else self.runner.graphs
+        if self.graphs is not None:
             self.results["setup"]["graph_capture_s"] = round(self.graphs.capture_seconds, 1)
         self.results["setup"]["graph_batch_sizes"] = (self.graphs.batch_sizes if self.graphs
                                                       else [])
@@ -418,6 +429,47 @@ class Bench:
         say(f"   bandwidth at bs={big['batch']}: {achieved / 1e12:.2f} TB/s"
             + (f" = {achieved / peak:.0%} of {peak / 1e12:.2f} TB/s" if peak else ""))
 
+    # -- 3b. fused ops, one by one
+    def fused_ops(self) -> None:
+        """Each FlashInfer fused op against its torch version at this model's shapes, for
+        a decode batch of 128 tokens (RADIXRT_FUSED_OPS toggles radixrt/models/fused_cuda.py)."""
+        from radixrt.models import fused_cuda as fused
+
+        f, dev, dt = self.fields, self.device, self.dtype
+        T, H, d = 128, f["hidden_size"], f["head_dim"]
+        x = torch.randn(T, H, dtype=dt, device=dev)
+        r = torch.randn(T, H, dtype=dt, device=dev)
+        w = torch.ones(H, dtype=dt, device=dev)
+        gu = torch.randn(T, 2 * f["intermediate_size"], dtype=dt, device=dev)
+        q = torch.randn(T, f["num_attention_heads"], d, dtype=dt, device=dev)
+        k = torch.randn(T, f["num_key_value_heads"], d, dtype=dt, device=dev)
+        pos = torch.randint(0, 4096, (T,), device=dev)
+        cos, sin = torch.rand(4096, d // 2, device=dev), torch.rand(4096, d // 2, device=dev)
+        cos_sin = torch.cat([cos, sin], -1)
+        ops = {"rms_norm": lambda: fused.rms_norm(x, w, 1e-5),
+               "add_rms_norm": lambda: fused.add_rms_norm(x.clone(), r.clone(), w, 1e-5),
+               "silu_and_mul": lambda: fused.silu_and_mul(gu),
+               "rope": lambda: fused.rope(pos, q, k, cos, sin, cos_sin)}
+        out: dict[str, Any] = {"tokens": T, "available": fused.flashinfer_for(dev) is not None}
+        for name, fn in ops.items():
+            row = {}
+            for mode in ("1", "0"):
+                os.environ[fused.ENV] = mode
+                for _ in range(3):
+                    fn()
+                sync(dev)
+                t = time.perf_counter()
+                for _ in range(50):
+                    fn()
+                sync(dev)
+                row["fused_us" if mode == "1" else "torch_us"] = round(
+                    (time.perf_counter() - t) / 50 * 1e6, 2)
+            os.environ[fused.ENV] = "1"
+            row["speedup"] = round(row["torch_us"] / max(row["fused_us"], 1e-9), 2)
+            out[name] = row
+            say(f"   {name}: fused {row['fused_us']} us, torch {row['torch_us']} us")
+        self.results["fused_ops"] = out
+
     # -- 4. shared prefix
     def shared_prefix(self) -> None:
         a = self.args
@@ -472,7 +524,38 @@ class Bench:
 
         return gen_local, lambda: None
 
-    # -- 5. transformers
+    # -- 5. overlap scheduling
+    def overlap(self) -> None:
+        """Overlap on vs off through radixrt.Engine (its own processes: the exposed host time
+        is the scheduler + IPC time the worker waits for). Engines alternate on, off, off, on."""
+        from bench.bench_overlap import run_round, summarize
+
+        a = self.args
+        self.free_runner()
+        rng = np.random.default_rng(5)
+        prompts = [rng.integers(3, self.vocab_ids, a.overlap_prompt).tolist()
+                   for _ in range(a.overlap_batch)]
+        options = {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
+                   "max_total_tokens": 2 * a.overlap_batch * (a.overlap_prompt + a.overlap_output
+                                                              + 32)}
+        rows: dict[bool, list[dict]] = {True: [], False: []}
+        for on in [(i % 4) in (0, 3) for i in range(2 * a.overlap_rounds)]:
+            r = run_round(str(self.model_dir), prompts, a.overlap_output, on, options)
+            rows[on].append(r)
+            say(f"   overlap {'on ' if on else 'off'}: {r['wall_s']:.2f} s, exposed "
+                f"{r['exposed_host_ms_per_step']:.3f} ms/step, worker "
+                f"{r['worker_ms_per_step']:.2f} ms/step")
+        on_s, off_s = summarize(rows[True]), summarize(rows[False])
+        same = all(r["output_ids"] == rows[True][0]["output_ids"]
+                   for r in rows[True] + rows[False])
+        self.results["overlap"] = {
+            "batch": a.overlap_batch, "prompt": a.overlap_prompt, "output": a.overlap_output,
+            "on": on_s, "off": off_s,
+            "exposed_host_ms_per_step": round(on_s["exposed_host_ms_per_step"], 4),
+            "exposed_host_ms_per_step_off": round(off_s["exposed_host_ms_per_step"], 4),
+            "speedup": round(off_s["wall_s"] / on_s["wall_s"], 3), "identical_outputs": same}
+
+    # -- 6. transformers
     def free_runner(self) -> None:
         self.runner = self.graphs = None
         self.pages = None  # type: ignore[assignment]
@@ -507,6 +590,9 @@ class Bench:
             sync(self.device)
             dt = (time.perf_counter() - t) / a.prefill_repeats
             res["prefill_tokens_per_s"] = round(a.prefill_batch * a.prefill_len / dt)
+            self.results["prefill_transformers"] = {
+                "batch": a.prefill_batch, "tokens_per_request": a.prefill_len,
+                "tokens_per_s": res["prefill_tokens_per_s"]}
             say(f"   transformers prefill: {res['prefill_tokens_per_s']:,} tok/s")
             res["decode"] = []
             for B in a.hf_decode_batches:
@@ -538,6 +624,7 @@ class Bench:
     # -- output
     def save(self) -> None:
         self.results["elapsed_s"] = round(time.monotonic() - self.t0, 1)
+        self.results["missing_keys"] = missing_keys(self.results)
         if self.args.out_json:
             Path(self.args.out_json).write_text(json.dumps(self.results, indent=2) + "\n")
         if self.args.out_md:
@@ -554,7 +641,10 @@ class Bench:
             return self.results
         self.section("prefill", 15 if big else 1, self.prefill)
         self.section("decode", 40 if big else 1, self.decode)
+        self.section("fused_ops", 10 if big else 1, self.fused_ops)
         self.section("shared_prefix", 45 if big else 1, self.shared_prefix)
+        if not a.skip_overlap:
+            self.section("overlap", 120 if big else 1, self.overlap)
         if not a.skip_transformers:
             self.section("transformers", 75 if big else 1, self.transformers)
         if not a.model_dir and not a.keep_weights:
@@ -618,6 +708,30 @@ def markdown(r: dict[str, Any]) -> str:
                          f"{v['requests_per_s']} | {v['output_tokens_per_s']} | "
                          f"{v['cached_prompt_tokens']} |")
         lines += ["", f"Speedup with the radix cache: {s['speedup']}x", ""]
+    if "fused_ops" in r:
+        fo = r["fused_ops"]
+        lines += ["## Fused ops (FlashInfer vs torch)", "",
+                  f"{fo['tokens']} tokens; FlashInfer available: {fo['available']}.", "",
+                  "| op | fused us | torch us | speedup |", "|---|---|---|---|"]
+        for name, v in fo.items():
+            if isinstance(v, dict):
+                lines.append(f"| {name} | {v['fused_us']} | {v['torch_us']} | {v['speedup']} |")
+        lines.append("")
+    if "overlap" in r:
+        o = r["overlap"]
+        lines += ["## Overlap scheduling (radixrt.Engine)", "",
+                  f"{o['batch']} requests x {o['prompt']} prompt tokens, {o['output']} new "
+                  "tokens each.", "",
+                  "| overlap | wall s | output tokens/s | worker ms/step | exposed host ms/step |",
+                  "|---|---|---|---|---|"]
+        for key in ("on", "off"):
+            v = o[key]
+            lines.append(f"| {key} | {v['wall_s']:.2f} | {v['output_tokens_per_s']:.1f} | "
+                         f"{v['worker_ms_per_step']:.2f} | {v['exposed_host_ms_per_step']:.3f} |")
+        lines += ["", f"Speedup with overlap: {o['speedup']}x; identical outputs: "
+                  f"{o['identical_outputs']}", ""]
+    if r.get("missing_keys"):
+        lines += [f"Missing result keys: {', '.join(r['missing_keys'])}", ""]
     if r["skipped"]:
         lines += [f"Skipped (time budget): {', '.join(r['skipped'])}", ""]
     if r["errors"]:
@@ -653,6 +767,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "runner) or radixrt.Engine (its own processes, loads the weights again)")
     ap.add_argument("--hf-decode-batches", type=ints, default=[1, 32])
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--skip-overlap", action="store_true")
+    ap.add_argument("--overlap-batch", type=int, default=32)
+    ap.add_argument("--overlap-prompt", type=int, default=256)
+    ap.add_argument("--overlap-output", type=int, default=64)
+    ap.add_argument("--overlap-rounds", type=int, default=1, help="rounds per mode")
     ap.add_argument("--no-graphs", action="store_true")
     ap.add_argument("--torch-attention", action="store_true")
     ap.add_argument("--out-json")

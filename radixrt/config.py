@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,15 @@ DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "int8", "int4")
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")  # auto: the model dtype
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "flashinfer")
+
+
+# Overlap scheduling's default on CPU, where the worker's forward shares the cores with the
+# scheduler: on only when the worker leaves a core free (--num-threads below the core count).
+# Measured (docs/benchmarks.md, "Overlap scheduling"): with every core in the worker's threads
+# overlap was slower (the scheduler and tokenizer preempt its threads); with one core left
+# free it was faster.
+def overlap_on_cpu(num_threads: int | None) -> bool:
+    return num_threads is not None and num_threads < (os.cpu_count() or 1)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -120,6 +130,9 @@ class EngineConfig:
     max_queued_requests: int = 1024
     schedule_policy: str = "lpm"  # lpm | fcfs
     context_length: int | None = None  # None: from the model config
+    # Overlap scheduling: build step N+1 while the worker runs step N. None: the device's
+    # default (on for CUDA; on CPU see overlap_on_cpu, chosen by measurement).
+    disable_overlap_schedule: bool | None = None
     # CUDA
     disable_cuda_graph: bool = False
     cuda_graph_max_bs: int = 128
@@ -130,6 +143,16 @@ class EngineConfig:
 
     def replace(self, **changes: object) -> EngineConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def overlap_schedule(self) -> bool:
+        # Tensor parallel: only rank 0 samples, so the other ranks could not resolve the
+        # pending tokens overlap sends; tp runs the simple loop.
+        if self.tp_size > 1:
+            return False
+        if self.disable_overlap_schedule is None:
+            return self.device.startswith("cuda") or overlap_on_cpu(self.num_threads)
+        return not self.disable_overlap_schedule
 
     @property
     def kv_dtype(self) -> str:

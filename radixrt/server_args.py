@@ -88,6 +88,15 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule-policy", default=None, choices=["lpm", "fcfs"],
                    help=f"admission order: lpm = longest cached prefix first, fcfs = arrival "
                         f"(default {d.schedule_policy})")
+    g.add_argument("--disable-overlap-schedule", dest="disable_overlap_schedule",
+                   action="store_const", const=True, default=None,
+                   help="schedule each step only after the previous one's tokens are back "
+                        "(the default on CPU unless --num-threads leaves a core free: with "
+                        "all cores in the worker, overlap measured slower)")
+    g.add_argument("--enable-overlap-schedule", dest="disable_overlap_schedule",
+                   action="store_const", const=False,
+                   help="build step N+1 while the worker runs step N, hiding scheduler and "
+                        "IPC time (the default on CUDA)")
 
     g = parser.add_argument_group("runtime")
     g.add_argument("--seed", type=int, default=None,

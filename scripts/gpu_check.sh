@@ -8,9 +8,13 @@
 #   3. pytest tests/gpu (but the tensor-parallel tests)
 #   3b. tensor parallel (tp 2 over NCCL): tests/gpu/test_tensor_parallel_gpu.py where the
 #      machine has several GPUs; skipped, and said so, where it has one
-#   4. bench/gpu_bench.py with the time that is left
+#   4. bench/gpu_bench.py with the time that is left (prefill, decode + bandwidth, shared
+#      prefix, overlap scheduling on/off, transformers), then the results JSON is also
+#      written as docs/gpu/<card>_results.json (and $OUT/<card>_results.json)
 # Writes to $OUT (or .gpu_cache/out): gpu_results.json, gpu_summary.md, pytest.log, bench.log,
 # jit.log, check.log. Whole run: GPU_CHECK_BUDGET_S (default 470 s, under 8 minutes).
+# GPU_CHECK_DRY_RUN=1: the plumbing only, on a CPU: no bundle, JIT or GPU tests; a tiny model
+# through every benchmark section (tests/unit/test_gpu_scripts.py runs it).
 #
 #   run: bash scripts/gpu_check.sh        (device tool: carry ["gpu_bundle"], timeout_s 540)
 set -uo pipefail
@@ -27,6 +31,36 @@ mkdir -p "$RES" "$CACHE"
 exec > >(tee -a "$RES/check.log") 2>&1
 elapsed() { echo $(( $(date +%s) - T0 )); }
 log() { echo "[gpu_check +$(elapsed)s] $*"; }
+
+DRY=${GPU_CHECK_DRY_RUN:-0}
+DOCS=${GPU_CHECK_DOCS_DIR:-$ROOT/docs/gpu}
+# Results JSON -> <card>_results.json in $RES and $DOCS (card from the JSON's device name).
+publish() {
+  [ -f "$RES/gpu_results.json" ] || return 0
+  card=$($PY -c "import json, sys; sys.path.insert(0, 'bench'); import gpu_bench as g; \
+print(g.card_slug(json.load(open('$RES/gpu_results.json'))['device']))")
+  mkdir -p "$DOCS"
+  cp "$RES/gpu_results.json" "$RES/${card}_results.json"
+  cp "$RES/gpu_results.json" "$DOCS/${card}_results.json"
+  log "results: $DOCS/${card}_results.json; missing keys: $($PY -c "import json; \
+print(json.load(open('$RES/gpu_results.json')).get('missing_keys'))")"
+}
+if [ "$DRY" = 1 ]; then
+  log "dry run (CPU plumbing check)"
+  $PY bench/gpu_bench.py --preset tiny --layers 1 --device cpu --budget-s 300 \
+    --decode-batches 1,2 --eager-batches "" --prefill-batch 2 --prefill-len 16 \
+    --prefill-repeats 1 --decode-context 16 --decode-steps 2 --prefix-requests 2 \
+    --prefix-len 32 --prefix-suffix 4 --prefix-new-tokens 2 --hf-decode-batches "" \
+    --overlap-batch 2 --overlap-prompt 8 --overlap-output 3 \
+    ${GPU_BENCH_TOKENIZER_DIR:+--tokenizer-dir "$GPU_BENCH_TOKENIZER_DIR"} \
+    --out-json "$RES/gpu_results.json" --out-md "$RES/gpu_summary.md" \
+    --tests-summary "dry run" > "$RES/bench.log" 2>&1
+  BENCH_RC=$?
+  grep "gpu_bench" "$RES/bench.log" | tail -30
+  log "bench: rc $BENCH_RC"
+  publish
+  exit $BENCH_RC
+fi
 
 if [ ! -f gpu_bundle/MANIFEST.json ]; then
   log "no gpu_bundle/: run scripts/prepare_gpu_bundle.sh on the CPU machine and carry it"
@@ -126,6 +160,7 @@ if [ $left -gt 60 ]; then
   BENCH_RC=$?
   grep "gpu_bench" "$RES/bench.log" | tail -30
   log "bench: rc $BENCH_RC"
+  publish
 else
   log "no time left for the benchmark ($left s)"
 fi

@@ -8,10 +8,13 @@ request's cached prefix plus the new tokens up to itself (causal).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from radixrt.attention.staging import Uploader, upload_each
 
 
 @dataclass
@@ -41,10 +44,20 @@ class AttentionMetadata:
 def build_metadata(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.ndarray,
                    page_size: int, device: torch.device | str = "cpu"
                    ) -> tuple[AttentionMetadata, torch.Tensor]:
-    """Metadata and flat positions of a batch from host arrays (copied to the device once).
+    """Metadata and flat positions of a batch from host arrays (copied to the device).
 
     page_rows [B, >= pages of the longest request]: each request's page ids.
     """
+    meta, positions, _ = build_step_inputs(start_pos, num_new, page_rows, page_size,
+                                           upload_each(device))
+    return meta, positions
+
+
+def build_step_inputs(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.ndarray,
+                      page_size: int, upload: Uploader, extra: Sequence[np.ndarray] = ()
+                      ) -> tuple[AttentionMetadata, torch.Tensor, list[torch.Tensor]]:
+    """build_metadata, with every array of the step (its own and `extra`, e.g. token ids)
+    going to the device through one `upload` call (radixrt/attention/staging.py)."""
     ps = page_size
     num_new = np.asarray(num_new, dtype=np.int64)
     start = np.asarray(start_pos, dtype=np.int64)
@@ -57,27 +70,46 @@ def build_metadata(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.nda
     n_pages = int(-(-seq_lens.max() // ps)) if len(seq_lens) else 0
     table = np.asarray(page_rows)[:, :n_pages]
     out_slots = table[req_of_tok, positions // ps].astype(np.int64) * ps + positions % ps
+    i32 = np.int32
+    t_start, t_new, t_seq, t_cu, t_table, t_slots, t_pos, *t_extra = upload([
+        start.astype(i32), num_new.astype(i32), seq_lens.astype(i32), cu.astype(i32),
+        np.ascontiguousarray(table, dtype=i32), out_slots, positions, *extra])
     meta = AttentionMetadata(
-        batch_size=len(num_new),
-        start_pos=torch.from_numpy(start.astype(np.int32)).to(device),
-        num_new=torch.from_numpy(num_new.astype(np.int32)).to(device),
-        seq_lens=torch.from_numpy(seq_lens.astype(np.int32)).to(device),
-        cu_new=torch.from_numpy(cu.astype(np.int32)).to(device),
-        page_table=torch.from_numpy(np.ascontiguousarray(table, dtype=np.int32)).to(device),
-        out_slots=torch.from_numpy(out_slots).to(device),
-        page_size=ps,
+        batch_size=len(num_new), start_pos=t_start, num_new=t_new, seq_lens=t_seq,
+        cu_new=t_cu, page_table=t_table, out_slots=t_slots, page_size=ps,
         start_pos_host=start.tolist(),
         num_new_host=num_new.tolist(),
         is_decode=bool(len(num_new)) and int(num_new.max()) == 1,
         max_seq_len=int(seq_lens.max()) if len(seq_lens) else 0,
     )
-    return meta, torch.from_numpy(positions).to(device)
+    return meta, t_pos, t_extra
 
 
 class AttentionBackend(ABC):
     """Attention over the paged KV pool: `plan(meta)` once per step (host-side work, e.g. index
     tensors or kernel plans), then `forward(q, k, v, layer_id)` per layer, which also writes the
-    step's new K/V into the pool."""
+    step's new K/V into the pool.
+
+    Graph hooks (the model runner's one graph runner serves any backend through them): a
+    backend whose forward is capturable once planned sets `supports_cuda_graph`, sizes its
+    fixed buffers in `init_capture`, and plans a batch of a captured size into them in
+    `prepare_for_capture` / `prepare_for_replay`. The metadata passed there is already padded
+    to the captured size and its `out_slots` is the graph runner's static buffer. The defaults
+    just plan, which is what an eager replay (tests, CPU) needs.
+    """
+
+    supports_cuda_graph = False
+
+    def init_capture(self, max_batch_size: int, max_pages_per_req: int) -> None:  # noqa: B027
+        """Allocate whatever fixed buffers captured decode batches up to max_batch_size read."""
+
+    def prepare_for_capture(self, meta: AttentionMetadata) -> None:
+        """Plan a (padded, dummy) decode batch of a size about to be captured."""
+        self.plan(meta)
+
+    def prepare_for_replay(self, meta: AttentionMetadata) -> None:
+        """Plan a real decode batch, padded to a captured size, into that size's buffers."""
+        self.plan(meta)
 
     @abstractmethod
     def plan(self, meta: AttentionMetadata) -> None:

@@ -128,6 +128,44 @@ class FlashInferAttentionBackend(AttentionBackend):
             self.workspace, "NHD", backend=backend)
         self.meta: AttentionMetadata | None = None
         self._wrapper: Any = None
+        # Graph mode (init_capture): one decode wrapper per captured size over fixed buffers.
+        self._graph_bufs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._graph_wrappers: dict[int, Any] = {}
+
+    supports_cuda_graph = True
+
+    def init_capture(self, max_batch_size: int, max_pages_per_req: int) -> None:
+        dev, B = self.pool.device, max_batch_size
+        self._graph_bufs = (
+            torch.arange(B + 1, dtype=torch.int32, device=dev),  # kv_indptr
+            torch.full((B * max_pages_per_req,), self.pool.scratch_page, dtype=torch.int32,
+                       device=dev),  # kv_indices
+            torch.ones(B, dtype=torch.int32, device=dev))  # kv_last_page_len
+        self._graph_wrappers = {}
+
+    def _graph_wrapper(self, bs: int) -> Any:
+        if bs not in self._graph_wrappers:
+            assert self._graph_bufs is not None, "init_capture() must run first"
+            indptr, indices, last = self._graph_bufs
+            self._graph_wrappers[bs] = self.fi.BatchDecodeWithPagedKVCacheWrapper(
+                self.workspace, "NHD", use_cuda_graph=True,
+                use_tensor_cores=self.use_tensor_cores, paged_kv_indptr_buffer=indptr[: bs + 1],
+                paged_kv_indices_buffer=indices, paged_kv_last_page_len_buffer=last[:bs])
+        return self._graph_wrappers[bs]
+
+    def prepare_for_capture(self, meta: AttentionMetadata) -> None:
+        self.prepare_for_replay(meta)
+
+    def prepare_for_replay(self, meta: AttentionMetadata) -> None:
+        """Plan into the fixed buffers of the wrapper of size meta.batch_size, which the
+        captured kernels read."""
+        self.meta = meta
+        inputs = build_paged_kv_inputs(meta)
+        wrapper = self._graph_wrapper(meta.batch_size)
+        wrapper.plan(inputs.kv_indptr, inputs.kv_indices, inputs.kv_last_page_len,
+                     self.num_qo_heads, self.num_kv_heads, self.head_dim, meta.page_size,
+                     **self.plan_kwargs())
+        self._wrapper = wrapper
 
     def plan_kwargs(self) -> dict[str, Any]:
         return {"q_data_type": self.dtype, "kv_data_type": self.dtype, "sm_scale": self.sm_scale}

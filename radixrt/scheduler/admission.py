@@ -59,6 +59,8 @@ class Admission:
         for r in ordered:
             if budget <= 0 or not self.slots.available:
                 break
+            if r.num_pending:  # retracted while its last token was being sampled
+                continue
             match = self.kv.match(r)
             if self._wait_for_sibling(r, match.num_tokens, admitted):
                 continue

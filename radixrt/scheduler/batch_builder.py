@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from radixrt.ipc.messages import ForwardBatch, NewSlot
+from radixrt.ipc.messages import PENDING_TOKEN, ForwardBatch, NewSlot
 from radixrt.scheduler.request import Chunk
 
 _NO_IDS = np.zeros(0, np.int32)
+_PENDING = np.full(1, PENDING_TOKEN, np.int32)
 
 
 def build_batch(step: int, chunks: list[Chunk], eos_ids: tuple[int, ...],
@@ -15,7 +16,9 @@ def build_batch(step: int, chunks: list[Chunk], eos_ids: tuple[int, ...],
     """A ForwardBatch sized by what changed: each request's new tokens, the page-table rows
     that went stale (`dirty_from` on), and the sampling state of newly registered slots.
 
-    A decode sends its last output token only; a prefill chunk its slice of fill_ids.
+    A decode sends its last output token only; a prefill chunk its slice of fill_ids. A
+    decode whose input is still being sampled by the step in flight (overlap scheduling) sends
+    PENDING_TOKEN: the worker puts in the token it sampled last for that slot.
     """
     B = len(chunks)
     slots = np.empty(B, np.int32)
@@ -27,7 +30,9 @@ def build_batch(step: int, chunks: list[Chunk], eos_ids: tuple[int, ...],
     for i, (r, n) in enumerate(chunks):
         slots[i], start[i], num_new[i] = r.slot, r.num_computed, n
         sample[i] = r.num_computed + n == r.fill_len
-        if n == 1 and r.output_ids and r.num_computed == r.fill_len - 1:
+        if r.num_computed == r.known_len:
+            ids.append(_PENDING)
+        elif n == 1 and r.output_ids and r.num_computed == r.known_len - 1:
             ids.append(np.asarray(r.output_ids[-1:], np.int32))
         else:
             ids.append(r.fill_ids(r.num_computed + n)[r.num_computed :])

@@ -81,7 +81,7 @@ class KVManager:
         """After a prefill chunk: r's full computed pages go into the cache, so that requests
         admitted later reuse them before r finishes."""
         ps = self.page_size
-        n_full = r.num_computed // ps * ps
+        n_full = r.cacheable_len // ps * ps
         if n_full <= r.cached_len:
             return
         shared, duplicates = self.cache.share_prefix(r.key(n_full), r.pages, r.node,
@@ -95,7 +95,7 @@ class KVManager:
     def release(self, r: Request) -> None:
         """r stops running (finish, abort, retraction): its computed pages go into the cache,
         the rest back to the allocator, and its lock is dropped."""
-        n_full = r.num_computed // self.page_size * self.page_size
+        n_full = max(r.cacheable_len, r.cached_len) // self.page_size * self.page_size
         self.allocator.free(self.cache.release(r.key(n_full), r.pages, r.node, r.cached_len))
         r.node, r.pages, r.cached_len = None, _NO_PAGES, 0
         r.num_computed, r.dirty_from = 0, 0

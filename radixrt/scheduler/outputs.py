@@ -28,7 +28,7 @@ def finish_reason(r: Request, tok: int, eos_ids: tuple[int, ...], context_length
     if len(r.output_ids) >= s.min_new_tokens:
         if (not s.ignore_eos and tok in eos_ids) or tok in s.stop_token_ids:
             return "stop", tok
-    if len(r.output_ids) >= s.max_new_tokens or r.fill_len >= context_length:
+    if len(r.output_ids) >= s.max_new_tokens or r.known_len >= context_length:
         return "length", None
     return None
 

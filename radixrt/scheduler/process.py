@@ -14,6 +14,7 @@ from radixrt.ipc.messages import (
     ChildReady,
     FlushCacheDone,
     FlushCacheReq,
+    ForwardBatch,
     GenerateReq,
     PingReq,
     Pong,
@@ -27,6 +28,7 @@ from radixrt.ipc.sockets import Endpoints, PullQueue, PushQueue
 from radixrt.log import setup_logging
 from radixrt.model_info import ModelInfo
 from radixrt.process_group import report
+from radixrt.scheduler.pipeline import StepPipeline
 from radixrt.scheduler.scheduler import Scheduler
 
 logger = logging.getLogger("radixrt")
@@ -57,6 +59,8 @@ class SchedulerLoop:
         self.poller = zmq.Poller()
         self.poller.register(self.inbox.sock, zmq.POLLIN)
         self.poller.register(self.from_worker.sock, zmq.POLLIN)
+        self.pipeline = StepPipeline(self.sched, config.overlap_schedule, self._send,
+                                     self._receive)
         s = self.sched
         self.handle = Dispatcher("scheduler", {
             GenerateReq: s.add_request,
@@ -74,8 +78,17 @@ class SchedulerLoop:
         self.to_tokenizer.put(FlushCacheDone(freed, flushed=False,
                                              running=len(self.sched.running)))
 
+    def _send(self, batch: ForwardBatch) -> None:
+        for w in self.workers:
+            w.put(batch)
+
+    def _receive(self) -> StepResult:
+        result = self._await_result()
+        assert isinstance(result, StepResult)
+        return result
+
     def _flush_when_idle(self) -> None:
-        if self.flush_pending and not self.sched.running:
+        if self.flush_pending and not self.sched.running and not self.sched.steps_in_flight:
             freed = self.sched.flush_cache()
             for _ in range(self.flush_pending):
                 self.to_tokenizer.put(FlushCacheDone(freed))
@@ -97,21 +110,11 @@ class SchedulerLoop:
             for msg in held + self.inbox.drain():
                 self.handle(msg)
             self._flush_when_idle()
-            batch = s.schedule()
-            if batch is None:
-                out = s.collect_outputs()
-                if s.waiting and not s.running:
-                    # Nothing runnable right now: wait for news instead of spinning.
-                    if (msg := self._poll(5)) is not None:
-                        self.handle(msg)
-            else:
-                t0 = time.perf_counter()
-                for w in self.workers:
-                    w.put(batch)
-                result = self._await_result()
-                assert isinstance(result, StepResult) and result.step == batch.step
-                s.stats.ipc_seconds += time.perf_counter() - t0 - result.forward_seconds
-                out = s.process_result(result)
+            out = self.pipeline.step()
+            if s.waiting and not s.running and not s.steps_in_flight:
+                # Nothing runnable right now: wait for news instead of spinning.
+                if (msg := self._poll(5)) is not None:
+                    self.handle(msg)
             if out.outs:
                 self.to_tokenizer.put(out)
 

@@ -26,9 +26,12 @@ class ReqState(Enum):
 class Request:
     """One generation request in the scheduler.
 
-    Tokens [0, num_computed) of fill_ids (prompt + output so far) have KV in `pages`; the first
-    `cached_len` of them are shared with the prefix cache through `node`, which the request
-    keeps locked while it runs. Step outputs accumulate in `new_*` until the next TokenOut.
+    Tokens [0, num_computed) of fill_ids (prompt + output so far) have KV in `pages` (or get
+    it from a step in flight); the first `cached_len` of them are shared with the prefix cache
+    through `node`, which the request keeps locked while it runs. `num_pending` tokens have been
+    sampled by steps in flight whose results are not back yet (overlap scheduling): they count
+    in fill_len, but their ids are unknown, so fill_ids stops at known_len. Step outputs
+    accumulate in `new_*` until the next TokenOut.
     """
 
     rid: str
@@ -38,6 +41,7 @@ class Request:
     arrival: float = field(default_factory=time.monotonic)
     state: ReqState = ReqState.WAITING
     output_ids: list[int] = field(default_factory=list)
+    num_pending: int = 0  # tokens sampled by steps in flight, ids not back yet
     # KV state, meaningful while RUNNING.
     slot: int = -1
     pages: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
@@ -57,9 +61,22 @@ class Request:
     new_top: list[list[tuple[int, float]]] = field(default_factory=list)
 
     @property
-    def fill_len(self) -> int:
-        """Tokens whose KV the request needs: prompt + output (the last one's KV is next)."""
+    def known_len(self) -> int:
+        """Tokens whose ids the scheduler knows: prompt + output so far."""
         return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def fill_len(self) -> int:
+        """Tokens whose KV the request needs: prompt + output, pending ones included (the last
+        one's KV is next)."""
+        return len(self.prompt_ids) + len(self.output_ids) + self.num_pending
+
+    @property
+    def cacheable_len(self) -> int:
+        """Computed tokens the prefix cache may take: known ids only, and never the last known
+        token, whose KV only an extra overlapped step computes (so overlap on and off cache
+        the same tokens)."""
+        return min(self.num_computed, self.known_len - 1)
 
     def fill_ids(self, end: int | None = None) -> np.ndarray:
         if not self.output_ids:
@@ -88,7 +105,7 @@ class Request:
         return self.state is ReqState.FINISHED
 
     def max_new_left(self) -> int:
-        return self.sampling.max_new_tokens - len(self.output_ids)
+        return self.sampling.max_new_tokens - len(self.output_ids) - self.num_pending
 
 
 class Chunk(NamedTuple):

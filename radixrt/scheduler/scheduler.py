@@ -8,12 +8,19 @@ decode is a chunk of one token, a prefill is split into chunks under the step's 
 The parts: admission.py (who joins), retraction.py (who leaves when pages run out),
 kv_manager.py (pages and the prefix cache), batch_builder.py (the ForwardBatch) and
 outputs.py (sampled tokens in, TokenOut records out).
+
+Overlap scheduling: `schedule` may run again before the last step's `process_result`. A chunk
+advances `num_computed` when it is scheduled, and a sampling chunk adds a pending token
+(Request.num_pending) that the next step feeds as a placeholder the worker resolves on its
+side; `process_result` takes results in step order and fills the pending tokens in. A request
+that finishes at step N may already be in step N+1: that extra token is dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 
 import numpy as np
 
@@ -74,7 +81,7 @@ class Scheduler:
         self.finished: list[Request] = []  # finished since the last TokenOutBatch
         self.step_id = 0
         self._batch: list[Chunk] = []  # being built by schedule()
-        self._inflight: list[Chunk] = []  # sent to the worker
+        self._inflight: deque[tuple[int, list[Chunk]]] = deque()  # (step, chunks) sent
 
     @property
     def cache(self) -> PrefixCache:
@@ -86,7 +93,12 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.finished)
+        return bool(self.waiting or self.running or self.finished or self._inflight)
+
+    @property
+    def steps_in_flight(self) -> int:
+        """Steps scheduled whose results have not been processed yet."""
+        return len(self._inflight)
 
     # ------------------------------------------------------------------ inputs
     def add_request(self, req: GenerateReq) -> None:
@@ -162,7 +174,11 @@ class Scheduler:
         if self._batch:
             self.step_id += 1
             batch = build_batch(self.step_id, self._batch, self.eos_ids, self.slots.take_freed())
-            self._inflight = list(self._batch)
+            for r, n in self._batch:
+                r.num_computed += n
+                if r.num_computed == r.fill_len:  # samples: its token is pending until back
+                    r.num_pending += 1
+            self._inflight.append((self.step_id, self._batch))
         self.stats.tick_seconds += time.perf_counter() - t0
         return batch
 
@@ -172,6 +188,8 @@ class Scheduler:
         for r in sorted(self.running, key=lambda r: not r.is_decoding):
             if not r.running:  # retracted while making room for an earlier one
                 continue
+            if r.is_decoding and self._ends_pending(r):
+                continue  # finishes when its pending token comes back: no step to waste
             n = 1 if r.is_decoding else min(r.remaining, max(budget, 0))
             if n <= 0:
                 continue
@@ -187,24 +205,33 @@ class Scheduler:
             budget -= n
         return budget
 
+    def _ends_pending(self, r: Request) -> bool:
+        """r has a token pending that surely ends it by length (max_new_tokens or context)."""
+        return r.num_pending > 0 and (r.max_new_left() <= 0
+                                      or r.fill_len >= self.context_length)
+
     def process_result(self, result: StepResult) -> TokenOutBatch:
-        """Take the worker's sampled tokens: advance, finish and free requests."""
+        """Take the worker's sampled tokens of the oldest step in flight: advance, finish and
+        free requests."""
         t0 = time.perf_counter()
-        chunks, self._inflight, self._batch = self._inflight, [], []
+        step, chunks = self._inflight.popleft()
+        assert result.step == step, f"result of step {result.step}, expected {step}"
         self.stats.steps += 1
         self.stats.forward_seconds += result.forward_seconds
         for i, (r, n) in enumerate(chunks):
-            if not r.running:
-                continue  # aborted while the step ran
-            r.num_computed += n
+            # A running request takes its token; so does one retracted while this step ran
+            # (its token is real). A finished one (aborted, or ended one step earlier) drops it.
+            if r.finished or (not r.running and r.num_pending == 0):
+                continue
             if result.next_ids[i] >= 0:
+                r.num_pending -= 1
                 tok = take_token(r, i, result)
                 self.stats.generated_tokens += 1
                 end = finish_reason(r, tok, self.eos_ids, self.context_length)
                 if end is not None:
                     self._finish(r, *end)
                     continue
-            if n > 1:  # a prefill chunk: its pages can serve other requests already
+            if n > 1 and r.running:  # a prefill chunk: its pages can serve others already
                 self.kv.share_computed(r)
         self.admission.on_step(self.running)
         out = self.collect_outputs([c.req for c in chunks])

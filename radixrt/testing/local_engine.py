@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -9,7 +10,9 @@ from radixrt.config import EngineConfig
 from radixrt.ipc.messages import GenerateReq, TokenOutBatch
 from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import SamplingParams
+from radixrt.scheduler.pipeline import StepPipeline
 from radixrt.scheduler.scheduler import Scheduler
+from radixrt.worker.launched import LaunchedStep
 from radixrt.worker.model_runner import ModelRunner
 
 
@@ -27,14 +30,22 @@ class LocalOutput:
 
 class LocalEngine:
     """A Scheduler feeding a ModelRunner directly. `runner` may be shared between engines (its
-    pool must be at least `num_pages`, which defaults to the runner's)."""
+    pool must be at least `num_pages`, which defaults to the runner's). `overlap` (default:
+    the config's) schedules step N+1 before step N's result is processed, as the scheduler
+    process does."""
 
     def __init__(self, config: EngineConfig, runner: ModelRunner | None = None,
-                 num_pages: int | None = None) -> None:
+                 num_pages: int | None = None, overlap: bool | None = None) -> None:
         self.runner = runner or ModelRunner(config)
         self.scheduler = Scheduler(config, ModelInfo.load(config),
                                    num_pages or self.runner.num_pages)
         self.outputs: dict[str, LocalOutput] = {}
+        self.overlap = config.overlap_schedule if overlap is None else overlap
+        self._launched: deque[LaunchedStep] = deque()
+        self.pipeline = StepPipeline(
+            self.scheduler, self.overlap,
+            lambda batch: self._launched.append(self.runner.launch(batch)),
+            lambda: self._launched.popleft().result())
 
     def add(self, rid: str, input_ids: list[int], sampling: SamplingParams | dict | None = None,
             cache_salt: str | None = None) -> None:
@@ -43,9 +54,7 @@ class LocalEngine:
                                                SamplingParams.from_dict(sampling), cache_salt))
 
     def step(self) -> TokenOutBatch:
-        batch = self.scheduler.schedule()
-        out = (self.scheduler.collect_outputs() if batch is None
-               else self.scheduler.process_result(self.runner.step(batch)))
+        out = self.pipeline.step()
         self.record(out)
         return out
 

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import torch
 
-from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_metadata
+from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_step_inputs
+from radixrt.attention.staging import Staging
 from radixrt.config import EngineConfig, torch_dtype
 from radixrt.ipc.messages import ForwardBatch, StepResult
 from radixrt.kvcache.pool import KVPool, KVPoolShape
@@ -16,6 +17,8 @@ from radixrt.model_info import resolve_context_length
 from radixrt.models.config import ModelConfig, shard_config
 from radixrt.models.loader import load_model
 from radixrt.models.parallel import TensorParallel
+from radixrt.worker.graph_runner import GraphRunner, create_graph_runner
+from radixrt.worker.launched import LaunchedStep
 from radixrt.worker.sampler import Sampler
 
 logger = logging.getLogger("radixrt")
@@ -112,14 +115,15 @@ class ModelRunner:
         self.attn = make_attention_backend(config, self.pool, m)
         # Only rank 0 samples (see radixrt/models/parallel.py for why that keeps ranks in step).
         self.sampler = Sampler(m.vocab_size, self.device, config.seed) if tp.rank == 0 else None
+        # The token each slot sampled last, on the device: resolves PENDING_TOKEN inputs.
+        self.last_token = torch.zeros(max_slots(config), dtype=torch.long, device=self.device)
+        self.staging = Staging(self.device)  # one host-to-device copy per step
         logger.info("KV pool: %d pages x %d tokens, %s (%.2f GiB); %s attention", num_pages,
                     self.page_size, config.kv_dtype,
                     self.pool.shape.bytes_per_page(self.kv_dtype) * num_pages / 2**30,
                     config.attention_backend)
-        # CUDA graphs for decode (None on CPU, with torch attention, or --disable-cuda-graph).
-        from radixrt.worker.cuda_graph import create_cuda_graph_runner
-
-        self.cuda_graph = create_cuda_graph_runner(self)
+        # Decode graphs (None on CPU, without a capturable backend, or --disable-cuda-graph).
+        self.graphs: GraphRunner | None = create_graph_runner(self)
 
     @property
     def num_pages(self) -> int:
@@ -140,42 +144,46 @@ class ModelRunner:
             start += n
 
     def build_metadata(self, batch: ForwardBatch) -> tuple[AttentionMetadata, torch.Tensor]:
-        """Attention metadata and flat positions of one batch (host arrays -> device once)."""
-        return build_metadata(batch.start_pos, batch.num_new, self.page_table[batch.slots],
-                              self.page_size, self.device)
+        """Attention metadata and flat positions of one batch."""
+        meta, positions, _ = self.step_inputs(batch)
+        return meta, positions
+
+    def step_inputs(self, batch: ForwardBatch
+                    ) -> tuple[AttentionMetadata, torch.Tensor, list[torch.Tensor]]:
+        """Metadata, positions, logits rows, token ids and (when the batch has PENDING_TOKEN
+        inputs) each token's slot: every host array of the step in one transfer."""
+        cu_end = np.cumsum(batch.num_new.astype(np.int64)) - 1
+        extra = [cu_end[batch.sample], batch.input_ids.astype(np.int64)]
+        if len(batch.input_ids) and batch.input_ids.min() < 0:
+            extra.append(np.repeat(batch.slots, batch.num_new).astype(np.int64))
+        return build_step_inputs(batch.start_pos, batch.num_new, self.page_table[batch.slots],
+                                 self.page_size, self.staging.upload, extra)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [num sampled rows, vocab] for the rows with batch.sample set."""
-        meta, positions = self.build_metadata(batch)
-        cu_end = np.cumsum(batch.num_new.astype(np.int64)) - 1
-        logits_idx = torch.from_numpy(cu_end[batch.sample]).to(self.device)
-        input_ids = torch.from_numpy(batch.input_ids.astype(np.int64)).to(self.device)
-        if self.cuda_graph is not None and self.cuda_graph.can_run(meta):
-            return self.cuda_graph.replay(meta, input_ids, positions, logits_idx)
+        meta, positions, (logits_idx, input_ids, *tok_slots) = self.step_inputs(batch)
+        if tok_slots:  # PENDING_TOKEN inputs: the slot's last sampled token, on the device
+            input_ids = torch.where(input_ids < 0, self.last_token[tok_slots[0]], input_ids)
+        if self.graphs is not None and self.graphs.can_run(meta):
+            return self.graphs.replay(meta, input_ids, positions, logits_idx)
         self.attn.plan(meta)
         return self.model(input_ids, positions, self.attn, logits_idx)
 
-    def step(self, batch: ForwardBatch) -> StepResult:
+    def launch(self, batch: ForwardBatch) -> LaunchedStep:
+        """Queue the step on the device (run it, on CPU); the tokens stay there until
+        `.result()`. The next launch may come first: it reads them through last_token."""
         t0 = time.perf_counter()
         self._apply_updates(batch)
-        B = batch.batch_size
-        next_ids = np.full(B, -1, dtype=np.int32)
-        result = StepResult(step=batch.step, next_ids=next_ids)
-        if B:
+        rows = np.nonzero(batch.sample)[0]
+        out = None
+        if batch.batch_size:
             logits = self.forward(batch)
-            rows = np.nonzero(batch.sample)[0]
             if len(rows) and self.sampler is not None:
-                out = self.sampler.sample(logits, batch.slots[rows].tolist())
-                next_ids[rows] = out.next_ids.cpu().numpy()
-                if out.logprobs is not None:
-                    lp = np.zeros(B, dtype=np.float32)
-                    lp[rows] = out.logprobs.cpu().numpy()
-                    result.logprobs = lp
-                if out.top_ids is not None:
-                    k = out.top_ids.shape[1]
-                    result.top_ids = np.full((B, k), -1, dtype=np.int32)
-                    result.top_logprobs = np.zeros((B, k), dtype=np.float32)
-                    result.top_ids[rows] = out.top_ids.cpu().numpy()
-                    result.top_logprobs[rows] = out.top_logprobs.cpu().numpy()
-        result.forward_seconds = time.perf_counter() - t0
-        return result
+                slots = batch.slots[rows]
+                out = self.sampler.sample(logits, slots.tolist())
+                self.last_token[torch.from_numpy(slots.astype(np.int64)).to(self.device)] = \
+                    out.next_ids
+        return LaunchedStep.launch(batch.step, batch.batch_size, rows, out, t0)
+
+    def step(self, batch: ForwardBatch) -> StepResult:
+        return self.launch(batch).result()

@@ -69,3 +69,36 @@ def test_cache_on_equals_cache_off_concurrent(make_tiny_model) -> None:
     assert [o["output_ids"] for o in on] == [o["output_ids"] for o in off]
     assert sum(o["meta_info"]["cached_tokens"] for o in on) >= 27 * 80 // 8 * 8 * 0.9
     assert all(o["meta_info"]["cached_tokens"] == 0 for o in off)
+
+
+def test_overlap_on_equals_off(default_model_dir) -> None:
+    """Overlap scheduling through the real processes: same tokens, texts and endings as the
+    plain loop (EOS stops, stop strings the tokenizer ends with an abort, lengths, seeded
+    sampling, chunked prefill under a small pool), and every page back at the end."""
+    prompts = ["The capital of France is", "Write a haiku about the sea.",
+               "List three colors:", "1, 2, 3, 4,", "Tell me a joke.", "def fib(n):",
+               "The quick brown fox", "Translate 'cat' to French:"]
+    params = [{"temperature": 0, "max_new_tokens": 24},
+              {"temperature": 0, "max_new_tokens": 30, "stop": ["\n"]},
+              {"temperature": 0.8, "top_p": 0.9, "seed": 7, "max_new_tokens": 16},
+              {"temperature": 0, "max_new_tokens": 1},
+              {"temperature": 0, "max_new_tokens": 20, "stop": [","]},
+              {"temperature": 0.7, "top_k": 20, "seed": 3, "max_new_tokens": 12,
+               "frequency_penalty": 0.3},
+              {"temperature": 0, "max_new_tokens": 18, "min_new_tokens": 4},
+              {"temperature": 0, "max_new_tokens": 2}]
+    results = []
+    for disable in (True, False):
+        with Engine(str(default_model_dir), dtype="float32", max_total_tokens=512,
+                    chunked_prefill_size=8, disable_overlap_schedule=disable) as engine:
+            assert engine.config.overlap_schedule is not disable
+            results.append(engine.generate(prompts, params))
+            stats = engine.get_stats()
+            assert stats.running == 0 and stats.pages_protected == 0
+            assert stats.pages_free + stats.pages_evictable == stats.pages_total
+    off, on = results
+    assert [o["output_ids"] for o in on] == [o["output_ids"] for o in off]
+    assert [o["text"] for o in on] == [o["text"] for o in off]
+    assert [o["meta_info"]["finish_reason"] for o in on] == [
+        o["meta_info"]["finish_reason"] for o in off]
+    assert any(o["meta_info"]["finish_reason"] == "stop" for o in on)

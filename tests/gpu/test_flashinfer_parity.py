@@ -20,7 +20,6 @@ flashinfer = pytest.importorskip("flashinfer")
 
 from radixrt.config import EngineConfig  # noqa: E402
 from radixrt.testing.batches import batch_from_chunks  # noqa: E402
-from radixrt.worker.cuda_graph import CudaGraphRunner, graph_forward  # noqa: E402
 from radixrt.worker.model_runner import ModelRunner  # noqa: E402
 
 # bf16 rounds each layer's output to ~3 significant digits; different kernels round at
@@ -31,10 +30,11 @@ MAX_SLOTS = 33  # one more request than the largest captured graph
 POOL_TOKENS = 16384
 
 
-def make_runner(path: Path, backend: str, page_size: int) -> ModelRunner:
+def make_runner(path: Path, backend: str, page_size: int, graphs: bool = False) -> ModelRunner:
     cfg = EngineConfig(model_path=str(path), device="cuda", dtype="bfloat16",
                        attention_backend=backend, page_size=page_size, max_total_tokens=POOL_TOKENS,
-                       max_running_requests=MAX_SLOTS, cuda_graph_max_bs=32, disable_cuda_graph=True)
+                       max_running_requests=MAX_SLOTS, cuda_graph_max_bs=32,
+                       disable_cuda_graph=not graphs)
     return ModelRunner(cfg)
 
 
@@ -45,8 +45,9 @@ class Trio:
         self.ps = page_size
         self.ref = make_runner(path, "torch", page_size)
         self.fi = make_runner(path, "flashinfer", page_size)
-        self.gr = make_runner(path, "flashinfer", page_size)
-        self.graphs = CudaGraphRunner(self.gr)
+        self.gr = make_runner(path, "flashinfer", page_size, graphs=True)
+        assert self.gr.graphs is not None and self.fi.graphs is None
+        self.graphs = self.gr.graphs
         # Disjoint pages per slot, handed out in reverse order.
         self.per_req = POOL_TOKENS // page_size // MAX_SLOTS
         self.seqs: dict[int, list[int]] = {}
@@ -58,9 +59,9 @@ class Trio:
                  for s in new}
         fb = batch_from_chunks(slots, starts, chunks, pages)
         outs = []
-        for runner, graphs in ((self.ref, None), (self.fi, None), (self.gr, self.graphs)):
+        for runner in (self.ref, self.fi, self.gr):
             runner._apply_updates(fb)
-            outs.append(graph_forward(runner, graphs, fb).float())
+            outs.append(runner.forward(fb).float())
         for s, c in zip(slots, chunks, strict=True):
             self.seqs.setdefault(s, []).extend(c)
         return outs
@@ -124,8 +125,27 @@ def test_default_model(default_model_weights: Path) -> None:
 
 
 def test_graph_capture_covers_configured_sizes(make_tiny_model) -> None:
-    runner = make_runner(make_tiny_model("llama", **TINY["llama"]), "flashinfer", 16)
-    graphs = CudaGraphRunner(runner)
+    runner = make_runner(make_tiny_model("llama", **TINY["llama"]), "flashinfer", 16, graphs=True)
+    graphs = runner.graphs
+    assert graphs is not None
     assert graphs.batch_sizes == [1, 2, 4, 8, 16, 24, 32]  # cuda_graph_max_bs=32
     assert sorted(graphs.graphs) == graphs.batch_sizes
     assert graphs.pick_batch_size(5) == 8 and graphs.pick_batch_size(32) == 32
+
+
+def test_staging_one_transfer_per_step() -> None:
+    """CUDA: a step's arrays go through one pinned buffer in one copy, values and dtypes
+    intact, and alternating buffers are not overwritten while a copy may be in flight."""
+    from radixrt.attention.staging import Staging
+
+    st = Staging("cuda")
+    rng = np.random.default_rng(1)
+    for step in range(5):
+        arrays = [rng.integers(0, 1000, (3, 4)).astype(np.int32),
+                  rng.integers(0, 1 << 40, 17).astype(np.int64)]
+        out = st.upload(arrays)
+        assert st.transfers == step + 1
+        for a, t in zip(arrays, out, strict=True):
+            assert t.is_cuda and t.shape == a.shape
+            assert np.array_equal(t.cpu().numpy(), a)
+    assert all(b is None or b.is_pinned() for b in st._bufs)  # noqa: SLF001

@@ -9,6 +9,7 @@ TorchAttentionBackend.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import types
@@ -26,10 +27,11 @@ from radixrt.attention.flashinfer_backend import (
     build_paged_kv_inputs,
     use_tensor_cores,
 )
+from radixrt.attention.staging import Staging
 from radixrt.attention.torch_backend import TorchAttentionBackend
 from radixrt.ipc.messages import ForwardBatch
 from radixrt.kvcache.pool import KVPool, KVPoolShape
-from radixrt.worker.cuda_graph import capture_batch_sizes, pad_decode_inputs
+from radixrt.worker.graph_runner import capture_batch_sizes, create_graph_runner, pad_decode_meta
 from radixrt.worker.model_runner import ModelRunner
 
 # ----------------------------------------------------------------------------- helpers
@@ -70,7 +72,8 @@ def random_batch(rng: np.random.Generator, ps: int, max_pages: int, n_slots: int
 
 def runner_metadata(batch: ForwardBatch, table: np.ndarray, ps: int) -> AttentionMetadata:
     """The metadata ModelRunner.build_metadata makes for this batch (its own code, no model)."""
-    fake = SimpleNamespace(page_size=ps, page_table=table, device=torch.device("cpu"))
+    fake = SimpleNamespace(page_size=ps, page_table=table, staging=Staging("cpu"))
+    fake.step_inputs = functools.partial(ModelRunner.step_inputs, fake)  # type: ignore[arg-type]
     meta, _positions = ModelRunner.build_metadata(fake, batch)  # type: ignore[arg-type]
     return meta
 
@@ -331,7 +334,7 @@ def test_module_imports_without_flashinfer_and_backend_says_what_is_missing(
 
     # A fresh interpreter where `import flashinfer` fails: our modules still import.
     code = ("import sys; sys.modules['flashinfer'] = None; "
-            "import radixrt.attention.flashinfer_backend, radixrt.worker.cuda_graph")
+            "import radixrt.attention.flashinfer_backend, radixrt.worker.graph_runner")
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(repo), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -363,14 +366,19 @@ def test_capture_batch_sizes() -> None:
 
 
 @pytest.mark.parametrize("ps", [1, 16])
-def test_pad_decode_inputs_points_padding_at_scratch(ps: int) -> None:
+def test_pad_decode_meta_points_padding_at_scratch(ps: int) -> None:
     rng = np.random.default_rng(3)
     max_pages, n_slots = 8, 8
     batch, table = random_batch(rng, ps, max_pages, n_slots, decode=True)
     meta = runner_metadata(batch, table, ps)
     inp = build_paged_kv_inputs(meta)
     n, scratch = batch.batch_size, max_pages * n_slots
-    padded = pad_decode_inputs(inp, n + 5, scratch)
+    buf = torch.full((n + 9,), -7, dtype=torch.int64)
+    pmeta = pad_decode_meta(meta, n + 5, ps, scratch, buf)
+    assert pmeta.out_slots.data_ptr() == buf.data_ptr()  # the static buffer itself
+    assert buf[:n].tolist() == meta.out_slots.tolist()
+    assert buf[n : n + 5].tolist() == [scratch * ps] * 5 and buf[n + 5 :].tolist() == [-7] * 4
+    padded = build_paged_kv_inputs(pmeta)
     assert len(padded.kv_last_page_len) == n + 5 and len(padded.kv_indptr) == n + 6
     assert padded.qo_indptr.tolist() == list(range(n + 6))
     assert all(t.dtype == torch.int32 for t in padded)
@@ -378,41 +386,52 @@ def test_pad_decode_inputs_points_padding_at_scratch(ps: int) -> None:
         assert slots_from_csr(padded, i, ps) == slots_from_csr(inp, i, ps)
     for i in range(n, n + 5):
         assert slots_from_csr(padded, i, ps) == [scratch * ps]
-    assert pad_decode_inputs(inp, n, scratch) is inp
+    empty = pad_decode_meta(None, 3, ps, scratch, buf)
+    assert all(slots_from_csr(build_paged_kv_inputs(empty), i, ps) == [scratch * ps]
+               for i in range(3))
     with pytest.raises(ValueError):
-        pad_decode_inputs(inp, n - 1, scratch)
+        pad_decode_meta(meta, n - 1, ps, scratch, buf)
 
 
-def test_cuda_graph_runner_replays_padded_batches(fake_flashinfer: types.ModuleType,
-                                                  make_tiny_model: Any,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """CudaGraphRunner's buffers, padding and re-planning, on the CPU: the "graph" is a test
-    double whose replay re-runs the captured forward on the static buffers."""
+class EagerGraph:
+    """Stands in for a CUDA graph on the CPU: replay re-runs the captured forward, which
+    reads the graph runner's static buffers and the backend's plan, into the static output."""
+
+    def __init__(self, fn: Any, out: torch.Tensor) -> None:
+        self.fn, self.out, self.replays = fn, out, 0
+
+    def replay(self) -> None:
+        self.out.copy_(self.fn())
+        self.replays += 1
+
+
+def eager_record(fn: Any) -> tuple[EagerGraph, torch.Tensor]:
+    out = fn()
+    return EagerGraph(fn, out), out
+
+
+@pytest.mark.parametrize("backend", ["flashinfer", "torch", "cpu"])
+def test_graph_runner_replays_padded_batches(backend: str, make_tiny_model: Any,
+                                             request: pytest.FixtureRequest) -> None:
+    """The model runner's one graph runner, through each backend's graph hooks, on the CPU:
+    padding to captured sizes, static buffers reused, logits equal to the eager torch path."""
     from radixrt.config import EngineConfig
     from radixrt.ipc.messages import NewSlot
     from radixrt.sampling_params import SamplingParams
-    from radixrt.worker.cuda_graph import CudaGraphRunner, graph_forward
 
-    class EagerGraph:
-        def __init__(self, fn: Any, out: torch.Tensor) -> None:
-            self.fn, self.out, self.replays = fn, out, 0
-
-        def replay(self) -> None:
-            self.out.copy_(self.fn())
-            self.replays += 1
-
-    def record(self: CudaGraphRunner, fn: Any) -> tuple[EagerGraph, torch.Tensor]:
-        out = fn()
-        return EagerGraph(fn, out), out
-
-    monkeypatch.setattr(CudaGraphRunner, "_record", record)
+    if backend == "flashinfer":
+        request.getfixturevalue("fake_flashinfer")
     ps = 4
     cfg = EngineConfig(model_path=str(make_tiny_model("llama")), dtype="bfloat16", page_size=ps,
                        max_total_tokens=1024, max_running_requests=8, cuda_graph_max_bs=8)
     ref = ModelRunner(cfg)
-    fi = ModelRunner(cfg.replace(attention_backend="flashinfer"))
-    graphs = CudaGraphRunner(fi)
+    gr = ModelRunner(cfg.replace(attention_backend=backend))
+    assert ref.graphs is None and gr.graphs is None  # no CUDA here
+    graphs = gr.graphs = create_graph_runner(gr, record=eager_record)
+    assert graphs is not None
     assert graphs.batch_sizes == [1, 2, 4, 8] and graphs.max_bs == 8
+    static = [t.data_ptr() for t in (graphs.input_ids, graphs.positions, graphs.out_slots)]
+    outputs = {bs: graphs.outputs[bs].data_ptr() for bs in graphs.batch_sizes}
     rng = np.random.default_rng(0)
     lens: dict[int, int] = {}
 
@@ -430,9 +449,9 @@ def test_cuda_graph_runner_replays_padded_batches(fake_flashinfer: types.ModuleT
             page_ids=np.array([x for p in pages.values() for x in p], np.int32),
             new_slots=[NewSlot(s, SamplingParams(temperature=0)) for s in new])
         outs = []
-        for runner, g in ((ref, None), (fi, graphs)):
+        for runner in (ref, gr):
             runner._apply_updates(fb)
-            outs.append(graph_forward(runner, g, fb).float())
+            outs.append(runner.forward(fb).float())
         for s, c in zip(slots, chunks, strict=True):
             lens[s] = lens.get(s, 0) + len(c)
         return outs[0], outs[1]
@@ -441,7 +460,7 @@ def test_cuda_graph_runner_replays_padded_batches(fake_flashinfer: types.ModuleT
         return float((a - b).norm() / b.norm()) < 2e-2
 
     r, g = step([0, 1, 2, 3, 4], [rng.integers(3, 49152, n).tolist() for n in (9, 4, 1, 12, 7)])
-    assert close(g, r)
+    assert close(g, r) and graphs.replays == 0  # a prefill runs eagerly
     replays = 0
     for slots, bs in (([0, 1, 2, 3, 4], 8), ([1, 3, 4], 4), ([2], 1), ([0, 1], 2)):
         for _ in range(ps + 1):  # crosses a page boundary
@@ -451,8 +470,12 @@ def test_cuda_graph_runner_replays_padded_batches(fake_flashinfer: types.ModuleT
             assert close(g, r)
         replays += ps + 1
         assert graphs.graphs[bs].replays >= ps + 1
-    assert sum(gr.replays for gr in graphs.graphs.values()) == replays
+    assert sum(gr_.replays for gr_ in graphs.graphs.values()) == replays == graphs.replays
+    # Every replay reused the same static buffers and outputs.
+    assert static == [t.data_ptr() for t in (graphs.input_ids, graphs.positions,
+                                             graphs.out_slots)]
+    assert outputs == {bs: graphs.outputs[bs].data_ptr() for bs in graphs.batch_sizes}
     # The padding rows wrote only the scratch page's first slot.
-    scratch = fi.pool.scratch_page * ps
-    assert torch.equal(fi.pool.k_cache[0][scratch + 1 : scratch + ps],
-                       torch.zeros_like(fi.pool.k_cache[0][scratch + 1 : scratch + ps]))
+    scratch = gr.pool.scratch_page * ps
+    assert torch.equal(gr.pool.k_cache[0][scratch + 1 : scratch + ps],
+                       torch.zeros_like(gr.pool.k_cache[0][scratch + 1 : scratch + ps]))

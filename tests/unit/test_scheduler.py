@@ -28,12 +28,17 @@ def runner(tiny):
                                     max_running_requests=128))
 
 
-def engine(tiny, runner, **kw) -> LocalEngine:
+def engine(tiny, runner, overlap: bool | None = None, **kw) -> LocalEngine:
     kw.setdefault("max_running_requests", 128)
     cfg = EngineConfig(model_path=tiny, page_size=4, **kw)
     # With max_total_tokens, pretend the shared runner's pool is that small.
     pages = -(-kw["max_total_tokens"] // 4) if "max_total_tokens" in kw else None
-    return LocalEngine(cfg, runner, num_pages=pages)
+    return LocalEngine(cfg, runner, num_pages=pages, overlap=overlap)
+
+
+# Tests that drive schedule() / process_result() by hand use the plain loop (one step in
+# flight at most); the others run with overlap scheduling on and off.
+OVERLAP = pytest.mark.parametrize("overlap", [False, True], ids=["plain", "overlap"])
 
 
 def shared_prompts(n: int, prefix_len: int = 48, seed: int = 0) -> list[list[int]]:
@@ -73,11 +78,12 @@ def test_cache_on_equals_cache_off(tiny, runner_name: str, request) -> None:
     assert off_eng.scheduler.allocator.num_free == off_eng.scheduler.num_pages
 
 
-def test_tiny_pool_many_requests(tiny, runner) -> None:
+@OVERLAP
+def test_tiny_pool_many_requests(tiny, runner, overlap: bool) -> None:
     """64 concurrent requests into room for ~4: all finish, same outputs, nothing leaks."""
     prompts = shared_prompts(64, prefix_len=20, seed=3)
     big = engine(tiny, runner).generate(prompts, GREEDY)
-    small_eng = engine(tiny, runner, max_total_tokens=4 * 40)
+    small_eng = engine(tiny, runner, overlap, max_total_tokens=4 * 40)
     small = small_eng.generate(prompts, GREEDY, check=True)
     assert [o.output_ids for o in small] == [o.output_ids for o in big]
     assert all(o.finish_reason == "length" for o in small)
@@ -85,9 +91,10 @@ def test_tiny_pool_many_requests(tiny, runner) -> None:
     assert small_eng.scheduler.stats.retractions > 0
 
 
-def test_request_states_through_retraction(tiny, runner) -> None:
+@OVERLAP
+def test_request_states_through_retraction(tiny, runner, overlap: bool) -> None:
     """WAITING -> RUNNING -> RETRACTED -> RUNNING -> FINISHED, seen from outside."""
-    eng = engine(tiny, runner, max_total_tokens=4 * 40)
+    eng = engine(tiny, runner, overlap, max_total_tokens=4 * 40)
     s = eng.scheduler
     for i, p in enumerate(shared_prompts(24, prefix_len=20, seed=3)):
         eng.add(f"q{i}", p, GREEDY)
@@ -110,8 +117,9 @@ def test_request_states_through_retraction(tiny, runner) -> None:
     assert_all_free(eng)
 
 
-def test_conversation_reuses_previous_turns(tiny, runner) -> None:
-    eng = engine(tiny, runner)
+@OVERLAP
+def test_conversation_reuses_previous_turns(tiny, runner, overlap: bool) -> None:
+    eng = engine(tiny, runner, overlap)
     rng = np.random.default_rng(7)
     history: list[int] = []
     prev_len = 0
@@ -126,7 +134,7 @@ def test_conversation_reuses_previous_turns(tiny, runner) -> None:
 
 
 def test_chunked_prefill_respects_budget(tiny, runner) -> None:
-    eng = engine(tiny, runner, chunked_prefill_size=16)
+    eng = engine(tiny, runner, False, chunked_prefill_size=16)
     rng = np.random.default_rng(1)
     long_prompt = rng.integers(3, 49152, 70).tolist()
     eng.add("long", long_prompt, GREEDY)
@@ -146,7 +154,7 @@ def test_chunked_prefill_respects_budget(tiny, runner) -> None:
 
 
 def test_prefill_and_decode_share_a_step(tiny, runner) -> None:
-    eng = engine(tiny, runner, chunked_prefill_size=64)
+    eng = engine(tiny, runner, False, chunked_prefill_size=64)
     eng.add("a", list(range(3, 13)), GREEDY)
     eng.step()  # a prefills
     eng.add("b", list(range(20, 40)), GREEDY)
@@ -159,7 +167,7 @@ def test_prefill_and_decode_share_a_step(tiny, runner) -> None:
 
 def test_in_batch_prefix_dedup(tiny, runner) -> None:
     """Siblings with the same new prefix wait for the first to populate the tree."""
-    eng = engine(tiny, runner)
+    eng = engine(tiny, runner, False)
     prefix = list(range(100, 164))
     for i in range(4):
         eng.add(f"s{i}", prefix + [7, 8, i + 9], GREEDY)
@@ -184,8 +192,9 @@ def test_namespaces_never_share(tiny, runner) -> None:
     assert eng.outputs["a"].output_ids == eng.outputs["b"].output_ids
 
 
-def test_abort_waiting_and_running(tiny, runner) -> None:
-    eng = engine(tiny, runner, max_running_requests=1)
+@OVERLAP
+def test_abort_waiting_and_running(tiny, runner, overlap: bool) -> None:
+    eng = engine(tiny, runner, overlap, max_running_requests=1)
     eng.add("run", list(range(3, 30)), {**GREEDY, "max_new_tokens": 50})
     eng.add("wait", list(range(3, 20)), GREEDY)
     eng.step()
@@ -216,7 +225,7 @@ def test_lpm_ordering_and_aging() -> None:
 
 
 def test_lpm_admits_longest_match_first(tiny, runner) -> None:
-    eng = engine(tiny, runner, chunked_prefill_size=24)
+    eng = engine(tiny, runner, False, chunked_prefill_size=24)
     warm = list(range(300, 340))
     eng.add("warm", warm + [1], GREEDY)
     eng.run()
@@ -239,8 +248,9 @@ def test_rejects_prompts_that_cannot_fit(tiny, runner) -> None:
     assert_all_free(eng)
 
 
-def test_stop_token_and_min_tokens(tiny, runner) -> None:
-    eng = engine(tiny, runner)
+@OVERLAP
+def test_stop_token_and_min_tokens(tiny, runner, overlap: bool) -> None:
+    eng = engine(tiny, runner, overlap)
     p = list(range(3, 20))
     (free_run,) = eng.generate([p], {**GREEDY, "max_new_tokens": 6})
     stop_tok = free_run.output_ids[2]

@@ -24,6 +24,7 @@ from radixrt.ipc.messages.frontend_tokenizer import (
     TokenLogprob,
 )
 from radixrt.ipc.messages.scheduler_worker import (
+    PENDING_TOKEN,
     ForwardBatch,
     NewSlot,
     SchedulerWorkerMsg,
@@ -44,7 +45,8 @@ from radixrt.ipc.messages.tokenizer_scheduler import (
 )
 
 __all__ = [
-    "AbortReq", "ChildFailed", "ChildReady", "ControlMsg", "DecodeDone", "DecodeReq",
+    "PENDING_TOKEN", "AbortReq", "ChildFailed", "ChildReady", "ControlMsg", "DecodeDone",
+    "DecodeReq",
     "EncodeDone", "EncodeReq", "FlushCacheDone", "FlushCacheReq",
     "ForwardBatch", "FrontendTokenizerMsg", "GenerateReq", "NewSlot", "PingReq", "Pong",
     "SchedulerStats",

@@ -8,6 +8,10 @@ import numpy as np
 
 from radixrt.sampling_params import SamplingParams
 
+# An input id the scheduler does not know yet (overlap scheduling): the token the worker
+# sampled last for the row's slot, resolved on the worker's device.
+PENDING_TOKEN = -1
+
 
 class SchedulerWorkerMsg:
     """Base of every message on the scheduler ⇄ worker hop."""
@@ -36,7 +40,7 @@ class ForwardBatch(SchedulerWorkerMsg):
     slots: np.ndarray  # int32 [B]
     start_pos: np.ndarray  # int32 [B]
     num_new: np.ndarray  # int32 [B]
-    input_ids: np.ndarray  # int32 [sum num_new]
+    input_ids: np.ndarray  # int32 [sum num_new]; PENDING_TOKEN: the slot's last sampled one
     sample: np.ndarray  # bool [B]: sample a token (False for a non-final prefill chunk)
     # Page-table updates: slot row [offset: offset+len(pages)] = pages.
     page_slots: np.ndarray  # int32 [U]
@@ -64,4 +68,7 @@ class StepResult(SchedulerWorkerMsg):
     logprobs: np.ndarray | None = None  # float32 [B]
     top_ids: np.ndarray | None = None  # int32 [B, K]
     top_logprobs: np.ndarray | None = None  # float32 [B, K]
-    forward_seconds: float = 0.0
+    forward_seconds: float = 0.0  # worker time of the step (apply, forward, sample, copy)
+    # Worker idle before this step (its previous step was done and this batch not there yet):
+    # the host time overlap scheduling failed to hide.
+    idle_seconds: float = 0.0

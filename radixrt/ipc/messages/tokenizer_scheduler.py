@@ -80,6 +80,14 @@ class SchedulerStats(FrontendTokenizerMsg, TokenizerSchedulerMsg):
     tick_seconds: float = 0.0  # cumulative scheduler CPU time outside forward waits
     forward_seconds: float = 0.0  # cumulative worker time per step (apply, forward, sample)
     ipc_seconds: float = 0.0  # cumulative step round trip minus the worker's own time
+    # Cumulative worker idle time between back-to-back steps (the scheduler had work, the
+    # worker waited for it) and the steps it was measured over: exposed host time per step.
+    exposed_seconds: float = 0.0
+    exposed_steps: int = 0
+
+    @property
+    def exposed_host_ms_per_step(self) -> float:
+        return 1e3 * self.exposed_seconds / max(1, self.exposed_steps)
 
 
 @dataclass

@@ -1,0 +1,60 @@
+"""FlashInfer's fused elementwise kernels against the torch versions (radixrt/models/fused_cuda.py),
+op by op."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytest.importorskip("flashinfer")
+
+from radixrt.models import fused_cuda as fused  # noqa: E402
+
+DEV = torch.device("cuda")
+
+
+def both(monkeypatch: pytest.MonkeyPatch, fn, *args):  # noqa: ANN001, ANN202
+    """fn(*args) with the FlashInfer kernel and with the torch path (fresh copies each)."""
+    assert fused.flashinfer_for(DEV) is not None
+    got = fn(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+    monkeypatch.setenv(fused.ENV, "0")
+    assert fused.flashinfer_for(DEV) is None
+    ref = fn(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+    monkeypatch.setenv(fused.ENV, "1")
+    return got, ref
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-2) -> bool:
+    return float((a.float() - b.float()).norm() / b.float().norm()) < tol
+
+
+@pytest.mark.parametrize("t", [1, 37, 512])
+def test_rms_norm_and_add(monkeypatch: pytest.MonkeyPatch, t: int) -> None:
+    x = torch.randn(t, 4096, dtype=torch.bfloat16, device=DEV)
+    r = torch.randn(t, 4096, dtype=torch.bfloat16, device=DEV)
+    w = torch.rand(4096, dtype=torch.bfloat16, device=DEV) + 0.5
+    got, ref = both(monkeypatch, fused.rms_norm, x, w, 1e-5)
+    assert close(got, ref)
+    (gx, gr), (rx, rr) = both(monkeypatch, fused.add_rms_norm, x, r, w, 1e-5)
+    assert close(gr, rr, 1e-3) and close(gx, rx)
+
+
+def test_silu_and_mul(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(64, 2 * 14336, dtype=torch.bfloat16, device=DEV)
+    got, ref = both(monkeypatch, fused.silu_and_mul, x)
+    assert got.shape == (64, 14336) and close(got, ref)
+
+
+def test_rope_with_cos_sin_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    d, max_pos = 128, 4096
+    inv = 1.0 / (500000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    freqs = torch.outer(torch.arange(max_pos, dtype=torch.float64), inv)
+    cos, sin = freqs.cos().float().to(DEV), freqs.sin().float().to(DEV)
+    cos_sin = torch.cat([cos, sin], -1)
+    pos = torch.randint(0, max_pos, (33,), device=DEV)
+    q = torch.randn(33, 32, d, dtype=torch.bfloat16, device=DEV)
+    k = torch.randn(33, 8, d, dtype=torch.bfloat16, device=DEV)
+    (gq, gk), (rq, rk) = both(monkeypatch, fused.rope, pos, q, k, cos, sin, cos_sin)
+    assert close(gq, rq) and close(gk, rk)

@@ -1,0 +1,36 @@
+"""The per-step upload on CPU: no copy, no pinning, shapes and dtypes kept; and the metadata
+it builds equals the one built array by array."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from radixrt.attention.base import build_metadata, build_step_inputs
+from radixrt.attention.staging import Staging, upload_each
+
+
+def test_cpu_upload_is_views_without_pinning() -> None:
+    st = Staging("cpu")
+    a = np.arange(6, dtype=np.int32).reshape(2, 3)
+    b = np.arange(4, dtype=np.int64)
+    ta, tb = st.upload([a, b])
+    assert ta.dtype == torch.int32 and ta.shape == (2, 3) and tb.dtype == torch.int64
+    assert ta.data_ptr() == a.__array_interface__["data"][0]  # the same memory
+    assert not ta.is_pinned() and st.transfers == 0
+
+
+def test_step_inputs_match_build_metadata() -> None:
+    rng = np.random.default_rng(0)
+    start, num_new = np.array([0, 7, 30]), np.array([5, 1, 3])
+    rows = rng.permutation(64).astype(np.int32).reshape(4, 16)[:3]
+    ids = rng.integers(0, 1000, int(num_new.sum()))
+    ref, ref_pos = build_metadata(start, num_new, rows, 4)
+    for upload in (Staging("cpu").upload, upload_each("cpu")):
+        meta, pos, (t_ids,) = build_step_inputs(start, num_new, rows, 4, upload, [ids])
+        assert torch.equal(pos, ref_pos) and t_ids.tolist() == ids.tolist()
+        for f in ("start_pos", "num_new", "seq_lens", "cu_new", "page_table", "out_slots"):
+            assert torch.equal(getattr(meta, f), getattr(ref, f)), f
+            assert getattr(meta, f).dtype == getattr(ref, f).dtype, f
+        assert (meta.is_decode, meta.max_seq_len) == (ref.is_decode, ref.max_seq_len) == (
+            False, 33)
