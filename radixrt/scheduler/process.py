@@ -83,7 +83,7 @@ class SchedulerLoop:
             batch = s.schedule()
             if batch is None:
                 out = s.collect_outputs()
-                if s.waiting and not s.running:
+                if (s.waiting or s.grammar.pending) and not s.running:
                     # Nothing runnable right now: wait for news instead of spinning.
                     if (msg := self._poll(5)) is not None:
                         self.handle(msg)

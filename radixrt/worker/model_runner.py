@@ -119,6 +119,15 @@ class ModelRunner:
             self.page_table[slot, off : off + n] = batch.page_ids[start : start + n]
             start += n
 
+    def _grammar_mask(self, batch: ForwardBatch, rows: np.ndarray
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch's grammar bitmasks, keyed by position among the sampling rows."""
+        if batch.mask_rows is None or not len(batch.mask_rows):
+            return None
+        pos = np.searchsorted(rows, batch.mask_rows)
+        return (torch.as_tensor(pos, dtype=torch.long).to(self.device),
+                torch.from_numpy(batch.mask_bits).to(self.device))
+
     def build_metadata(self, batch: ForwardBatch) -> tuple[AttentionMetadata, torch.Tensor]:
         """Attention metadata and flat positions of one batch (host arrays -> device once)."""
         ps = self.page_size
@@ -171,7 +180,8 @@ class ModelRunner:
             logits = self.forward(batch)
             rows = np.nonzero(batch.sample)[0]
             if len(rows):
-                out = self.sampler.sample(logits, batch.slots[rows].tolist())
+                out = self.sampler.sample(logits, batch.slots[rows].tolist(),
+                                          self._grammar_mask(batch, rows))
                 next_ids[rows] = out.next_ids.cpu().numpy()
                 if out.logprobs is not None:
                     lp = np.zeros(B, dtype=np.float32)
