@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, wait
 
 import numpy as np
 
@@ -81,6 +82,12 @@ class GrammarHook:
             else:
                 still.append(r)
         self.pending = still
+
+    def wait(self, timeout: float) -> None:
+        """Block until a pending compile ends (or timeout): for a loop with nothing else to do."""
+        futures = [r.grammar_future for r in self.pending]
+        if futures:
+            wait(futures, timeout, return_when=FIRST_COMPLETED)
 
     def remove(self, r: Request) -> bool:
         """Forget a pending request (aborted); True if it was pending."""

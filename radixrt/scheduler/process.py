@@ -84,7 +84,8 @@ class SchedulerLoop:
             if batch is None:
                 out = s.collect_outputs()
                 if (s.waiting or s.grammar.pending) and not s.running:
-                    # Nothing runnable right now: wait for news instead of spinning.
+                    # Nothing runnable right now (memory, or grammars compiling in their
+                    # thread): wait for news instead of spinning.
                     if (msg := self._poll(5)) is not None:
                         self.handle(msg)
             else:

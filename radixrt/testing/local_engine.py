@@ -43,9 +43,12 @@ class LocalEngine:
                                                SamplingParams.from_dict(sampling), cache_salt))
 
     def step(self) -> TokenOutBatch:
-        batch = self.scheduler.schedule()
-        out = (self.scheduler.collect_outputs() if batch is None
-               else self.scheduler.process_result(self.runner.step(batch)))
+        s = self.scheduler
+        if s.grammar.pending and not s.running and not s.waiting:
+            s.grammar.wait(1.0)  # only grammars compiling: do not spin against their thread
+        batch = s.schedule()
+        out = (s.collect_outputs() if batch is None
+               else s.process_result(self.runner.step(batch)))
         self.record(out)
         return out
 

@@ -183,18 +183,18 @@ def test_invalid_grammar_fails_only_its_request(tiny, tokenizer):
 
 def test_retraction_mid_grammar_keeps_output_valid(tiny, tokenizer):
     """A KV pool too small for the batch: requests are retracted mid-grammar, redo their
-    prefill and go on from the guide state after their kept tokens."""
-    schema = SCHEMAS[9]
-    engine = LocalEngine(EngineConfig(model_path=str(tiny), page_size=4, max_total_tokens=200,
-                                      max_running_requests=16))
-    prompt = tokenizer.encode("Write the JSON object now please:")
-    for k in range(8):
-        engine.add(f"r{k}", prompt, {"max_new_tokens": 60, "seed": k, "temperature": 1.0,
-                                     "json_schema": json.dumps(schema)})
+    prefill and go on from the guide state after their kept tokens. The outputs outgrow the
+    admission's reserve (half of max_new_tokens), so the pool runs dry."""
+    pattern = r"[01]{40}"  # digits are single tokens: 40 tokens, then EOS
+    engine = LocalEngine(EngineConfig(model_path=str(tiny), page_size=4, max_total_tokens=96,
+                                      max_running_requests=8))
+    prompt = tokenizer.encode("Bits:")
+    for k in range(6):
+        engine.add(f"r{k}", prompt, {"max_new_tokens": 48, "seed": k, "temperature": 1.0,
+                                     "regex": pattern})
     outs = engine.run(check=True)
     assert engine.scheduler.stats.retractions > 0
-    for k in range(8):
+    for k in range(6):
         o = outs[f"r{k}"]
         assert o.finish_reason == "stop", o
-        jsonschema.validate(json.loads(tokenizer.decode(o.output_ids, skip_special_tokens=True)),
-                            schema)
+        assert re.fullmatch(pattern, tokenizer.decode(o.output_ids, skip_special_tokens=True))
