@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_serializer
 
+from radixrt.grammar.spec import JSON_OBJECT_SCHEMA, check_spec
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
 
 # ---------------------------------------------------------------- requests
@@ -41,6 +42,30 @@ class ChatMessage(_Request):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
+
+
+class JsonSchemaFormat(_Request):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    """OpenAI's response_format: free text, any JSON object, or JSON under a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def to_schema(self) -> str | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return JSON_OBJECT_SCHEMA
+        if self.json_schema is None or self.json_schema.schema_ is None:
+            raise InvalidRequestError("response_format json_schema needs json_schema.schema",
+                                      "response_format")
+        return json.dumps(self.json_schema.schema_)
 
 
 class StreamOptions(_Request):
@@ -72,6 +97,9 @@ class _SamplingRequest(_Request):
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     cache_salt: str | None = None
+    # Structured output extensions (vLLM/SGLang names): a regex or a JSON schema.
+    regex: str | None = None
+    json_schema: str | dict[str, Any] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -82,6 +110,11 @@ class _SamplingRequest(_Request):
 
     def _logprobs(self) -> tuple[bool, int]:
         return False, 0
+
+    def _grammar(self) -> tuple[str | None, str | None]:
+        """(regex, json_schema text) the output is constrained to."""
+        schema = self.json_schema
+        return self.regex, json.dumps(schema) if isinstance(schema, dict) else schema
 
     def to_sampling_params(self) -> SamplingParams:
         """SamplingParams for the whole request (n included; the frontend splits n).
@@ -98,6 +131,8 @@ class _SamplingRequest(_Request):
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         logprobs, top = self._logprobs()
         max_new = self._max_new_tokens()
+        regex, json_schema = self._grammar()
+        check_spec(regex, json_schema)
         if max_new is not None and max_new < 1:
             raise InvalidRequestError("max_tokens must be at least 1", "max_tokens")
         return SamplingParams(
@@ -119,6 +154,8 @@ class _SamplingRequest(_Request):
             logit_bias=bias,
             skip_special_tokens=self.skip_special_tokens,
             n=self.n,
+            regex=regex,
+            json_schema=json_schema,
         )
 
 
@@ -128,6 +165,15 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+
+    def _grammar(self) -> tuple[str | None, str | None]:
+        regex, schema = super()._grammar()
+        fmt = self.response_format.to_schema() if self.response_format else None
+        if fmt is not None and (regex is not None or schema is not None):
+            raise InvalidRequestError("response_format cannot be combined with regex or "
+                                      "json_schema", "response_format")
+        return regex, fmt or schema
 
     def _max_new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

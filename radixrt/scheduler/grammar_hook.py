@@ -23,7 +23,7 @@ from radixrt.grammar.state import GrammarState, mask_words
 from radixrt.scheduler.request import Chunk, ReqState, Request
 
 # A grammar still compiling after this long fails its request (alone) with an error.
-COMPILE_TIMEOUT_S = 60.0
+COMPILE_TIMEOUT_S = 180.0
 
 
 class GrammarHook:
