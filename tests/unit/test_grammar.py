@@ -163,3 +163,16 @@ def test_retraction_mid_grammar_keeps_output_valid(tiny, tokenizer):
         o = outs[f"r{k}"]
         assert o.finish_reason == "stop", o
         assert re.fullmatch(pattern, tokenizer.decode(o.output_ids, skip_special_tokens=True))
+
+
+def test_abort_while_grammar_compiles(tiny, tokenizer):
+    from radixrt.scheduler.request import ReqState
+
+    engine = LocalEngine(EngineConfig(model_path=str(tiny), page_size=16, max_total_tokens=4096))
+    s = engine.scheduler
+    engine.add("a", tokenizer.encode("x"), {"max_new_tokens": 8, "regex": "[0-9]{4}"})
+    assert s.requests["a"].state is ReqState.GRAMMAR_PENDING and s.has_work
+    s.abort("a")
+    outs = engine.run(check=True)
+    assert outs["a"].finish_reason == "abort" and outs["a"].output_ids == []
+    assert not s.grammar.pending and not s.has_work
