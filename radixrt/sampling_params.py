@@ -37,6 +37,9 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     skip_special_tokens: bool = True
     n: int = 1
+    # Structured output (radixrt/grammar): at most one; json_schema is the schema's JSON text.
+    regex: str | None = None
+    json_schema: str | None = None
 
     def __post_init__(self) -> None:
         if self.top_k == 0:
@@ -98,3 +101,9 @@ class SamplingParams:
             need(0 <= int(t) < vocab_size, "logit_bias", f"has token {t}, outside the vocabulary")
             need(-100.0 <= b <= 100.0, "logit_bias", "values must be in [-100, 100]")
         need(len(self.stop) <= 16, "stop", "may hold at most 16 strings")
+        need(self.regex is None or self.json_schema is None, "regex",
+             "and json_schema cannot both be given")
+
+    @property
+    def constrained(self) -> bool:
+        return self.regex is not None or self.json_schema is not None

@@ -21,6 +21,7 @@ from radixrt.frontend.fields import (
     _Request,
     unsupported_message,
 )
+from radixrt.grammar.spec import JSON_OBJECT_SCHEMA, check_spec
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
 
 # ---------------------------------------------------------------- requests
@@ -45,6 +46,30 @@ class ChatMessage(_Request):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
+
+
+class JsonSchemaFormat(_Request):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    """OpenAI's response_format: free text, any JSON object, or JSON under a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def to_schema(self) -> str | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return JSON_OBJECT_SCHEMA
+        if self.json_schema is None or self.json_schema.schema_ is None:
+            raise InvalidRequestError("response_format json_schema needs json_schema.schema",
+                                      "response_format")
+        return json.dumps(self.json_schema.schema_)
 
 
 class StreamOptions(_Request):
@@ -89,6 +114,9 @@ class _SamplingRequest(_Request):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     cache_salt: str | None = None
+    # Structured output extensions (vLLM/SGLang names): a regex or a JSON schema.
+    regex: str | None = None
+    json_schema: str | dict[str, Any] | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -99,6 +127,11 @@ class _SamplingRequest(_Request):
 
     def _logprobs(self) -> tuple[bool, int]:
         return False, 0
+
+    def _grammar(self) -> tuple[str | None, str | None]:
+        """(regex, json_schema text) the output is constrained to."""
+        schema = self.json_schema
+        return self.regex, json.dumps(schema) if isinstance(schema, dict) else schema
 
     def to_sampling_params(self, defaults: Mapping[str, Any] | None = None) -> SamplingParams:
         """SamplingParams for the whole request (n included; the frontend splits n).
@@ -121,6 +154,8 @@ class _SamplingRequest(_Request):
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         logprobs, top = self._logprobs()
         max_new = pick(self._max_new_tokens(), "max_new_tokens", self.OPENAI_MAX_TOKENS)
+        regex, json_schema = self._grammar()
+        check_spec(regex, json_schema)
         if max_new is not None and max_new < 1:
             raise InvalidRequestError("max_tokens must be at least 1", "max_tokens")
         return SamplingParams(
@@ -143,6 +178,8 @@ class _SamplingRequest(_Request):
             skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
             n=self.n,
+            regex=regex,
+            json_schema=json_schema,
         )
 
 
@@ -162,6 +199,15 @@ class ChatCompletionRequest(_SamplingRequest):
     add_generation_prompt: bool | None = None
     continue_final_message: bool = False
     chat_template: str | None = None  # refused unless --trust-request-chat-template
+    response_format: ResponseFormat | None = None
+
+    def _grammar(self) -> tuple[str | None, str | None]:
+        regex, schema = super()._grammar()
+        fmt = self.response_format.to_schema() if self.response_format else None
+        if fmt is not None and (regex is not None or schema is not None):
+            raise InvalidRequestError("response_format cannot be combined with regex or "
+                                      "json_schema", "response_format")
+        return regex, fmt or schema
 
     def _max_new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

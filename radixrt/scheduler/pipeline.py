@@ -31,6 +31,11 @@ class StepPipeline:
 
     def step(self) -> TokenOutBatch:
         s = self.sched
+        if s.steps_in_flight and any(r.grammar is not None and r.num_pending for r in s.running):
+            # A constrained request's next mask needs the token still in flight: take that
+            # result back first (this turn runs like the simple loop).
+            self._busy = False
+            return s.process_result(self.receive())
         batch = s.schedule()
         t_send = time.perf_counter()
         if batch is not None:

@@ -111,8 +111,10 @@ class SchedulerLoop:
                 self.handle(msg)
             self._flush_when_idle()
             out = self.pipeline.step()
-            if s.waiting and not s.running and not s.steps_in_flight:
-                # Nothing runnable right now: wait for news instead of spinning.
+            if ((s.waiting or s.grammar.pending) and not s.running
+                    and not s.steps_in_flight):
+                # Nothing runnable right now (memory, or grammars compiling in their
+                # thread): wait for news instead of spinning.
                 if (msg := self._poll(5)) is not None:
                     self.handle(msg)
             if out.outs:

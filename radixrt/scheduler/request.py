@@ -16,6 +16,7 @@ from radixrt.sampling_params import SamplingParams
 class ReqState(Enum):
     """Where a request is in its life. Only RUNNING requests hold a slot, pages and a lock."""
 
+    GRAMMAR_PENDING = "grammar_pending"  # its grammar compiles off the critical path
     WAITING = "waiting"  # queued, never admitted
     RUNNING = "running"  # holds a slot and KV pages; fed a chunk every step
     RETRACTED = "retracted"  # queued again after a retraction (its prefix is in the tree)
@@ -59,6 +60,9 @@ class Request:
     new_ids: list[int] = field(default_factory=list)  # produced since the last TokenOut
     new_logprobs: list[float] = field(default_factory=list)
     new_top: list[list[tuple[int, float]]] = field(default_factory=list)
+    # Structured output: the compile in flight, then the request's GrammarState.
+    grammar_future: Any = None
+    grammar: Any = None
 
     @property
     def known_len(self) -> int:

@@ -38,6 +38,7 @@ from radixrt.ipc.messages import (
 from radixrt.model_info import ModelInfo
 from radixrt.scheduler.admission import Admission
 from radixrt.scheduler.batch_builder import build_batch
+from radixrt.scheduler.grammar_hook import GrammarHook
 from radixrt.scheduler.kv_manager import KVManager, pages_for
 from radixrt.scheduler.outputs import collect, finish_reason, take_token
 from radixrt.scheduler.page_allocator import PageAllocator
@@ -75,6 +76,7 @@ class Scheduler:
         self.slots = SlotTable(config.max_running_requests)
         self.admission = Admission(self.kv, self.slots, SchedulePolicy(config.schedule_policy),
                                    info.context_length, self.stats)
+        self.grammar = GrammarHook(info.model_path, self.eos_ids, info.vocab_size)
         self.waiting: list[Request] = []
         self.running: list[Request] = []  # admission order
         self.requests: dict[str, Request] = {}
@@ -93,7 +95,8 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.finished or self._inflight)
+        return bool(self.waiting or self.running or self.finished or self._inflight
+                    or self.grammar.pending)
 
     @property
     def steps_in_flight(self) -> int:
@@ -108,7 +111,7 @@ class Scheduler:
         r.error = self._refusal(r)
         if r.error is not None:
             self._finish(r, "abort")
-        else:
+        elif self.grammar.admit_or_hold(r):  # else it waits for its grammar to compile
             self.waiting.append(r)
 
     def _refusal(self, r: Request) -> str | None:
@@ -133,8 +136,14 @@ class Scheduler:
             self._stop_running(r)
         elif r in self.waiting:
             self.waiting.remove(r)
+        else:
+            self.grammar.remove(r)
         r.state, r.finish_reason, r.matched_stop = ReqState.FINISHED, reason, matched_stop
         self.finished.append(r)
+
+    def _fail(self, r: Request, error: str) -> None:
+        r.error = error
+        self._finish(r, "abort")
 
     def _stop_running(self, r: Request) -> None:
         """r leaves the running batch: its KV goes to the cache, its slot is freed."""
@@ -164,6 +173,7 @@ class Scheduler:
         """Pick the next step's work. None when there is nothing to run."""
         t0 = time.perf_counter()
         self._batch = []
+        self.grammar.poll(self.waiting.append, self._fail)
         budget = self._continue_running(self.config.chunked_prefill_size)
         if self.waiting and budget > 0 and self.slots.available:
             for chunk in self.admission.admit(self.waiting, self.running, budget):
@@ -178,6 +188,9 @@ class Scheduler:
                 r.num_computed += n
                 if r.num_computed == r.fill_len:  # samples: its token is pending until back
                     r.num_pending += 1
+            masks = self.grammar.masks(self._batch)
+            if masks is not None:
+                batch.mask_rows, batch.mask_bits = masks
             self._inflight.append((self.step_id, self._batch))
         self.stats.tick_seconds += time.perf_counter() - t0
         return batch
@@ -226,6 +239,7 @@ class Scheduler:
             if result.next_ids[i] >= 0:
                 r.num_pending -= 1
                 tok = take_token(r, i, result)
+                self.grammar.on_token(r, tok)
                 self.stats.generated_tokens += 1
                 end = finish_reason(r, tok, self.eos_ids, self.context_length)
                 if end is not None:
@@ -268,4 +282,5 @@ class Scheduler:
         self.kv.check_integrity(self.running)
         assert all(r.state is ReqState.RUNNING for r in self.running)
         assert all(r.state in (ReqState.WAITING, ReqState.RETRACTED) for r in self.waiting)
+        assert all(r.state is ReqState.GRAMMAR_PENDING for r in self.grammar.pending)
         assert len({r.slot for r in self.running}) == len(self.running), "a slot used twice"

@@ -54,6 +54,9 @@ class LocalEngine:
                                                SamplingParams.from_dict(sampling), cache_salt))
 
     def step(self) -> TokenOutBatch:
+        s = self.scheduler
+        if s.grammar.pending and not s.running and not s.waiting and not s.steps_in_flight:
+            s.grammar.wait(1.0)  # only grammars compiling: do not spin against their thread
         out = self.pipeline.step()
         self.record(out)
         return out

@@ -6,6 +6,8 @@ from functools import lru_cache
 
 from transformers import PreTrainedTokenizerBase
 
+from radixrt.grammar.vocabulary import unicode_to_byte
+
 REPLACEMENT = "\ufffd"  # what a decoder yields for an incomplete UTF-8 sequence
 
 
@@ -116,25 +118,7 @@ class TokenTexts:
     def _bytes(self, token_id: int) -> list[int]:
         if self._byte_level:
             piece = self.tokenizer.convert_ids_to_tokens(token_id)
-            table = _unicode_to_byte()
+            table = unicode_to_byte()
             if isinstance(piece, str) and all(c in table for c in piece):
                 return [table[c] for c in piece]
         return list(self._text(token_id).encode("utf-8"))
-
-
-@lru_cache(maxsize=1)
-def _unicode_to_byte() -> dict[str, int]:
-    """Inverse of GPT-2's bytes_to_unicode table."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(printable, chars, strict=True)}

@@ -13,6 +13,7 @@ import dataclasses
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from radixrt.grammar.spec import check_spec
 from radixrt.ipc.messages import DecodeReq, EncodeReq, GenerateReq, TokenizeReq
 from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import InvalidRequestError
@@ -252,6 +253,7 @@ class PromptTokenizer:
         if sampling.max_new_tokens is None:  # OpenAI's default: the rest of the context
             sampling = dataclasses.replace(sampling, max_new_tokens=ctx - n)
         sampling.validate(self.info.vocab_size)
+        check_spec(sampling.regex, sampling.json_schema)  # a bad one is a 400, not a failed stream
         if n + sampling.max_new_tokens > ctx:
             raise InvalidRequestError(
                 f"This model's maximum context length is {ctx} tokens, but {n + sampling.max_new_tokens}"

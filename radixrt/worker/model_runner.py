@@ -143,6 +143,15 @@ class ModelRunner:
             self.page_table[slot, off : off + n] = batch.page_ids[start : start + n]
             start += n
 
+    def _grammar_mask(self, batch: ForwardBatch, rows: np.ndarray
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The batch's grammar bitmasks, keyed by position among the sampling rows."""
+        if batch.mask_rows is None or not len(batch.mask_rows):
+            return None
+        pos = np.searchsorted(rows, batch.mask_rows)
+        return (torch.as_tensor(pos, dtype=torch.long).to(self.device),
+                torch.from_numpy(batch.mask_bits).to(self.device))
+
     def build_metadata(self, batch: ForwardBatch) -> tuple[AttentionMetadata, torch.Tensor]:
         """Attention metadata and flat positions of one batch."""
         meta, positions, _ = self.step_inputs(batch)
@@ -180,7 +189,8 @@ class ModelRunner:
             logits = self.forward(batch)
             if len(rows) and self.sampler is not None:
                 slots = batch.slots[rows]
-                out = self.sampler.sample(logits, slots.tolist())
+                out = self.sampler.sample(logits, slots.tolist(),
+                                          self._grammar_mask(batch, rows))
                 self.last_token[torch.from_numpy(slots.astype(np.int64)).to(self.device)] = \
                     out.next_ids
         return LaunchedStep.launch(batch.step, batch.batch_size, rows, out, t0)

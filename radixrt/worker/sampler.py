@@ -1,5 +1,5 @@
-"""Sampling on the worker: penalties, logit bias, min-tokens, temperature/top-k/top-p/min-p,
-per-request seeds and logprobs. Rows with default settings take vectorised fast paths.
+"""Sampling on the worker: grammar masks, penalties, logit bias, min-tokens,
+temperature/top-k/top-p/min-p, per-request seeds and logprobs. Rows with default settings take vectorised fast paths.
 
 Per-request seeded sampling is a pure function of (seed, tokens generated so far): the noise
 generator is reseeded every step from both, so a request's output never depends on what else
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from radixrt.grammar.mask import apply_bitmask
 from radixrt.ipc.messages import NewSlot
 from radixrt.sampling_params import SamplingParams
 
@@ -80,9 +81,16 @@ class Sampler:
         self.slots.pop(slot, None)
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, logits: torch.Tensor, slots: list[int]) -> SampleOutput:
-        """logits float32 [S, V] for the rows that sample, in the order of `slots`."""
+    def sample(self, logits: torch.Tensor, slots: list[int],
+               mask: tuple[torch.Tensor, torch.Tensor] | None = None) -> SampleOutput:
+        """logits float32 [S, V] for the rows that sample, in the order of `slots`.
+
+        mask (rows, packed int32 bitmasks): the grammar's allowed tokens for those rows, applied
+        first, so every sampling method and the logprobs see the masked distribution.
+        """
         states = [self.slots[s] for s in slots]
+        if mask is not None:
+            logits = apply_bitmask(logits, *mask)
         raw = logits
         logits = self._apply_processors(logits.clone() if self._any_processor(states) else logits,
                                         states)
@@ -153,7 +161,7 @@ class Sampler:
     def _logprobs(self, raw: torch.Tensor, next_ids: torch.Tensor, states: list[SlotState],
                   rows: list[int], out: SampleOutput) -> SampleOutput:
         # Logprobs of the model's own distribution (before penalties and temperature), as
-        # vLLM reports them by default.
+        # vLLM reports them by default; a grammar's mask is already applied.
         lp = torch.log_softmax(raw[rows], dim=-1)
         S = raw.shape[0]
         logprobs = torch.zeros(S, dtype=torch.float32, device=raw.device)

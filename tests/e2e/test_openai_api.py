@@ -343,3 +343,70 @@ def test_flush_cache_and_metrics(server: ServerProcess, client: OpenAI) -> None:
         assert name in text
     assert m["radixrt_generation_tokens_total"] > 0 and 0 < m["radixrt_cache_hit_rate"] <= 1
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+
+
+# ---------------------------------------------------------------- structured output
+
+PERSON = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 10},
+    "age": {"type": "integer", "minimum": 0, "maximum": 130},
+    "pets": {"type": "array", "items": {"enum": ["cat", "dog"]}, "maxItems": 3}},
+    "required": ["name", "age", "pets"]}
+
+
+@pytest.mark.timeout(900)  # the first constrained request builds the vocabulary
+def test_response_format_json_schema(client: OpenAI) -> None:
+    import jsonschema
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON,
+                                                  "strict": True}}
+    for seed in range(2):
+        r = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=120,
+                                           seed=seed, response_format=fmt)
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+    stream = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=120, seed=7,
+                                            response_format=fmt, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    jsonschema.validate(json.loads(text), PERSON)
+    whole = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=120, seed=7,
+                                           response_format=fmt)
+    assert whole.choices[0].message.content == text
+    obj = client.chat.completions.create(model="tiny", messages=CHAT, max_tokens=40, seed=1,
+                                         response_format={"type": "json_object"})
+    if obj.choices[0].finish_reason == "stop":  # an open object may outrun max_tokens
+        assert isinstance(json.loads(obj.choices[0].message.content), dict)
+    else:
+        assert obj.choices[0].message.content.startswith("{")
+
+
+def test_regex_and_json_schema_extensions(server: ServerProcess, client: OpenAI) -> None:
+    import re
+
+    pattern = r"(red|green|blue) [0-9]{2}"
+    r = client.completions.create(model="tiny", prompt="Color:", max_tokens=10, seed=3,
+                                  extra_body={"regex": pattern})
+    assert re.fullmatch(pattern, r.choices[0].text) and r.choices[0].finish_reason == "stop"
+    g = httpx.post(f"{server.url}/generate", timeout=60, json={
+        "text": "Person:", "sampling_params": {"max_new_tokens": 120, "seed": 2,
+                                               "json_schema": json.dumps(PERSON)}})
+    assert g.status_code == 200, g.text
+    assert set(json.loads(g.json()["text"])) >= {"name", "age", "pets"}
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/chat/completions", {"messages": CHAT, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}}},
+     "json_schema"),
+    ("/v1/chat/completions", {"messages": CHAT, "response_format": {"type": "json_schema"}},
+     "response_format"),
+    ("/v1/chat/completions", {"messages": CHAT, "response_format": {"type": "yaml"}},
+     "response_format"),
+    ("/v1/completions", {"prompt": "x", "regex": "([a-z]"}, "regex"),
+    ("/generate", {"text": "x", "sampling_params": {"json_schema": "{oops"}}, "json_schema"),
+])
+def test_invalid_grammar_is_400(server: ServerProcess, path: str, body: dict, param: str) -> None:
+    for stream in (False, True):
+        r = httpx.post(f"{server.url}{path}", json={**body, "stream": stream}, timeout=30)
+        assert r.status_code == 400, r.text
+        assert error_of(r)["param"] == param, r.text

@@ -49,6 +49,10 @@ class ForwardBatch(SchedulerWorkerMsg):
     page_ids: np.ndarray  # int32 [sum page_lens]
     new_slots: list[NewSlot] = field(default_factory=list)
     freed_slots: list[int] = field(default_factory=list)
+    # Grammar constraints of this step: batch rows mask_rows[j] (which sample) may only take
+    # the tokens whose bits are set in mask_bits[j] (packed int32, bit t % 32 of word t // 32).
+    mask_rows: np.ndarray | None = None  # int32 [K]
+    mask_bits: np.ndarray | None = None  # int32 [K, ceil(V / 32)]
 
     @property
     def batch_size(self) -> int:
