@@ -184,13 +184,13 @@ class Scheduler:
         if self._batch:
             self.step_id += 1
             batch = build_batch(self.step_id, self._batch, self.eos_ids, self.slots.take_freed())
+            masks = self.grammar.masks(self._batch)  # before num_computed moves on
+            if masks is not None:
+                batch.mask_rows, batch.mask_bits = masks
             for r, n in self._batch:
                 r.num_computed += n
                 if r.num_computed == r.fill_len:  # samples: its token is pending until back
                     r.num_pending += 1
-            masks = self.grammar.masks(self._batch)
-            if masks is not None:
-                batch.mask_rows, batch.mask_bits = masks
             self._inflight.append((self.step_id, self._batch))
         self.stats.tick_seconds += time.perf_counter() - t0
         return batch
