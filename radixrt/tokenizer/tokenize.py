@@ -20,10 +20,10 @@ from radixrt.sampling_params import InvalidRequestError
 from radixrt.tokenizer.template_sandbox import RenderedTooLong, RenderJob, TemplateSandbox
 
 CHAT_ROLES = ("system", "user", "assistant", "tool", "developer")
-# Arguments of apply_chat_template that come from request fields (or are ours), never from
-# chat_template_kwargs.
-OWN_TEMPLATE_ARGS = frozenset({"add_generation_prompt", "continue_final_message", "tokenize",
-                               "conversation", "messages"})
+# Arguments of apply_chat_template that are the server's own, never chat_template_kwargs'.
+# (add_generation_prompt / continue_final_message are request fields; in chat_template_kwargs
+# they are taken as those fields, as vLLM does.)
+OWN_TEMPLATE_ARGS = frozenset({"tokenize", "conversation", "messages"})
 
 
 def load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
@@ -173,7 +173,14 @@ class PromptTokenizer:
         trusted); kwargs are template variables."""
         if not messages:
             raise InvalidRequestError("messages must not be empty", "messages")
-        clash = sorted(OWN_TEMPLATE_ARGS & set(kwargs or {}))
+        kwargs_in, kwargs = kwargs, dict(kwargs or {})
+        if "add_generation_prompt" in kwargs:
+            add_generation_prompt = bool(kwargs.pop("add_generation_prompt"))
+        if "continue_final_message" in kwargs:
+            continue_final_message = bool(kwargs.pop("continue_final_message"))
+            if continue_final_message and "add_generation_prompt" not in (kwargs_in or {}):
+                add_generation_prompt = False  # the fields' default when continuing
+        clash = sorted(OWN_TEMPLATE_ARGS & set(kwargs))
         if clash:
             raise InvalidRequestError(f"chat_template_kwargs may not set {', '.join(clash)} "
                                       "(a request field or the server's own)",

@@ -76,11 +76,19 @@ def test_continue_final_message_errors(prompts: PromptTokenizer, messages: list[
     assert info.value.param == param
 
 
-def test_template_kwargs_may_not_override_request_fields(prompts: PromptTokenizer) -> None:
-    for key in ("add_generation_prompt", "continue_final_message"):
-        with pytest.raises(InvalidRequestError) as info:
-            prompts.apply_chat_template([{"role": "user", "content": "x"}], {key: False})
-        assert info.value.param == "chat_template_kwargs" and key in str(info.value)
+def test_template_kwargs_set_the_chat_flags_as_vllm_does(prompts: PromptTokenizer) -> None:
+    """add_generation_prompt / continue_final_message inside chat_template_kwargs act as the
+    request fields (the hardening issue: they used to collide with ours); the server's own
+    arguments stay refused."""
+    chat = [{"role": "user", "content": "x"}]
+    assert prompts.render_chat(chat, {"add_generation_prompt": False}) == \
+        prompts.render_chat(chat, add_generation_prompt=False)
+    assert prompts.render_chat(chat, {"add_generation_prompt": False}) != prompts.render_chat(chat)
+    prefill = [*chat, {"role": "assistant", "content": "Sure,"}]
+    assert prompts.render_chat(prefill, {"continue_final_message": True}).endswith("Sure,")
+    with pytest.raises(InvalidRequestError) as info:
+        prompts.apply_chat_template(chat, {"tokenize": True})
+    assert info.value.param == "chat_template_kwargs" and "tokenize" in str(info.value)
 
 
 def test_tokenize_req_carries_the_chat_flags(default_model_dir: Path,
