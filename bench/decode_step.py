@@ -139,6 +139,14 @@ def run_in_process(args: Namespace) -> list[dict[str, Any]]:
     """Every case (backend x dtype x KV dtype x quantization) at each context and batch; the
     cases' decode steps interleaved round by round, so that a busy neighbour slows every case
     alike."""
+    was = fused.enabled  # the cases flip the process-wide switch: leave it as found
+    try:
+        return _run_cases(args)
+    finally:
+        fused.enabled = was
+
+
+def _run_cases(args: Namespace) -> list[dict[str, Any]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     # Fused norm/RoPE on or off per case (a process-wide switch, set before each case's step).

@@ -25,11 +25,15 @@ def test_bench_quant_linear_runs(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_bench_decode_in_process_runs(make_tiny_model, tmp_path: Path) -> None:  # noqa: ANN001
+    from radixrt.models import fused
+
     out = tmp_path / "d.json"
+    before = fused.enabled
     assert bench_decode.main(["--in-process", "--model", str(make_tiny_model("qwen2")),
                               "--contexts", "40", "--batch-sizes", "3", "--steps", "3",
                               "--backends", "torch", "--quantizations", "none,int4",
                               "--fused", "on,off", "--json", str(out)]) == 0
+    assert fused.enabled is before  # the off cases leave the process-wide switch as found
     rows = json.loads(out.read_text())
     assert [(r["quantization"], r["fused"]) for r in rows] == [
         ("none", True), ("none", False), ("int4", True), ("int4", False)]
