@@ -103,10 +103,10 @@ def test_request_template_and_size_checks(prompts: PromptTokenizer) -> None:
     ids = prompts.apply_chat_template(CHAT, {"chat_template": "{{ messages[-1].content }}"})
     assert prompts.tokenizer.decode(ids) == CHAT[-1]["content"]
     with pytest.raises(InvalidRequestError) as e:
-        prompts.apply_chat_template(CHAT, {}, "{{ 'a ' * 5000000 }}")
+        prompts.apply_chat_template(CHAT, {}, template="{{ 'a ' * 5000000 }}")
     assert "maximum context length is 2048 tokens" in str(e.value)
     with pytest.raises(InvalidRequestError) as e:
-        prompts.apply_chat_template(CHAT, {}, LOOPS)
+        prompts.apply_chat_template(CHAT, {}, template=LOOPS)
     assert e.value.param == "chat_template" and "took longer" in str(e.value)
     big = "a " * (prompts.max_prompt_chars // 2 + 1)
     for req in (TokenizeReq("r", prompt=big), TokenizeReq("r", messages=[
