@@ -31,12 +31,13 @@ def machine_busy_seconds() -> float | None:
 
 
 def group_cpu_seconds(pgids: set[int], pids: set[int]) -> float | None:
-    """CPU-seconds (user+system) of live processes in the given process groups or pid set."""
-    total = 0.0
+    """CPU-seconds (user+system) of live processes in the given process groups or pid set,
+    and of all their descendants (radixrt's children start process groups of their own)."""
     try:
         entries = os.listdir("/proc")
     except OSError:
         return None
+    procs: dict[int, tuple[int, int, float]] = {}  # pid -> (ppid, pgid, cpu seconds)
     for name in entries:
         if not name.isdigit():
             continue
@@ -47,9 +48,15 @@ def group_cpu_seconds(pgids: set[int], pids: set[int]) -> float | None:
             continue  # exited meanwhile
         # comm may contain spaces and parentheses: the fields start after the last ')'.
         rest = stat[stat.rfind(")") + 2:].split()
-        if int(name) in pids or int(rest[2]) in pgids:
-            total += (int(rest[11]) + int(rest[12])) / _TICK
-    return total
+        procs[int(name)] = (int(rest[1]), int(rest[2]),
+                            (int(rest[11]) + int(rest[12])) / _TICK)
+    ours = {pid for pid, (_, pgid, _) in procs.items() if pid in pids or pgid in pgids}
+    grew = True
+    while grew:  # add children of counted processes until nothing changes
+        more = {pid for pid, (ppid, _, _) in procs.items() if ppid in ours} - ours
+        ours |= more
+        grew = bool(more)
+    return sum(procs[pid][2] for pid in ours)
 
 
 @dataclass
