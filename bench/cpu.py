@@ -31,8 +31,8 @@ def machine_busy_seconds() -> float | None:
 
 
 def group_cpu_seconds(pgids: set[int], pids: set[int]) -> float | None:
-    """CPU-seconds (user+system) of live processes in the given process groups or pid set,
-    and of all their descendants (radixrt's children start process groups of their own)."""
+    """CPU-seconds (user+system) of live processes in the given pid set or process groups,
+    and of the groups' descendants (radixrt's children start process groups of their own)."""
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -50,13 +50,13 @@ def group_cpu_seconds(pgids: set[int], pids: set[int]) -> float | None:
         rest = stat[stat.rfind(")") + 2:].split()
         procs[int(name)] = (int(rest[1]), int(rest[2]),
                             (int(rest[11]) + int(rest[12])) / _TICK)
-    ours = {pid for pid, (_, pgid, _) in procs.items() if pid in pids or pgid in pgids}
+    server = {pid for pid, (_, pgid, _) in procs.items() if pgid in pgids}
     grew = True
-    while grew:  # add children of counted processes until nothing changes
-        more = {pid for pid, (ppid, _, _) in procs.items() if ppid in ours} - ours
-        ours |= more
+    while grew:  # add the server's children until nothing changes
+        more = {pid for pid, (ppid, _, _) in procs.items() if ppid in server} - server
+        server |= more
         grew = bool(more)
-    return sum(procs[pid][2] for pid in ours)
+    return sum(procs[pid][2] for pid in server | (pids & procs.keys()))
 
 
 @dataclass
