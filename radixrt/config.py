@@ -183,6 +183,11 @@ class HTTPLimits:
     health_stall_s: float = 30.0
 
 
+# Chat output parsers (frontend/tool_parsers.py, frontend/reasoning.py).
+TOOL_PARSERS = ("auto", "hermes", "llama3", "json", "none")
+REASONING_PARSERS = ("auto", "qwen3", "deepseek_r1", "none")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """The HTTP server's configuration around the EngineConfig."""
@@ -195,6 +200,8 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()  # --allowed-origins: CORS, off when empty
     limits: HTTPLimits = field(default_factory=HTTPLimits)
     trust_request_chat_template: bool = False  # else a request's chat_template is a 400
+    tool_call_parser: str = "auto"  # --tool-call-parser: auto|hermes|llama3|json|none
+    reasoning_parser: str = "auto"  # --reasoning-parser: auto|qwen3|deepseek_r1|none
     extra: dict[str, object] = field(default_factory=dict)
 
 

@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     config = ServerConfig(engine=engine, host=args.host, port=args.port, api_key=args.api_key,
                           api_keys=api_keys, allowed_origins=origins, limits=limits,
-                          trust_request_chat_template=bool(args.trust_request_chat_template))
+                          trust_request_chat_template=bool(args.trust_request_chat_template),
+                          tool_call_parser=args.tool_call_parser,
+                          reasoning_parser=args.reasoning_parser)
     return run_server(config, info)
 
 

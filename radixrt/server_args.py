@@ -11,6 +11,8 @@ from radixrt.config import (
     DTYPES,
     KV_CACHE_DTYPES,
     QUANTIZATIONS,
+    REASONING_PARSERS,
+    TOOL_PARSERS,
     EngineConfig,
     HTTPLimits,
     build_engine_config,
@@ -153,6 +155,15 @@ def add_http_limit_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--trust-request-chat-template", action="store_true", default=None,
                    help="accept a chat_template in requests (rendered sandboxed, with time and "
                         "size bounds); without it such a request is a 400")
+    g.add_argument("--tool-call-parser", choices=TOOL_PARSERS, default="auto",
+                   help="how tool calls are read from chat output under tool_choice auto: "
+                        "hermes (<tool_call> tags), llama3 (JSON), json (radixrt's "
+                        "prompt-and-constrain fallback) or none; auto picks from the chat "
+                        "template (default auto)")
+    g.add_argument("--reasoning-parser", choices=REASONING_PARSERS, default="auto",
+                   help="split a thinking model's <think> block into reasoning_content: "
+                        "qwen3, deepseek_r1 or none; auto: qwen3 when the chat template "
+                        "has <think> (default auto)")
 
 
 def http_limits_from_args(args: argparse.Namespace) -> HTTPLimits:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
-from radixrt.frontend.protocol import ErrorInfo, ErrorResponse
 from radixrt.sampling_params import InvalidRequestError
 
 # Anthropic's error types by status (its Messages API answers errors in its own shape).
@@ -15,8 +15,19 @@ ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                    429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
 
 
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
 class APIError(Exception):
-    """An error answered with {"error": {message, type, param, code}} (protocol.ErrorResponse),
+    """An error answered with {"error": {message, type, param, code}} (ErrorResponse),
     or in Anthropic's shape on its routes: as the HTTP response, or as the last event of a
     stream that already began."""
 

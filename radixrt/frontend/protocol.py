@@ -13,13 +13,21 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_serializer
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from radixrt.frontend.fields import (
     OPENAI_DEFAULT_VALUES,
     OPENAI_UNSUPPORTED,
     _Request,
     unsupported_message,
+)
+from radixrt.frontend.tools import (
+    AssistantToolCall,
+    NoNulls,
+    ToolCallDelta,
+    ToolCallOut,
+    ToolChoice,
+    ToolDef,
 )
 from radixrt.grammar.spec import JSON_OBJECT_SCHEMA, check_spec
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
@@ -37,14 +45,18 @@ class ChatMessage(_Request):
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[AssistantToolCall] | None = None  # an assistant's earlier calls
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, i: int = 0) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}
         if isinstance(self.content, list):
             out["content"] = [p.model_dump() for p in self.content]
         for key in ("name", "tool_call_id"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.tool_calls:  # arguments as dicts, as templates expect (vLLM and HF alike)
+            out["tool_calls"] = [c.to_template(f"messages[{i}].tool_calls[{j}]")
+                                 for j, c in enumerate(self.tool_calls)]
         return out
 
 
@@ -200,6 +212,9 @@ class ChatCompletionRequest(_SamplingRequest):
     continue_final_message: bool = False
     chat_template: str | None = None  # refused unless --trust-request-chat-template
     response_format: ResponseFormat | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: ToolChoice | None = None  # default: auto with tools, else none
+    parallel_tool_calls: bool = True
 
     def _grammar(self) -> tuple[str | None, str | None]:
         regex, schema = super()._grammar()
@@ -351,6 +366,8 @@ class ChatLogprobs(BaseModel):
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -369,14 +386,11 @@ class ChatCompletionResponse(BaseModel):
     usage: UsageInfo
 
 
-class DeltaMessage(BaseModel):
+class DeltaMessage(NoNulls):  # OpenAI sends {"content": "..."} deltas, no nulls
     role: Literal["assistant"] | None = None
     content: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _drop_nulls(self, handler: Any) -> dict[str, Any]:
-        # OpenAI sends {"content": "..."} deltas; {"role": null, ...} trips strict clients.
-        return {k: v for k, v in handler(self).items() if v is not None}
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatStreamChoice(BaseModel):
@@ -430,14 +444,3 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-class ErrorInfo(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | int | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorInfo

@@ -9,8 +9,9 @@ only a partial `<think>` / `</think>` at the end of what it has seen.
 
 from __future__ import annotations
 
+from radixrt.config import REASONING_PARSERS
+
 OPEN, CLOSE = "<think>", "</think>"
-REASONING_PARSERS = ("auto", "qwen3", "deepseek_r1", "none")
 
 
 def partial_suffix(text: str, marker: str) -> int:

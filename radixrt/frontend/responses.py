@@ -11,6 +11,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from radixrt.frontend.chat_output import ChatOutput, call_deltas, whole_calls
 from radixrt.frontend.protocol import (
     ChatChoice,
     ChatCompletionChunk,
@@ -93,20 +94,58 @@ class ResponseShape(ABC):
 
 
 class ChatShape(ResponseShape):
-    """/v1/chat/completions."""
+    """/v1/chat/completions. With a reasoning or tool parser (frontend/chat_output.py), each
+    choice's text is split into reasoning_content, content and tool_calls."""
+
+    def __init__(self, api_id: str, model: str, sp: SamplingParams, reasoning: str = "none",
+                 tool_parser: str | None = None) -> None:
+        super().__init__(api_id, model, sp)
+        self.reasoning, self.tool_parser = reasoning, tool_parser
+        self.outputs: dict[int, ChatOutput] = {}  # per streamed choice
+
+    @property
+    def parsing(self) -> bool:
+        return self.reasoning != "none" or self.tool_parser is not None
 
     def opening(self, indices: list[int], usage: UsageInfo) -> list[Any]:
         return [self.chunk([ChatStreamChoice(index=i, finish_reason=None,
                                              delta=DeltaMessage(role="assistant", content=""))])
                 for i in indices]
 
+    def stream_events(self, d: TextDelta, index: int) -> list[Any]:
+        if not self.parsing:
+            return super().stream_events(d, index)
+        out = self.outputs.setdefault(index, ChatOutput(self.reasoning, self.tool_parser))
+        reasoning, parsed = out.feed(d.text, d.finished)
+        deltas = []
+        if reasoning or parsed.content:
+            deltas.append(DeltaMessage(reasoning_content=reasoning or None,
+                                       content=parsed.content or None))
+        deltas += [DeltaMessage(tool_calls=[c]) for c in call_deltas(parsed.calls)]
+        logprobs = chat_logprobs(d) if self.wants_logprobs(d, True) else None
+        if not deltas and (d.finished or logprobs is not None):
+            deltas.append(DeltaMessage())
+        choices = [ChatStreamChoice(index=index, delta=m) for m in deltas]
+        if choices:  # logprobs with the first chunk, the finish reason with the last
+            choices[0].logprobs = logprobs
+            choices[-1].finish_reason = out.finish_reason(d.finish_reason)
+        return [self.chunk([c]) for c in choices]
+
     def choice(self, d: TextDelta, index: int, stream: bool) -> Any:
         logprobs = chat_logprobs(d) if self.wants_logprobs(d, stream) else None
         if stream:
             return ChatStreamChoice(index=index, finish_reason=d.finish_reason, logprobs=logprobs,
                                     delta=DeltaMessage(content=d.text or None))
-        return ChatChoice(index=index, message=ChatResponseMessage(content=d.text),
-                          logprobs=logprobs, finish_reason=d.finish_reason)
+        message, reason = ChatResponseMessage(content=d.text), d.finish_reason
+        if self.parsing:
+            out = ChatOutput(self.reasoning, self.tool_parser)
+            reasoning, parsed = out.feed(d.text, final=True)
+            calls = whole_calls(parsed.calls)
+            message = ChatResponseMessage(
+                content=(parsed.content.strip() or None) if calls else parsed.content,
+                reasoning_content=reasoning or None, tool_calls=calls)
+            reason = out.finish_reason(reason)
+        return ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=reason)
 
     def chunk(self, choices: list[Any], usage: UsageInfo | None = None) -> Any:
         return ChatCompletionChunk(id=self.api_id, created=self.created, model=self.model,

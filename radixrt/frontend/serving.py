@@ -30,6 +30,14 @@ from radixrt.frontend.protocol import (
     parse_request,
 )
 from radixrt.frontend.responses import ChatShape, CompletionShape, GenerateShape, ResponseShape
+from radixrt.frontend.tools import (
+    NO_TOOLS,
+    ToolPlan,
+    ToolSupport,
+    plan_tools,
+    read_chat_template,
+    tool_messages,
+)
 from radixrt.ipc.messages import TextDelta, TokenizeReq
 from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import SamplingParams
@@ -83,6 +91,8 @@ class OpenAIServing:
         engine = config.engine
         self.served_name = engine.served_model_name
         self.model_names = {engine.served_model_name, Path(engine.model_path).name}
+        self.tool_support = ToolSupport.detect(read_chat_template(engine.model_path),
+                                               config.tool_call_parser, config.reasoning_parser)
         self.client: AsyncTokenizerClient | None = None
         self._live: dict[int, Generation] = {}
         self.in_flight = 0  # sub-requests
@@ -289,9 +299,20 @@ class OpenAIServing:
 
     async def chat(self, request: Request) -> Response:
         body = parse_request(ChatCompletionRequest, await request.body())
-        shape = ChatShape(f"chatcmpl-{uuid.uuid4().hex}", self.check_model(body.model),
-                          self._sampling(body))
-        return await self._chat(request, body, shape)
+        model = self.check_model(body.model)
+        plan = plan_tools(body.tools, body.tool_choice, body.parallel_tool_calls,
+                          self.tool_support)
+        sp = self._sampling(body)
+        if plan.has_grammar:
+            if sp.regex is None and sp.json_schema is None:
+                sp = dataclasses.replace(sp, regex=plan.regex, json_schema=plan.json_schema)
+            elif plan.forced:  # under auto, the request's own grammar wins
+                raise APIError(400, "tool_choice required or a named function cannot be "
+                               "combined with response_format, regex or json_schema",
+                               param="tool_choice")
+        shape = ChatShape(f"chatcmpl-{uuid.uuid4().hex}", model, sp,
+                          reasoning=self.tool_support.reasoning, tool_parser=plan.parser)
+        return await self._chat(request, body, shape, plan)
 
     async def messages(self, request: Request) -> Response:
         """Anthropic's Messages API: a chat completion in Anthropic's shape."""
@@ -302,14 +323,17 @@ class OpenAIServing:
         return await self._chat(request, chat, shape)
 
     async def _chat(self, request: Request, body: ChatCompletionRequest,
-                    shape: ResponseShape) -> Response:
+                    shape: ResponseShape, plan: ToolPlan = NO_TOOLS) -> Response:
         self._check_template(body)
-        messages = [m.to_dict() for m in body.messages]
+        messages = tool_messages([m.to_dict(i) for i, m in enumerate(body.messages)], plan)
+        kwargs = body.chat_template_kwargs
+        if plan.template_tools is not None:
+            kwargs = {"tools": plan.template_tools, **(kwargs or {})}
         add_generation_prompt = body.generation_prompt()
         reqs = [TokenizeReq(rid=f"{shape.api_id}-{i}", messages=messages,
                             sampling=self._choice_sampling(shape.sp, i), stream=body.stream,
                             cache_salt=body.cache_salt,
-                            chat_template_kwargs=body.chat_template_kwargs,
+                            chat_template_kwargs=kwargs,
                             add_generation_prompt=add_generation_prompt,
                             continue_final_message=body.continue_final_message,
                             chat_template=body.chat_template)

@@ -23,9 +23,9 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
+from radixrt.config import TOOL_PARSERS
 from radixrt.frontend.reasoning import partial_suffix
 
-TOOL_PARSERS = ("auto", "hermes", "llama3", "json", "none")
 # The canonical head of a call object: its name, then its arguments (streamed from here on).
 HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*')
 
