@@ -325,7 +325,8 @@ class OpenAIServing:
     async def _chat(self, request: Request, body: ChatCompletionRequest,
                     shape: ResponseShape, plan: ToolPlan = NO_TOOLS) -> Response:
         self._check_template(body)
-        messages = tool_messages([m.to_dict(i) for i, m in enumerate(body.messages)], plan)
+        messages = tool_messages([m.to_dict(i) for i, m in enumerate(body.messages)], plan,
+                                 self.tool_support)
         kwargs = body.chat_template_kwargs
         if plan.template_tools is not None:
             kwargs = {"tools": plan.template_tools, **(kwargs or {})}

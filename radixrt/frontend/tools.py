@@ -224,11 +224,12 @@ def plan_tools(tools: list[ToolDef] | None, choice: ToolChoice | None, parallel:
                     None)
 
 
-def tool_messages(messages: list[dict[str, Any]], plan: ToolPlan) -> list[dict[str, Any]]:
-    """The chat as the template gets it. The fallback (a template that knows no tools): the
-    tools' description joins the system message, and earlier calls become the assistant's
-    text in the format the model was told to use."""
-    if plan.system_prompt is None:
+def tool_messages(messages: list[dict[str, Any]], plan: ToolPlan,
+                  support: ToolSupport) -> list[dict[str, Any]]:
+    """The chat as the template gets it. For a template that knows no tools (the fallback),
+    earlier calls become the assistant's text in the format the model is told to use (with
+    or without tools in this request), and the tools' description joins the system message."""
+    if support.template_tools:
         return messages
     out = []
     for m in messages:
@@ -242,6 +243,8 @@ def tool_messages(messages: list[dict[str, Any]], plan: ToolPlan) -> list[dict[s
                 before = "\n".join(str(p.get("text", "")) for p in before)
             m["content"] = f"{before}\n{text}" if before else text
         out.append(m)
+    if plan.system_prompt is None:
+        return out
     if out and out[0]["role"] in ("system", "developer") and isinstance(out[0]["content"], str):
         out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + plan.system_prompt}
     else:

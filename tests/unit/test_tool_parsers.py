@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
@@ -173,7 +174,6 @@ def test_forced_plans_are_schemas_of_calls() -> None:
     schema = json.loads(named.json_schema)
     assert schema["items"]["properties"]["name"] == {"const": "get_time"}
     assert "maxItems" not in schema  # parallel calls allowed
-    import re
     regex = to_regex("json", json.dumps(calls_schema(request(tools=[WEATHER]).tools, False)))
     assert re.fullmatch(regex, '[{"name": "get_weather", "arguments": {"city": "Oslo"}}]')
     assert not re.fullmatch(regex, '[{"name": "get_time", "arguments": {}}]')
@@ -200,7 +200,8 @@ def test_history_with_calls_reaches_the_template() -> None:
     assert messages[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}
     assert messages[2]["tool_call_id"] == "call_1"
     p = plan_tools(r.tools, r.tool_choice, r.parallel_tool_calls, FALLBACK)
-    shown = tool_messages(messages, p)
+    shown = tool_messages(messages, p, FALLBACK)
+    assert tool_messages(messages, p, HERMES_TEMPLATE) is messages
     assert shown[0]["role"] == "system" and "get_weather" in shown[0]["content"]
     assert json.loads(shown[2]["content"]) == [{"name": "get_weather",
                                                  "arguments": {"city": "Oslo"}}]
