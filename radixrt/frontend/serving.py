@@ -297,9 +297,8 @@ class OpenAIServing:
 
     # ------------------------------------------------------------ the endpoints
 
-    async def chat(self, request: Request) -> Response:
-        body = parse_request(ChatCompletionRequest, await request.body())
-        model = self.check_model(body.model)
+    def _tool_sampling(self, body: ChatCompletionRequest) -> tuple[ToolPlan, SamplingParams]:
+        """The request's tool plan, and its sampling under the plan's grammar if any."""
         plan = plan_tools(body.tools, body.tool_choice, body.parallel_tool_calls,
                           self.tool_support)
         sp = self._sampling(body)
@@ -310,6 +309,12 @@ class OpenAIServing:
                 raise APIError(400, "tool_choice required or a named function cannot be "
                                "combined with response_format, regex or json_schema",
                                param="tool_choice")
+        return plan, sp
+
+    async def chat(self, request: Request) -> Response:
+        body = parse_request(ChatCompletionRequest, await request.body())
+        model = self.check_model(body.model)
+        plan, sp = self._tool_sampling(body)
         shape = ChatShape(f"chatcmpl-{uuid.uuid4().hex}", model, sp,
                           reasoning=self.tool_support.reasoning, tool_parser=plan.parser)
         return await self._chat(request, body, shape, plan)
@@ -318,9 +323,10 @@ class OpenAIServing:
         """Anthropic's Messages API: a chat completion in Anthropic's shape."""
         body = parse_request(MessagesRequest, await request.body())
         chat = body.to_chat()
-        shape = MessagesShape(f"msg_{uuid.uuid4().hex}", self.check_model(body.model),
-                              self._sampling(chat))
-        return await self._chat(request, chat, shape)
+        model = self.check_model(body.model)
+        plan, sp = self._tool_sampling(chat)
+        shape = MessagesShape(f"msg_{uuid.uuid4().hex}", model, sp, tool_parser=plan.parser)
+        return await self._chat(request, chat, shape, plan)
 
     async def _chat(self, request: Request, body: ChatCompletionRequest,
                     shape: ResponseShape, plan: ToolPlan = NO_TOOLS) -> Response:

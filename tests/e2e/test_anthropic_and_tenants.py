@@ -118,7 +118,7 @@ def test_messages_stop_sequence_and_prefill(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize("extra, where", [
-    ({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "tools"),
+    ({"tools": [{"name": "f", "input_schema": {"type": "nonsense"}}]}, "tools"),
     ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
     ({"bogus": 1}, "bogus"),
     ({"temperature": 1.5}, "temperature"),

@@ -226,3 +226,41 @@ def test_default_model_fallback_calls_under_required_and_auto(smol: OpenAI) -> N
             check_call(call["name"], call["args"])
     else:
         assert got["content"] and not got["content"].lstrip().startswith("[")
+
+
+def test_anthropic_tool_use_round_trip(qwen3: OpenAI) -> None:
+    """/v1/messages: tools, tool_choice any -> a tool_use block (stop_reason tool_use), whole
+    and streamed; then its tool_result -> a text answer."""
+    import anthropic
+
+    claude = anthropic.Anthropic(base_url=str(qwen3.base_url).removesuffix("/v1/"),
+                                 api_key="unused", max_retries=0)
+    tools = [{"name": t["function"]["name"], "description": t["function"].get("description", ""),
+              "input_schema": t["function"]["parameters"]} for t in (WEATHER, TIME)]
+    kw: dict[str, Any] = {"model": "tiny", "max_tokens": 80, "tools": tools,
+                          "extra_body": {"temperature": 1.0},
+                          "tool_choice": {"type": "any", "disable_parallel_tool_use": True}}
+    msg = claude.messages.create(messages=ASK, **kw)
+    assert msg.stop_reason == "tool_use"
+    (use,) = [b for b in msg.content if b.type == "tool_use"]
+    assert use.id.startswith("toolu_")
+    check_call(use.name, json.dumps(use.input))
+    streamed, blocks, name = "", [], ""
+    for event in claude.messages.create(messages=ASK, stream=True, **kw):
+        if event.type == "content_block_start":
+            blocks.append(event.content_block.type)
+            name = getattr(event.content_block, "name", name)
+        elif event.type == "content_block_delta" and event.delta.type == "input_json_delta":
+            streamed += event.delta.partial_json
+        elif event.type == "message_delta":
+            assert event.delta.stop_reason == "tool_use"
+    assert blocks == ["text", "tool_use"]
+    check_call(name, streamed)
+    history = ASK + [{"role": "assistant", "content": [{"type": "tool_use", "id": use.id,
+                                                        "name": use.name, "input": use.input}]},
+                     {"role": "user", "content": [{"type": "tool_result",
+                                                   "tool_use_id": use.id,
+                                                   "content": "sunny, 21 C"}]}]
+    final = claude.messages.create(messages=history, model="tiny", max_tokens=20, tools=tools,
+                                   tool_choice={"type": "none"})
+    assert [b.type for b in final.content] == ["text"] and final.content[0].text
