@@ -85,8 +85,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     heads, kv_heads, dim, ps = args.heads, args.kv_heads, args.head_dim, args.page_size
     decode = parse_cases(args.decode, "x")
     extend = parse_cases(args.extend, "+")
-    max_tokens = max([b * (c + 1) for b, c in decode] + [n + p for n, p in extend] + [1])
-    pages = -(-max_tokens // ps) + 8
+    # Each request rounds up to whole pages of its own.
+    pages = max([b * -(-(c + 1) // ps) for b, c in decode]
+                + [-(-(n + p) // ps) for n, p in extend] + [1]) + 8
     rows: list[dict[str, Any]] = []
     for types in args.types.split(","):
         dtype, kv_dtype = (getattr(torch, x) for x in types.split(":"))

@@ -16,7 +16,7 @@ import statistics
 import time
 from typing import Any
 
-from radixrt.config import EngineConfig
+from radixrt.config import build_engine_config
 from radixrt.default_model import default_model_dir
 from radixrt.testing.local_engine import LocalEngine
 from radixrt.testing.schemas import SCHEMAS
@@ -65,11 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", help="model dtype (default: what the server "
+                    "picks on this machine, with its default quantization)")
     args = ap.parse_args(argv)
     path = default_model_dir()
-    engine = LocalEngine(EngineConfig(model_path=str(path), dtype=args.dtype, page_size=16,
-                                      max_total_tokens=32 * 1024))
+    engine = LocalEngine(build_engine_config(str(path), dtype=args.dtype, page_size=16,
+                                             max_total_tokens=32 * 1024))
     for row in compile_times(engine):
         print(json.dumps(row))
     schema = json.dumps(LONG_SCHEMA)

@@ -365,8 +365,14 @@ def write_docs(suite: dict[str, Any], args: argparse.Namespace) -> None:
     log(f"wrote {args.docs} and {len(figures)} figures")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (kill, timeout) unwinds like Ctrl-C, so every server started is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.from_json is not None:
         suite = json.loads(args.from_json.read_text())
         suite["targets"] = metrics.target_checks(suite["summaries"])  # current definitions

@@ -64,6 +64,10 @@ class CpuAttentionBackend(AttentionBackend):
         self.v_ptrs = [t.data_ptr() for t in pool.v_cache]
         self.plan_obj = None
         self.num_tokens = 0
+        d, hkv = head_dim, s.num_kv_heads
+        packed = (d, 1)
+        self._expected = ((dtype,) * 3 + (True,) * 3
+                          + ((num_heads, d), (hkv, d), (hkv, d), 0, 0, packed, packed, packed))
 
     def plan(self, meta: AttentionMetadata) -> None:
         if meta.page_table.device.type != "cpu":
@@ -82,7 +86,20 @@ class CpuAttentionBackend(AttentionBackend):
         plan = self.plan_obj
         assert plan is not None, "plan() must run before forward()"
         t = q.shape[0]
-        # The kernels take raw pointers: check here what they assume.
+        # The kernels take raw pointers: check here what they assume (one comparison of
+        # tuples per step and layer; the message names what differs).
+        got = (q.dtype, k.dtype, v.dtype, q.is_cpu, k.is_cpu, v.is_cpu, q.shape[1:],
+               k.shape[1:], v.shape[1:], k.shape[0], v.shape[0], q.stride()[1:],
+               k.stride()[1:], v.stride()[1:])
+        if got != self._expected[:9] + (t, t) + self._expected[11:]:
+            self._explain_bad_input(q, k, v)
+        out = torch.empty((t, self.num_heads, self.head_dim), dtype=self.dtype)
+        plan.run(q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(),
+                 v.stride(0), out.data_ptr(), t, self.k_ptrs[layer_id], self.v_ptrs[layer_id])
+        return out
+
+    def _explain_bad_input(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        t = q.shape[0]
         for x, heads in ((q, self.num_heads), (k, self.pool.shape.num_kv_heads),
                          (v, self.pool.shape.num_kv_heads)):
             if (x.dtype != self.dtype or x.device.type != "cpu" or x.shape[0] != t
@@ -91,7 +108,4 @@ class CpuAttentionBackend(AttentionBackend):
                 raise ValueError(f"cpu attention got a {x.dtype} tensor of shape "
                                  f"{tuple(x.shape)}, strides {x.stride()}; expected "
                                  f"[{t}, {heads}, {self.head_dim}] {self.dtype}, rows packed")
-        out = torch.empty((t, self.num_heads, self.head_dim), dtype=self.dtype)
-        plan.run(q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(),
-                 v.stride(0), out.data_ptr(), t, self.k_ptrs[layer_id], self.v_ptrs[layer_id])
-        return out
+        raise AssertionError("unreachable: the fast check and the explanation disagree")

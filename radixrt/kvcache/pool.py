@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from radixrt.kvcache.host_memory import zeros_huge
+
 
 @dataclass(frozen=True)
 class KVPoolShape:
@@ -36,16 +38,20 @@ class KVPool:
         self.dtype = dtype
         self.device = torch.device(device)
         slots = shape.num_slots + shape.page_size
+        per_layer = (slots, shape.num_kv_heads, shape.head_dim)
         # Zeroed: attention reads whole pages and masks the unwritten tail of the last one, and
         # a masked NaN from uninitialised memory would still poison the output (0 * NaN).
-        self.k_cache = [
-            torch.zeros(slots, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
-            for _ in range(shape.num_layers)
-        ]
-        self.v_cache = [
-            torch.zeros(slots, shape.num_kv_heads, shape.head_dim, dtype=dtype, device=device)
-            for _ in range(shape.num_layers)
-        ]
+        if self.device.type == "cpu":
+            # One arena on huge pages (see host_memory.py), cut into the layers' K and V.
+            n = slots * shape.num_kv_heads * shape.head_dim
+            arena = zeros_huge(2 * shape.num_layers * n, dtype)
+            views = [arena[i * n:(i + 1) * n].view(per_layer) for i in range(2 * shape.num_layers)]
+            self.k_cache, self.v_cache = views[:shape.num_layers], views[shape.num_layers:]
+        else:
+            self.k_cache = [torch.zeros(per_layer, dtype=dtype, device=device)
+                            for _ in range(shape.num_layers)]
+            self.v_cache = [torch.zeros(per_layer, dtype=dtype, device=device)
+                            for _ in range(shape.num_layers)]
 
     @property
     def scratch_page(self) -> int:

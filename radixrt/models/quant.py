@@ -240,11 +240,36 @@ class QuantizedLinear(nn.Module):
     def weight_q(self) -> QuantWeight:
         return QuantWeight(self.bits, self.qs, self.d, self.m)
 
+    def _decode_call(self) -> tuple:
+        """(kernel, trailing args) of the packed-weight kernel on this module's buffers, kept
+        while the buffers stay where they are: a decode step calls 120 of these layers, and
+        looking buffers up through nn.Module costs more than the arithmetic of some."""
+        qs = self._buffers["qs"]
+        cached = self.__dict__.get("_decode")
+        if cached is None or cached[0] != qs.data_ptr():
+            ext = _ext()
+            n = self.out_features
+            if self.bits == 4:
+                args = (qs.data_ptr(), self._buffers["d"].data_ptr(),
+                        self._buffers["m"].data_ptr(), n)
+                cached = (qs.data_ptr(), ext.gemm_q4, args)
+            else:
+                cached = (qs.data_ptr(), ext.gemm_q8, (qs.data_ptr(),
+                                                         self._buffers["d"].data_ptr(), n))
+            self.__dict__["_decode"] = cached
+        return cached
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dim() == 2 and x.dtype == torch.float32 and self.bias is None
-                and _linear_path == "auto" and x.shape[0] <= SMALL_M and x.is_contiguous()
-                and x.shape[1] == self.in_features):
-            return _small_matmul(x, self.weight_q)  # decode: skip the reshapes and checks
+        if (x.dtype is torch.float32 and self.bias is None and x.dim() == 2
+                and x.shape[0] <= SMALL_M and _linear_path == "auto" and x.is_contiguous()
+                and x.shape[1] == self.in_features and x.device.type == "cpu"):
+            # Decode: straight to the packed-weight kernel (what _small_matmul does).
+            _, kernel, args = self._decode_call()
+            rows = x.shape[0]
+            y = torch.empty(rows, self.out_features, dtype=torch.float32)
+            kernel(x.data_ptr(), rows, self.in_features, *args, y.data_ptr(),
+                   torch.get_num_threads(), 0)
+            return y
         lead = x.shape[:-1]
         y = quant_matmul(x.reshape(-1, self.in_features).float(), self.weight_q, _linear_path)
         if self.bias is not None:

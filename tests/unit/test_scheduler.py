@@ -259,3 +259,18 @@ def test_stop_token_and_min_tokens(tiny, runner, overlap: bool) -> None:
     (held,) = eng.generate([p], {**GREEDY, "stop_token_ids": [stop_tok], "min_new_tokens": 5})
     assert len(held.output_ids) >= 5
     assert stop_tok not in held.output_ids[:5]
+
+
+def test_debug_log_says_what_each_step_held(tiny, runner, caplog: pytest.LogCaptureFixture
+                                            ) -> None:
+    eng = engine(tiny, runner, overlap=False, chunked_prefill_size=16)
+    with caplog.at_level("DEBUG", logger="radixrt"):
+        eng.generate([list(range(3, 27)), list(range(30, 35))],
+                     {**GREEDY, "max_new_tokens": 3})
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    # 24 + 5 prompt tokens in 16-token chunks: [16], then [8, 5] (the first prompt's rest
+    # and the second), then decodes only.
+    assert steps[0].startswith("step 1: 0 decodes, prefill chunks [16], forward ")
+    assert steps[1].startswith("step 2: 0 decodes, prefill chunks [8, 5], forward ")
+    assert steps[2].startswith("step 3: 2 decodes, prefill chunks [], forward ")
+    assert_all_free(eng)
