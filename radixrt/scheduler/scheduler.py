@@ -232,10 +232,11 @@ class Scheduler:
         self.stats.steps += 1
         self.stats.forward_seconds += result.forward_seconds
         if logger.isEnabledFor(logging.DEBUG):  # --log-level debug: what each step held
-            logger.debug("step %d: %d decodes, prefill chunks %s, forward %.1f ms, %d waiting",
-                         step, sum(1 for c in chunks if c.num_new == 1),
-                         [c.num_new for c in chunks if c.num_new > 1], result.forward_seconds * 1e3,
-                         len(self.waiting))
+            logger.debug("step %d: %d one-token chunks (decodes), prefill chunks %s, "
+                         "forward %.1f ms, %d waiting", step,
+                         sum(1 for c in chunks if c.num_new == 1),
+                         [c.num_new for c in chunks if c.num_new > 1],
+                         result.forward_seconds * 1e3, len(self.waiting))
         for i, (r, n) in enumerate(chunks):
             # A running request takes its token; so does one retracted while this step ran
             # (its token is real). A finished one (aborted, or ended one step earlier) drops it.

@@ -270,7 +270,8 @@ def test_debug_log_says_what_each_step_held(tiny, runner, caplog: pytest.LogCapt
     steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     # 24 + 5 prompt tokens in 16-token chunks: [16], then [8, 5] (the first prompt's rest
     # and the second), then decodes only.
-    assert steps[0].startswith("step 1: 0 decodes, prefill chunks [16], forward ")
-    assert steps[1].startswith("step 2: 0 decodes, prefill chunks [8, 5], forward ")
-    assert steps[2].startswith("step 3: 2 decodes, prefill chunks [], forward ")
+    head = "one-token chunks (decodes), prefill chunks"
+    assert steps[0].startswith(f"step 1: 0 {head} [16], forward ")
+    assert steps[1].startswith(f"step 2: 0 {head} [8, 5], forward ")
+    assert steps[2].startswith(f"step 3: 2 {head} [], forward ")
     assert_all_free(eng)
