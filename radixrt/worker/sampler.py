@@ -134,25 +134,25 @@ class Sampler:
 
     def _sample_random(self, logits: torch.Tensor, states: list[SlotState], temps: list[float],
                        greedy: list[bool]) -> torch.Tensor:
+        """Every row in batched tensor ops (per-row temperature, top-k, top-p, min-p); only
+        rows with a seed draw their noise one by one, from a generator seeded by (seed,
+        tokens generated) so that they do not depend on the rest of the batch."""
         dev = logits.device
         t = torch.tensor([1.0 if g else tt for g, tt in zip(greedy, temps)], device=dev)
         probs = torch.softmax(logits / t[:, None], dim=-1)
-        for i, st in enumerate(states):
-            p = st.params
-            if greedy[i]:
-                continue
-            if p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0:
-                probs[i] = _truncate(probs[i], p.top_k, p.top_p, p.min_p)
+        cut = [i for i, st in enumerate(states) if not greedy[i] and (
+            st.params.top_k > 0 or st.params.top_p < 1.0 or st.params.min_p > 0.0)]
+        if cut:
+            params = [states[i].params for i in cut]
+            rows = torch.tensor(cut, device=dev)
+            probs[rows] = truncate_rows(probs[rows], [p.top_k for p in params],
+                                        [p.top_p for p in params], [p.min_p for p in params])
         # Exponential race: argmax(p / E) with E ~ Exp(1) samples from p.
-        noise = torch.empty_like(probs)
+        noise = torch.empty_like(probs).exponential_(generator=self.rng)
         for i, st in enumerate(states):
-            if greedy[i]:
-                noise[i].fill_(1.0)
-            elif st.params.seed is not None:
+            if not greedy[i] and st.params.seed is not None:
                 self._row_gen.manual_seed((st.params.seed * 1_000_003 + st.num_generated) % 2**63)
                 noise[i].exponential_(generator=self._row_gen)
-            else:
-                noise[i].exponential_(generator=self.rng)
         sampled = (probs / noise).argmax(dim=-1)
         greedy_ids = logits.argmax(dim=-1)
         mask = torch.tensor(greedy, device=dev)
@@ -187,20 +187,31 @@ class Sampler:
                     st.seen[ids[i]] = True
 
 
-def _truncate(p: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
-    """Zero the tail of one probability row (top-k, then top-p, then min-p) and renormalise."""
-    if min_p > 0.0:
-        p = torch.where(p < min_p * p.max(), torch.zeros_like(p), p)
-    if top_k > 0 or top_p < 1.0:
-        k = top_k if 0 < top_k < p.numel() else p.numel()
-        vals, idx = p.topk(k) if k < p.numel() else p.sort(descending=True)
-        if top_p < 1.0:
-            vals = vals / vals.sum()
-            cum = vals.cumsum(0)
-            keep = (cum - vals) < top_p  # keep the smallest set reaching top_p
-            # ... and always the top token: a tiny top_p (1e-46 is 0 in float32) would
-            # otherwise keep nothing and sample from NaNs (vLLM keeps it too).
-            keep[0] = True
-            vals = torch.where(keep, vals, torch.zeros_like(vals))
-        p = torch.zeros_like(p).scatter_(0, idx, vals)
-    return p / p.sum()
+def truncate_rows(p: torch.Tensor, top_k: list[int], top_p: list[float], min_p: list[float]
+                  ) -> torch.Tensor:
+    """Zero the tail of each probability row (min-p, then top-k, then top-p over what is left)
+    and renormalise; one set of batched ops for all rows. top_k <= 0: no limit; top_p >= 1:
+    none; the most likely token always stays (a top_p that underflows to 0 in float32, such
+    as 1e-46, would otherwise keep nothing and sample from NaNs; vLLM keeps it too)."""
+    dev, v = p.device, p.shape[-1]
+    ks = [k if 0 < k < v else v for k in top_k]
+    if any(m > 0.0 for m in min_p):
+        thr = torch.tensor(min_p, dtype=p.dtype, device=dev)[:, None] * p.amax(-1, keepdim=True)
+        p = torch.where(p < thr, torch.zeros_like(p), p)
+    if all(tp >= 1.0 for tp in top_p) and max(ks) < v:
+        vals, idx = p.topk(max(ks), dim=-1)  # top-k alone: no need to sort the whole row
+    else:
+        vals, idx = p.sort(dim=-1, descending=True)
+    rank = torch.arange(vals.shape[-1], device=dev)
+    vals = torch.where(rank[None, :] < torch.tensor(ks, device=dev)[:, None], vals,
+                       torch.zeros_like(vals))
+    if any(tp < 1.0 for tp in top_p):
+        normed = vals / vals.sum(-1, keepdim=True)
+        cum = normed.cumsum(-1)
+        # The smallest prefix reaching top_p (compared in float64: 1e-46 is 0 in float32).
+        tp = torch.tensor(top_p, dtype=torch.float64, device=dev)[:, None]
+        keep = ((cum - normed).double() < tp) | (tp >= 1.0)
+        keep[:, 0] = True
+        vals = torch.where(keep, vals, torch.zeros_like(vals))
+    out = torch.zeros_like(p).scatter_(-1, idx, vals)
+    return out / out.sum(-1, keepdim=True)
