@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import mmap
 import os
 import sys
 
@@ -50,7 +51,18 @@ def advise_huge_pages(t: torch.Tensor) -> bool:
 
 
 def zeros_huge(numel: int, dtype: torch.dtype) -> torch.Tensor:
-    """A zeroed 1-D CPU tensor whose memory is advised to huge pages before it is touched."""
-    t = torch.empty(numel, dtype=dtype)
+    """A zeroed 1-D CPU tensor on fresh memory advised to huge pages before it is touched.
+
+    Fresh: its own anonymous mapping (memory the allocator hands back may have been touched
+    already, and touched 4 KiB pages stay small), 2 MiB-aligned; the tensor keeps the mapping
+    alive. Written once here so the pages are faulted in now, not during the first steps.
+    """
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    if _madvise() is None or nbytes < HUGE_PAGE:
+        return torch.zeros(numel, dtype=dtype)
+    region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    raw = torch.frombuffer(region, dtype=torch.uint8)
+    start = -raw.data_ptr() % HUGE_PAGE
+    t = raw[start:start + nbytes].view(dtype)
     advise_huge_pages(t)
     return t.zero_()

@@ -42,10 +42,18 @@ def test_pool_layers_are_disjoint_zeroed_views() -> None:
 def test_arena_gets_huge_pages() -> None:
     before = anon_huge_kib()
     t = zeros_huge(16 * HUGE_PAGE // 4, torch.float32)  # 32 MiB
-    assert not t.any()
+    assert not t.any() and t.data_ptr() % HUGE_PAGE == 0
     # At least most of the aligned interior is backed by 2 MiB pages now.
     assert anon_huge_kib() - before >= 8 * HUGE_PAGE // 1024
     del t
+
+
+def test_arena_survives_its_creator_and_small_ones_are_plain() -> None:
+    t = zeros_huge(HUGE_PAGE, torch.bfloat16)  # the mapping lives as long as the tensor
+    t[-1] = 3.0
+    assert t.view(-1)[-1].item() == 3.0 and t.sum().item() == 3.0
+    small = zeros_huge(10, torch.float32)
+    assert small.shape == (10,) and not small.any()
 
 
 def test_advice_needs_a_cpu_tensor_with_a_whole_huge_page() -> None:
