@@ -4,7 +4,7 @@ Decode attention reads every request's KV pages, scattered over the pool, each s
 4 KiB pages nearly every KV page visit is a TLB miss (the pool is far larger than the TLB's
 reach), and the CPU attention kernel stalls on the page walks. Asking the kernel for 2 MiB
 pages (madvise MADV_HUGEPAGE, before the memory is first touched) removes most of them:
-measured 15-20 % off a decode step's attention (docs/benchmarks.md). Linux with THP in
+measured 15-25 % off a decode step's attention over scattered pages (docs/benchmarks.md). Linux with THP in
 "madvise" or "always" mode; elsewhere (or with RADIXRT_HUGE_PAGES=0) a plain allocation.
 """
 
