@@ -230,15 +230,29 @@ def use_graphs(runner: Any, graphs: Any) -> None:
     runner.graphs = graphs
 
 
-def timed_steps(runner: Any, make: Callable[[int], ForwardBatch], steps: int, warmup: int
-                ) -> float:
-    """Mean seconds per runner.step (sampling and the host copy of the tokens included)."""
-    for i in range(warmup):
-        runner.step(make(i))
+def timed_steps(runner: Any, make: Callable[[int], ForwardBatch], steps: int, warmup: int,
+                pipelined: bool = False) -> float:
+    """Mean seconds per step (sampling and the host copy of the tokens included).
+
+    pipelined: step i+1 is launched before step i's tokens are read, as the worker runs with
+    overlap scheduling (the CUDA default), so host preparation hides behind the GPU; else
+    each step is launched and waited for (runner.step)."""
+    def run(lo: int, hi: int) -> None:
+        prev = None
+        for i in range(lo, hi):
+            cur = runner.launch(make(i))
+            if pipelined and prev is not None:
+                prev.result()
+            elif not pipelined:
+                cur.result()
+            prev = cur
+        if pipelined and prev is not None:
+            prev.result()
+
+    run(0, warmup)
     sync(runner.device)
     t0 = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        runner.step(make(i))
+    run(warmup, warmup + steps)
     sync(runner.device)
     return (time.perf_counter() - t0) / steps
 
@@ -341,6 +355,7 @@ class Bench:
         self.results["setup"]["runner_load_s"] = round(time.monotonic() - t, 1)
         self.results["setup"]["kv_pool_tokens"] = self.runner.num_pages * ps
         self.results["setup"]["attention_backend"] = cfg.attention_backend
+        self.results["setup"]["fused_ops"] = dict(self.runner.fused_ops)
         self.graphs = None if a.no_graphs else self.runner.graphs
         if self.graphs is not None:
             self.results["setup"]["graph_capture_s"] = round(self.graphs.capture_seconds, 1)
@@ -388,9 +403,10 @@ class Bench:
                 warm = 3
                 # The timed steps run from C+warm to C+warm+steps; mean context length:
                 ctx = C + warm + steps / 2
-                step_s = timed_steps(r, mk, steps=steps, warmup=warm)
+                step_s = timed_steps(r, mk, steps=steps, warmup=warm, pipelined=True)
+                sync_s = timed_steps(r, mk, steps=steps, warmup=warm)
                 row = {"batch": B, "context": C, "cuda_graphs": graphs,
-                       "step_ms": round(step_s * 1e3, 3),
+                       "step_ms": round(step_s * 1e3, 3), "step_ms_sync": round(sync_s * 1e3, 3),
                        "tokens_per_s": round(B / step_s, 1), "mean_context": ctx}
                 if graphs:
                     # The graph alone (GPU time of a step): the rest of step_ms is host work
@@ -403,8 +419,8 @@ class Bench:
                     sync(r.device)
                     row["graph_replay_ms"] = round((time.perf_counter() - t) / steps * 1e3, 3)
                 rows.append(row)
-                say(f"   decode bs={B:<4} graphs={graphs!s:<5} ctx={C}: {step_s * 1e3:7.2f} ms/step,"
-                    f" {B / step_s:9,.0f} tok/s")
+                say(f"   decode bs={B:<4} graphs={graphs!s:<5} ctx={C}: {step_s * 1e3:7.2f} ms/step"
+                    f" ({sync_s * 1e3:.2f} unpipelined), {B / step_s:9,.0f} tok/s")
         use_graphs(r, self.graphs)
         self.results["decode"] = rows
         self.bandwidth(rows)
@@ -412,6 +428,7 @@ class Bench:
     def bandwidth(self, rows: list[dict[str, Any]]) -> None:
         f = self.fields
         big = max(rows, key=lambda x: (x["batch"], x["cuda_graphs"]))
+        one = [x for x in rows if x["batch"] == 1 and x["cuda_graphs"] == big["cuda_graphs"]]
         elem = torch.empty((), dtype=self.dtype).element_size()
         # Every weight is read once per step except the embedding table (B rows gathered).
         weight_bytes = (count_params(f) - f["vocab_size"] * f["hidden_size"]) * elem
@@ -425,7 +442,14 @@ class Bench:
             "card_TBps": peak and peak / 1e12,
             "fraction_of_peak": peak and round(achieved / peak, 3),
             "floor_ms": peak and round((weight_bytes + kv_bytes) / peak * 1e3, 2),
+            "step_ms": big["step_ms"],
         }
+        if one and peak:  # batch 1: the weights are (nearly) all a step must read
+            kv1 = one[0]["mean_context"] * kv_per_token
+            floor = (weight_bytes + kv1) / peak * 1e3
+            self.results["batch1_floor"] = {
+                "step_ms": one[0]["step_ms"], "floor_ms": round(floor, 3),
+                "ratio": round(one[0]["step_ms"] / floor, 3)}
         say(f"   bandwidth at bs={big['batch']}: {achieved / 1e12:.2f} TB/s"
             + (f" = {achieved / peak:.0%} of {peak / 1e12:.2f} TB/s" if peak else ""))
 
@@ -469,6 +493,95 @@ class Bench:
             out[name] = row
             say(f"   {name}: fused {row['fused_us']} us, torch {row['torch_us']} us")
         self.results["fused_ops"] = out
+
+    # -- 3c. where a decode step's GPU time goes (eager: the kernels a graph replays)
+    def profile(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        a, r = self.args, self.runner
+        C = a.decode_context
+        use_graphs(r, None)
+        out: dict[str, Any] = {}
+        try:
+            for B in sorted({1, max(a.decode_batches)}):
+                slots = list(range(B))
+                self.pages.reset()
+                r._apply_updates(self.pages.batch(slots, [0] * B, [[0]] * B,
+                                                  reserve_tokens=C + 16))
+                mk = lambda i, slots=slots, B=B: self.pages.batch(  # noqa: E731
+                    slots, [C + i] * B, [self.ids(1) for _ in slots])
+                timed_steps(r, mk, steps=2, warmup=1)
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    timed_steps(r, mk, steps=3, warmup=0)
+                rows = []
+                for ev in prof.key_averages():
+                    us = getattr(ev, "self_device_time_total", None)
+                    if us is None:
+                        us = getattr(ev, "self_cuda_time_total", 0)
+                    if us > 0:
+                        rows.append((us / 3, ev.count // 3, ev.key[:90]))
+                rows.sort(reverse=True)
+                total = sum(x[0] for x in rows)
+                out[f"batch_{B}"] = {
+                    "gpu_ms_per_step": round(total / 1e3, 3),
+                    "kernels_per_step": sum(x[1] for x in rows),
+                    "top": [{"us": round(us, 1), "calls": n, "kernel": k}
+                            for us, n, k in rows[:14]]}
+                say(f"   profile bs={B}: {total / 1e3:.2f} ms GPU, "
+                    f"{sum(x[1] for x in rows)} kernels per eager step")
+                for us, n, k in rows[:8]:
+                    say(f"      {us:9.1f} us {n:5d}x {k[:70]}")
+        finally:
+            use_graphs(r, self.graphs)
+        self.results["profile"] = out
+
+    # -- 3d. prefill through FlashInfer's fa3 (Hopper) kernels instead of fa2
+    def prefill_fa3(self) -> None:
+        from radixrt.attention.flashinfer_backend import FlashInferAttentionBackend
+
+        r = self.runner
+        old = r.attn
+        r.attn = FlashInferAttentionBackend(r.pool, r.model_cfg, r.config, prefill_backend="fa3",
+                                            workspace=old.workspace)
+        kept = self.results.get("prefill")
+        try:
+            self.prefill()
+            self.results["prefill_fa3"] = self.results["prefill"]
+        finally:
+            r.attn = old
+            if kept is not None:
+                self.results["prefill"] = kept
+
+    # -- 3e. the decode step with the fused ops off (torch versions), graphs recaptured
+    def decode_unfused(self) -> None:
+        from radixrt.models import fused_cuda
+        from radixrt.worker.graph_runner import create_graph_runner
+
+        a, r = self.args, self.runner
+        fused_rows = {d["batch"]: d for d in self.results.get("decode", []) if d["cuda_graphs"]}
+        os.environ[fused_cuda.ENV] = "0"
+        try:
+            # Recapturing frees the fused graphs' buffers: this section runs last on the runner.
+            self.graphs = r.graphs = create_graph_runner(r)
+            rows = []
+            for B in sorted({1, max(a.decode_batches)}):
+                slots = list(range(B))
+                self.pages.reset()
+                r._apply_updates(self.pages.batch(slots, [0] * B, [[0]] * B,
+                                                  reserve_tokens=a.decode_context + 80))
+                mk = lambda i, slots=slots, B=B: self.pages.batch(  # noqa: E731
+                    slots, [a.decode_context + i] * B, [self.ids(1) for _ in slots])
+                step_s = timed_steps(r, mk, steps=32, warmup=3, pipelined=True)
+                row = {"batch": B, "unfused_step_ms": round(step_s * 1e3, 3)}
+                if B in fused_rows:
+                    row["fused_step_ms"] = fused_rows[B]["step_ms"]
+                    row["speedup"] = round(step_s * 1e3 / fused_rows[B]["step_ms"], 3)
+                rows.append(row)
+                say(f"   unfused decode bs={B}: {step_s * 1e3:.2f} ms/step"
+                    + (f" (fused {row['fused_step_ms']})" if "fused_step_ms" in row else ""))
+        finally:
+            os.environ[fused_cuda.ENV] = "1"
+        self.results["decode_unfused"] = rows
 
     # -- 4. shared prefix
     def shared_prefix(self) -> None:
@@ -643,6 +756,11 @@ class Bench:
         self.section("decode", 40 if big else 1, self.decode)
         self.section("fused_ops", 10 if big else 1, self.fused_ops)
         self.section("shared_prefix", 45 if big else 1, self.shared_prefix)
+        if self.device.type == "cuda":
+            self.section("profile", 15 if big else 1, self.profile)
+            if not a.torch_attention:
+                self.section("prefill_fa3", 30 if big else 1, self.prefill_fa3)
+            self.section("decode_unfused", 20 if big else 1, self.decode_unfused)
         if not a.skip_overlap:
             self.section("overlap", 120 if big else 1, self.overlap)
         if not a.skip_transformers:
@@ -676,15 +794,39 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append("")
     if "decode" in r:
         lines += ["## Decode", "",
-                  "| engine | batch | context | CUDA graphs | ms/step | graph replay ms | tokens/s |",
-                  "|---|---|---|---|---|---|---|"]
+                  "ms/step: step i+1 launched before step i's tokens are read (overlap "
+                  "scheduling, the CUDA default); unpipelined: launch, wait, repeat.", "",
+                  "| engine | batch | context | CUDA graphs | ms/step | unpipelined ms/step | "
+                  "graph replay ms | tokens/s |",
+                  "|---|---|---|---|---|---|---|---|"]
         for d in r["decode"]:
             lines.append(f"| radixrt | {d['batch']} | {d['context']} | {d['cuda_graphs']} | "
-                         f"{d['step_ms']} | {d.get('graph_replay_ms', '-')} | "
-                         f"{d['tokens_per_s']:,} |")
+                         f"{d['step_ms']} | {d.get('step_ms_sync', '-')} | "
+                         f"{d.get('graph_replay_ms', '-')} | {d['tokens_per_s']:,} |")
         for d in hf.get("decode", []):
             lines.append(f"| transformers generate | {d['batch']} | {d['context']} | - | "
-                         f"{d['step_ms']} | - | {d['tokens_per_s']:,} |")
+                         f"{d['step_ms']} | - | - | {d['tokens_per_s']:,} |")
+        lines.append("")
+    if "batch1_floor" in r:
+        f1 = r["batch1_floor"]
+        lines += [f"Batch 1: {f1['step_ms']} ms/step against a weight-read floor of "
+                  f"{f1['floor_ms']} ms: {f1['ratio']}x.", ""]
+    if "decode_unfused" in r:
+        lines += ["## Decode with the fused ops off (torch versions, graphs recaptured)", "",
+                  "| batch | fused ms/step | unfused ms/step | unfused / fused |", "|---|---|---|---|"]
+        for d in r["decode_unfused"]:
+            lines.append(f"| {d['batch']} | {d.get('fused_step_ms', '-')} | "
+                         f"{d['unfused_step_ms']} | {d.get('speedup', '-')} |")
+        lines.append("")
+    if "prefill_fa3" in r:
+        p3 = r["prefill_fa3"]
+        lines += [f"Prefill with FlashInfer's fa3 kernels: {p3['tokens_per_s']:,} tok/s "
+                  f"({p3['step_ms']} ms).", ""]
+    for key, prof in r.get("profile", {}).items():
+        lines += [f"## Profile, eager decode step, {key.replace('_', ' ')}: "
+                  f"{prof['gpu_ms_per_step']} ms GPU, {prof['kernels_per_step']} kernels", "",
+                  "| us/step | calls | kernel |", "|---|---|---|"]
+        lines += [f"| {t['us']} | {t['calls']} | `{t['kernel']}` |" for t in prof["top"]]
         lines.append("")
     if "bandwidth" in r:
         b = r["bandwidth"]

@@ -2,7 +2,8 @@
 # The GPU check, run on a lent GPU machine (offline) from a checkout that carries gpu_bundle/
 # (built here by scripts/prepare_gpu_bundle.sh):
 #   1. installs gpu_bundle into .gpu_cache/site (once per bundle; PYTHONPATH, no pip index)
-#   2. warms FlashInfer's JIT cache, three module builds in parallel, and prints the time;
+#   2. warms FlashInfer's JIT cache (attention at both head dims, the fused ops, fa3 prefill),
+#      module builds in parallel, and prints the time;
 #      the cache lives in .gpu_cache/ (FLASHINFER_WORKSPACE_BASE), so a rerun on the same warm
 #      machine loads the compiled kernels instead of building them
 #   3. pytest tests/gpu (but the tensor-parallel tests)
@@ -88,7 +89,7 @@ export FLASHINFER_WORKSPACE_BASE="$CACHE"   # -> .gpu_cache/.cache/flashinfer/<v
 export RADIXRT_GPU_TOKENIZER_DIR="$ROOT/gpu_bundle/tokenizer"
 export RADIXRT_CACHE_DIR="$CACHE/radixrt"
 export PYTHONUNBUFFERED=1
-export MAX_JOBS=${MAX_JOBS:-6}              # nvcc jobs per module build (3 builds at once)
+export MAX_JOBS=${MAX_JOBS:-4}              # nvcc jobs per module build (5 builds at once)
 log "installed; $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 $PY - <<'EOF' || { echo "import check failed"; exit 4; }
 import torch, flashinfer, tvm_ffi, subprocess
@@ -108,11 +109,22 @@ t=time.time(); w($1, $2, $3, which='$4'); print('jit $spec: %.1f s' % (time.time
     > "$CACHE/jit_$1_$2_$3_$4.log" 2>&1 &
   pids+=($!)
 done
+# Fused norm / SiLU-and-mul / RoPE (models/fused_cuda.py), and the fa3 prefill kernels the
+# benchmark compares with fa2 (their own modules).
+$PY -c "from radixrt.models.fused_cuda import verify; import time, torch; t=time.time(); \
+print(verify(torch.device('cuda'), torch.bfloat16, 4096, 128, 32, 8, 14336)); \
+print('jit fused ops: %.1f s' % (time.time()-t))" > "$CACHE/jit_fused.log" 2>&1 &
+pids+=($!)
+RADIXRT_FLASHINFER_PREFILL_BACKEND=fa3 timeout 180 $PY -c "from radixrt.attention.flashinfer_backend \
+import warmup_kernels as w; import time; t=time.time(); w(32, 8, 128, which='prefill'); \
+print('jit fa3 prefill: %.1f s' % (time.time()-t))" > "$CACHE/jit_fa3.log" 2>&1 &
+fa3_pid=$!
 jit_rc=0
 for p in "${pids[@]}"; do wait "$p" || jit_rc=1; done
+wait $fa3_pid || log "fa3 prefill JIT failed (the benchmark's fa3 section will say why)"
 JIT_S=$(( $(date +%s) - jit0 ))
 cat "$CACHE"/jit_*.log > "$RES/jit.log"
-grep -h "^jit " "$CACHE"/jit_*.log
+grep -h "^jit \|^{" "$CACHE"/jit_*.log
 log "FlashInfer JIT warm-up: ${JIT_S} s (rc $jit_rc)"
 [ $jit_rc -eq 0 ] || tail -40 "$RES/jit.log"
 if [ "${GPU_CHECK_STEPS:-all}" = jit ]; then log "done (GPU_CHECK_STEPS=jit)"; exit $jit_rc; fi

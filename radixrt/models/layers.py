@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from radixrt.models import fused
+from radixrt.models import fused, fused_cuda
 from radixrt.models.config import ModelConfig, ModelLoadError
 
 
@@ -18,18 +18,18 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:
+            return fused_cuda.rms_norm(x, self.weight, self.eps)
         if x.dim() == 2 and fused.usable(x, self.weight):
             return fused.rmsnorm(x, self.weight, self.eps)
-        # Normalise in float32 as Hugging Face does, so low-precision runs stay faithful.
-        dtype = x.dtype
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(dtype)
+        return fused_cuda.torch_rms_norm(x, self.weight, self.eps)
 
     def add_forward(self, x: torch.Tensor, residual: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(norm(residual + x), residual + x): the residual add fused with the norm after it.
-        May update `residual` in place."""
+        May update `residual` (and, on CUDA, `x`) in place."""
+        if x.is_cuda:
+            return fused_cuda.add_rms_norm(x, residual, self.weight, self.eps)
         if x.dim() == 2 and fused.usable(x, residual, self.weight) and residual.is_contiguous():
             return fused.rmsnorm(x, self.weight, self.eps, residual), residual
         residual = residual + x
@@ -72,22 +72,18 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(t, inv_freq)
         self.register_buffer("cos", freqs.cos().float().to(device), persistent=False)
         self.register_buffer("sin", freqs.sin().float().to(device), persistent=False)
+        # FlashInfer's layout ([max_pos, D]: cos half, then sin half) for the fused CUDA op.
+        self.cos_sin = (torch.cat([self.cos, self.sin], -1) if self.cos.is_cuda else None)
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotated (q, k); on CPU with the fused kernels, q and k are rotated in place."""
+        if q.is_cuda:
+            return fused_cuda.rope(positions, q, k, self.cos, self.sin, self.cos_sin)
         if fused.usable(q, k) and self.cos.device.type == "cpu":
             positions = positions.to(torch.int64).contiguous()
             fused.rope_(q, positions, self.cos, self.sin)
             fused.rope_(k, positions, self.cos, self.sin)
             return q, k
-        cos = self.cos[positions].unsqueeze(1)  # [T, 1, D/2]
-        sin = self.sin[positions].unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    dtype = x.dtype
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(dtype)
+        return fused_cuda.torch_rope(positions, q, k, self.cos, self.sin)

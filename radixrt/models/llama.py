@@ -10,9 +10,9 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from radixrt.attention.base import AttentionBackend
+from radixrt.models import fused_cuda
 from radixrt.models.config import ModelConfig, kv_head_start, shard_config
 from radixrt.models.layers import RMSNorm, RotaryEmbedding
 from radixrt.models.parallel import TensorParallel, VocabParallelEmbedding
@@ -74,8 +74,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
-        return self.tp.all_reduce(self.down_proj(F.silu(gate) * up))
+        return self.tp.all_reduce(self.down_proj(fused_cuda.silu_and_mul(self.gate_up_proj(x))))
 
 
 class DecoderLayer(nn.Module):

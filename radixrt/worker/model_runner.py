@@ -14,6 +14,7 @@ from radixrt.config import EngineConfig, torch_dtype
 from radixrt.ipc.messages import ForwardBatch, StepResult
 from radixrt.kvcache.pool import KVPool, KVPoolShape
 from radixrt.model_info import resolve_context_length
+from radixrt.models import fused_cuda
 from radixrt.models.config import ModelConfig, shard_config
 from radixrt.models.loader import load_model
 from radixrt.models.parallel import TensorParallel
@@ -122,6 +123,15 @@ class ModelRunner:
                     self.page_size, config.kv_dtype,
                     self.pool.shape.bytes_per_page(self.kv_dtype) * num_pages / 2**30,
                     config.attention_backend)
+        # FlashInfer's fused norm/activation/RoPE kernels, checked once against torch before
+        # any graph captures them (an op that fails here runs as torch ops instead).
+        self.fused_ops: dict[str, str] = {}
+        if self.device.type == "cuda":
+            self.fused_ops = fused_cuda.verify(
+                self.device, self.dtype, m.hidden_size, m.head_dim, m.num_heads,
+                m.num_kv_heads, m.intermediate_size)
+            logger.info("fused ops: %s", ", ".join(f"{k} {v}" for k, v in
+                                                   self.fused_ops.items()))
         # Decode graphs (None on CPU, without a capturable backend, or --disable-cuda-graph).
         self.graphs: GraphRunner | None = create_graph_runner(self)
 
