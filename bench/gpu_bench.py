@@ -296,6 +296,9 @@ class Bench:
         return self.args.budget_s - (time.monotonic() - self.t0)
 
     def section(self, name: str, est_s: float, fn: Callable[[], None]) -> None:
+        only = self.args.sections
+        if only and name not in only and name not in ("weights", "load"):
+            return
         if self.left() < est_s:
             say(f"skip {name}: {self.left():.0f} s left, needs ~{est_s:.0f} s")
             self.results["skipped"].append(name)
@@ -914,6 +917,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--overlap-prompt", type=int, default=256)
     ap.add_argument("--overlap-output", type=int, default=64)
     ap.add_argument("--overlap-rounds", type=int, default=1, help="rounds per mode")
+    ap.add_argument("--sections", type=lambda v: v.split(","), default=None,
+                    help="run only these sections (comma-separated; weights and load always)")
     ap.add_argument("--no-graphs", action="store_true")
     ap.add_argument("--torch-attention", action="store_true")
     ap.add_argument("--out-json")

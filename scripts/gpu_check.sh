@@ -14,6 +14,7 @@
 #      written as docs/gpu/<card>_results.json (and $OUT/<card>_results.json)
 # Writes to $OUT (or .gpu_cache/out): gpu_results.json, gpu_summary.md, pytest.log, bench.log,
 # jit.log, check.log. Whole run: GPU_CHECK_BUDGET_S (default 470 s, under 8 minutes).
+# GPU_BENCH_ARGS: extra benchmark arguments (e.g. "--sections decode,overlap" for a short rerun).
 # GPU_CHECK_DRY_RUN=1: the plumbing only, on a CPU: no bundle, JIT or GPU tests; a tiny model
 # through every benchmark section (tests/unit/test_gpu_scripts.py runs it).
 #
@@ -168,7 +169,8 @@ left=$(( BUDGET - $(elapsed) - 10 ))
 if [ $left -gt 60 ]; then
   timeout "$left" $PY bench/gpu_bench.py --budget-s $(( left - 15 )) --model-dir "$CACHE/bench-model" \
     --out-json "$RES/gpu_results.json" --out-md "$RES/gpu_summary.md" \
-    --jit-seconds "$JIT_S" --tests-summary "rc $TEST_RC: $TESTS" > "$RES/bench.log" 2>&1
+    --jit-seconds "$JIT_S" --tests-summary "rc $TEST_RC: $TESTS" ${GPU_BENCH_ARGS:-} \
+    > "$RES/bench.log" 2>&1
   BENCH_RC=$?
   grep "gpu_bench" "$RES/bench.log" | tail -30
   log "bench: rc $BENCH_RC"

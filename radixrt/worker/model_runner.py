@@ -82,6 +82,14 @@ def make_attention_backend(config: EngineConfig, pool: KVPool, model_cfg: ModelC
     raise ValueError(f"unknown attention backend {config.attention_backend!r}")
 
 
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on the device without waiting for the work in flight (pinned, async)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class ModelRunner:
     """The worker's engine room: model weights, KV pool, page table of every slot, attention
     backend and sampler. `step(ForwardBatch)` applies the batch's changes, runs the model over
@@ -159,8 +167,8 @@ class ModelRunner:
         if batch.mask_rows is None or not len(batch.mask_rows):
             return None
         pos = np.searchsorted(rows, batch.mask_rows)
-        return (torch.as_tensor(pos, dtype=torch.long).to(self.device),
-                torch.from_numpy(batch.mask_bits).to(self.device))
+        return (_to_device(pos.astype(np.int64), self.device),
+                _to_device(batch.mask_bits, self.device))
 
     def build_metadata(self, batch: ForwardBatch) -> tuple[AttentionMetadata, torch.Tensor]:
         """Attention metadata and flat positions of one batch."""
@@ -169,10 +177,13 @@ class ModelRunner:
 
     def step_inputs(self, batch: ForwardBatch
                     ) -> tuple[AttentionMetadata, torch.Tensor, list[torch.Tensor]]:
-        """Metadata, positions, logits rows, token ids and (when the batch has PENDING_TOKEN
-        inputs) each token's slot: every host array of the step in one transfer."""
+        """Metadata, positions, logits rows, token ids, the sampling rows' slots and (when
+        the batch has PENDING_TOKEN inputs) each token's slot: every host array of the step in
+        one transfer. (A plain .to(device) of a host array would wait for the device to finish
+        the step in flight, which undoes overlap scheduling.)"""
         cu_end = np.cumsum(batch.num_new.astype(np.int64)) - 1
-        extra = [cu_end[batch.sample], batch.input_ids.astype(np.int64)]
+        extra = [cu_end[batch.sample], batch.input_ids.astype(np.int64),
+                 batch.slots[batch.sample].astype(np.int64)]
         if len(batch.input_ids) and batch.input_ids.min() < 0:
             extra.append(np.repeat(batch.slots, batch.num_new).astype(np.int64))
         return build_step_inputs(batch.start_pos, batch.num_new, self.page_table[batch.slots],
@@ -180,13 +191,18 @@ class ModelRunner:
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [num sampled rows, vocab] for the rows with batch.sample set."""
-        meta, positions, (logits_idx, input_ids, *tok_slots) = self.step_inputs(batch)
+        return self._forward(batch)[0]
+
+    def _forward(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits of the sampling rows, their slots on the device)."""
+        meta, positions, (logits_idx, input_ids, sample_slots, *tok_slots) = \
+            self.step_inputs(batch)
         if tok_slots:  # PENDING_TOKEN inputs: the slot's last sampled token, on the device
             input_ids = torch.where(input_ids < 0, self.last_token[tok_slots[0]], input_ids)
         if self.graphs is not None and self.graphs.can_run(meta):
-            return self.graphs.replay(meta, input_ids, positions, logits_idx)
+            return self.graphs.replay(meta, input_ids, positions, logits_idx), sample_slots
         self.attn.plan(meta)
-        return self.model(input_ids, positions, self.attn, logits_idx)
+        return self.model(input_ids, positions, self.attn, logits_idx), sample_slots
 
     def launch(self, batch: ForwardBatch) -> LaunchedStep:
         """Queue the step on the device (run it, on CPU); the tokens stay there until
@@ -196,13 +212,11 @@ class ModelRunner:
         rows = np.nonzero(batch.sample)[0]
         out = None
         if batch.batch_size:
-            logits = self.forward(batch)
+            logits, sample_slots = self._forward(batch)
             if len(rows) and self.sampler is not None:
-                slots = batch.slots[rows]
-                out = self.sampler.sample(logits, slots.tolist(),
+                out = self.sampler.sample(logits, batch.slots[rows].tolist(),
                                           self._grammar_mask(batch, rows))
-                self.last_token[torch.from_numpy(slots.astype(np.int64)).to(self.device)] = \
-                    out.next_ids
+                self.last_token[sample_slots] = out.next_ids
         return LaunchedStep.launch(batch.step, batch.batch_size, rows, out, t0)
 
     def step(self, batch: ForwardBatch) -> StepResult:

@@ -61,19 +61,21 @@ def test_rope_with_cos_sin_cache(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_model_with_fused_ops_matches_torch_ops(monkeypatch: pytest.MonkeyPatch,
-                                                make_tiny_model, arch: str) -> None:
+def test_model_with_fused_ops_as_accurate_as_torch_ops(monkeypatch: pytest.MonkeyPatch,
+                                                       make_tiny_model, arch: str) -> None:
     """A whole model (qwen3: per-head q/k norms too): the runner checked every fused kernel at
-    start and uses them; its logits agree with the same runner built on the torch ops."""
+    start and uses them, and its bf16 logits are as close to a float32 run (torch ops, torch
+    attention) as the same bf16 runner on the torch ops. (Fused and torch bf16 round at
+    different places, so they are compared through the float32 reference, not to each other.)"""
     from radixrt.config import EngineConfig
     from radixrt.testing.batches import batch_from_chunks
     from radixrt.worker.model_runner import ModelRunner
 
     path = make_tiny_model(arch, head_dim=64)
 
-    def runner() -> ModelRunner:
-        return ModelRunner(EngineConfig(model_path=str(path), device="cuda", dtype="bfloat16",
-                                        attention_backend="flashinfer", page_size=16,
+    def runner(dtype: str = "bfloat16", backend: str = "flashinfer") -> ModelRunner:
+        return ModelRunner(EngineConfig(model_path=str(path), device="cuda", dtype=dtype,
+                                        attention_backend=backend, page_size=16,
                                         max_total_tokens=4096, max_running_requests=4,
                                         disable_cuda_graph=True))
 
@@ -82,16 +84,18 @@ def test_model_with_fused_ops_matches_torch_ops(monkeypatch: pytest.MonkeyPatch,
     assert fused.active_ops(DEV) == list(fused.OPS)
     monkeypatch.setenv(fused.ENV, "0")
     torch_runner = runner()
+    ref_runner = runner("float32", "torch")
     assert fused.active_ops(DEV) == []
     g = torch.Generator().manual_seed(3)
     chunks = [torch.randint(3, 4000, (n,), generator=g).tolist() for n in (40, 3, 17)]
     pages = {s: list(range(s * 8, s * 8 + 8)) for s in range(3)}
     batch = batch_from_chunks([0, 1, 2], [0, 0, 0], chunks, pages)
     logits = []
-    for r, mode in ((torch_runner, "0"), (fused_runner, "1")):
+    for r, mode in ((ref_runner, "0"), (torch_runner, "0"), (fused_runner, "1")):
         monkeypatch.setenv(fused.ENV, mode)
         r._apply_updates(batch)
         logits.append(r.forward(batch).float())
-    ref, got = logits
-    assert close(got, ref, 3e-2)
-    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 2 / 3
+    ref, unfused, got = logits
+    err_fused = float((got - ref).norm() / ref.norm())
+    err_torch = float((unfused - ref).norm() / ref.norm())
+    assert err_fused <= 1.25 * err_torch + 1e-2, (err_fused, err_torch)
