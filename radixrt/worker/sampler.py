@@ -1,5 +1,7 @@
 """Sampling on the worker: grammar masks, penalties, logit bias, min-tokens,
-temperature/top-k/top-p/min-p, per-request seeds and logprobs. Rows with default settings take vectorised fast paths.
+temperature/top-k/top-p/min-p, per-request seeds and logprobs, each for all rows of a step in
+batched tensor ops (penalties: radixrt/worker/penalties.py). Nothing here reads a device
+tensor on the host, so a launched step never waits for the one in flight.
 
 Per-request seeded sampling is a pure function of (seed, tokens generated so far): the noise
 generator is reseeded every step from both, so a request's output never depends on what else
@@ -16,6 +18,7 @@ import torch
 from radixrt.grammar.mask import apply_bitmask
 from radixrt.ipc.messages import NewSlot
 from radixrt.sampling_params import SamplingParams
+from radixrt.worker.penalties import PenaltyRows, apply_entries, to_device
 
 
 @dataclass
@@ -23,12 +26,10 @@ class SlotState:
     params: SamplingParams
     eos_ids: tuple[int, ...]
     num_generated: int = 0
-    # Penalty state, only for requests that use penalties.
-    counts: torch.Tensor | None = None  # float32 [V]: generated-token counts
-    seen: torch.Tensor | None = None  # bool [V]: prompt or generated (repetition penalty)
-    bias_ids: torch.Tensor | None = None
-    bias_vals: torch.Tensor | None = None
-    min_mask_ids: torch.Tensor | None = None  # ids barred until min_new_tokens
+    penalties: bool = False  # a row in the sampler's PenaltyRows
+    bias_ids: np.ndarray | None = None  # logit bias, host copies (uploaded per step)
+    bias_vals: np.ndarray | None = None
+    min_mask_ids: np.ndarray | None = None  # ids barred until min_new_tokens
     extra: dict = field(default_factory=dict)
 
 
@@ -51,6 +52,7 @@ class Sampler:
         self.rng = torch.Generator(device=device)
         self.rng.manual_seed(seed)
         self._row_gen = torch.Generator(device=device)
+        self.penalties = PenaltyRows(vocab_size, device)
 
     # ------------------------------------------------------------------ slot lifecycle
     def add(self, new: NewSlot) -> None:
@@ -58,27 +60,22 @@ class Sampler:
         st = SlotState(params=p, eos_ids=new.eos_ids)
         prev = new.output_ids if new.output_ids is not None else np.zeros(0, np.int32)
         st.num_generated = len(prev)
-        V, dev = self.vocab_size, self.device
         if p.needs_penalties:
-            st.counts = torch.zeros(V, dtype=torch.float32, device=dev)
-            if len(prev):
-                st.counts.index_add_(0, torch.as_tensor(prev, dtype=torch.long, device=dev),
-                                     torch.ones(len(prev), device=dev))
-            if p.repetition_penalty != 1.0:
-                st.seen = st.counts > 0
-                if new.prompt_ids is not None and len(new.prompt_ids):
-                    st.seen[torch.as_tensor(new.prompt_ids, dtype=torch.long, device=dev)] = True
+            st.penalties = True
+            prompt = new.prompt_ids if p.repetition_penalty != 1.0 else None
+            self.penalties.add(new.slot, np.asarray(prev), prompt)
         if p.logit_bias:
-            st.bias_ids = torch.tensor([int(t) for t in p.logit_bias], dtype=torch.long, device=dev)
-            st.bias_vals = torch.tensor(list(p.logit_bias.values()), dtype=torch.float32, device=dev)
+            st.bias_ids = np.array([int(t) for t in p.logit_bias], dtype=np.int64)
+            st.bias_vals = np.array(list(p.logit_bias.values()), dtype=np.float32)
         if p.min_new_tokens > 0:
             barred = set(p.stop_token_ids) | (set() if p.ignore_eos else set(new.eos_ids))
             if barred:
-                st.min_mask_ids = torch.tensor(sorted(barred), dtype=torch.long, device=dev)
+                st.min_mask_ids = np.array(sorted(barred), dtype=np.int64)
         self.slots[new.slot] = st
 
     def remove(self, slot: int) -> None:
         self.slots.pop(slot, None)
+        self.penalties.remove(slot)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, logits: torch.Tensor, slots: list[int],
@@ -92,8 +89,8 @@ class Sampler:
         if mask is not None:
             logits = apply_bitmask(logits, *mask)
         raw = logits
-        logits = self._apply_processors(logits.clone() if self._any_processor(states) else logits,
-                                        states)
+        if self._any_processor(states):
+            logits = self._apply_processors(logits.clone(), slots, states)
         temps = [st.params.temperature for st in states]
         greedy = [st.params.greedy for st in states]
         if all(greedy):
@@ -104,32 +101,34 @@ class Sampler:
         want_lp = [i for i, st in enumerate(states) if st.params.logprobs]
         if want_lp:
             out = self._logprobs(raw, next_ids, states, want_lp, out)
-        self._advance(states, next_ids)
+        self._advance(slots, states, next_ids)
         return out
 
     @staticmethod
     def _any_processor(states: list[SlotState]) -> bool:
-        return any(st.counts is not None or st.bias_ids is not None or
+        return any(st.penalties or st.bias_ids is not None or
                    (st.min_mask_ids is not None and st.num_generated < st.params.min_new_tokens)
                    for st in states)
 
-    def _apply_processors(self, logits: torch.Tensor, states: list[SlotState]) -> torch.Tensor:
-        for i, st in enumerate(states):
-            p = st.params
-            row = logits[i]
-            if st.counts is not None:
-                if st.seen is not None:
-                    penalised = torch.where(row > 0, row / p.repetition_penalty,
-                                            row * p.repetition_penalty)
-                    row.copy_(torch.where(st.seen, penalised, row))
-                if p.frequency_penalty:
-                    row.sub_(p.frequency_penalty * st.counts)
-                if p.presence_penalty:
-                    row.sub_(p.presence_penalty * (st.counts > 0).float())
-            if st.bias_ids is not None:
-                row.index_add_(0, st.bias_ids, st.bias_vals)
-            if st.min_mask_ids is not None and st.num_generated < p.min_new_tokens:
-                row[st.min_mask_ids] = float("-inf")
+    def _apply_processors(self, logits: torch.Tensor, slots: list[int],
+                          states: list[SlotState]) -> torch.Tensor:
+        """Penalties, then logit bias, then min-tokens bans: each once for all its rows."""
+        pen = [i for i, st in enumerate(states) if st.penalties]
+        if pen:
+            ps = [states[i].params for i in pen]
+            self.penalties.apply(logits, pen, [slots[i] for i in pen],
+                                 [p.repetition_penalty for p in ps],
+                                 [p.frequency_penalty for p in ps],
+                                 [p.presence_penalty for p in ps])
+        bias = [i for i, st in enumerate(states) if st.bias_ids is not None]
+        if bias:
+            apply_entries(logits, bias, [states[i].bias_ids for i in bias],  # type: ignore[misc]
+                          [states[i].bias_vals for i in bias])  # type: ignore[misc]
+        ban = [i for i, st in enumerate(states) if st.min_mask_ids is not None
+               and st.num_generated < st.params.min_new_tokens]
+        if ban:
+            apply_entries(logits, ban, [states[i].min_mask_ids for i in ban],  # type: ignore[misc]
+                          None)
         return logits
 
     def _sample_random(self, logits: torch.Tensor, states: list[SlotState], temps: list[float],
@@ -138,13 +137,13 @@ class Sampler:
         rows with a seed draw their noise one by one, from a generator seeded by (seed,
         tokens generated) so that they do not depend on the rest of the batch."""
         dev = logits.device
-        t = torch.tensor([1.0 if g else tt for g, tt in zip(greedy, temps)], device=dev)
+        t = to_device([1.0 if g else tt for g, tt in zip(greedy, temps)], torch.float32, dev)
         probs = torch.softmax(logits / t[:, None], dim=-1)
         cut = [i for i, st in enumerate(states) if not greedy[i] and (
             st.params.top_k > 0 or st.params.top_p < 1.0 or st.params.min_p > 0.0)]
         if cut:
             params = [states[i].params for i in cut]
-            rows = torch.tensor(cut, device=dev)
+            rows = to_device(cut, torch.long, dev)
             probs[rows] = truncate_rows(probs[rows], [p.top_k for p in params],
                                         [p.top_p for p in params], [p.min_p for p in params])
         # Exponential race: argmax(p / E) with E ~ Exp(1) samples from p.
@@ -155,36 +154,36 @@ class Sampler:
                 noise[i].exponential_(generator=self._row_gen)
         sampled = (probs / noise).argmax(dim=-1)
         greedy_ids = logits.argmax(dim=-1)
-        mask = torch.tensor(greedy, device=dev)
+        mask = to_device(greedy, torch.bool, dev)
         return torch.where(mask, greedy_ids, sampled)
 
     def _logprobs(self, raw: torch.Tensor, next_ids: torch.Tensor, states: list[SlotState],
                   rows: list[int], out: SampleOutput) -> SampleOutput:
         # Logprobs of the model's own distribution (before penalties and temperature), as
         # vLLM reports them by default; a grammar's mask is already applied.
-        lp = torch.log_softmax(raw[rows], dim=-1)
+        rows_t = to_device(rows, torch.long, raw.device)
+        lp = torch.log_softmax(raw[rows_t], dim=-1)
         S = raw.shape[0]
         logprobs = torch.zeros(S, dtype=torch.float32, device=raw.device)
-        logprobs[rows] = lp.gather(1, next_ids[rows, None]).squeeze(1)
+        logprobs[rows_t] = lp.gather(1, next_ids[rows_t, None]).squeeze(1)
         k = max(st.params.top_logprobs for st in states)
         top_ids = top_lp = None
         if k > 0:
             vals, ids = lp.topk(k, dim=-1)
             top_ids = torch.full((S, k), -1, dtype=torch.long, device=raw.device)
             top_lp = torch.zeros(S, k, dtype=torch.float32, device=raw.device)
-            top_ids[rows], top_lp[rows] = ids, vals
+            top_ids[rows_t], top_lp[rows_t] = ids, vals
         return SampleOutput(out.next_ids, logprobs, top_ids, top_lp)
 
-    def _advance(self, states: list[SlotState], next_ids: torch.Tensor) -> None:
-        ids = None
+    def _advance(self, slots: list[int], states: list[SlotState],
+                 next_ids: torch.Tensor) -> None:
+        pen = []
         for i, st in enumerate(states):
             st.num_generated += 1
-            if st.counts is not None:
-                if ids is None:
-                    ids = next_ids.tolist()
-                st.counts[ids[i]] += 1
-                if st.seen is not None:
-                    st.seen[ids[i]] = True
+            if st.penalties:
+                pen.append(i)
+        if pen:
+            self.penalties.advance([slots[i] for i in pen], pen, next_ids)
 
 
 def truncate_rows(p: torch.Tensor, top_k: list[int], top_p: list[float], min_p: list[float]
@@ -196,20 +195,20 @@ def truncate_rows(p: torch.Tensor, top_k: list[int], top_p: list[float], min_p: 
     dev, v = p.device, p.shape[-1]
     ks = [k if 0 < k < v else v for k in top_k]
     if any(m > 0.0 for m in min_p):
-        thr = torch.tensor(min_p, dtype=p.dtype, device=dev)[:, None] * p.amax(-1, keepdim=True)
+        thr = to_device(min_p, p.dtype, dev)[:, None] * p.amax(-1, keepdim=True)
         p = torch.where(p < thr, torch.zeros_like(p), p)
     if all(tp >= 1.0 for tp in top_p) and max(ks) < v:
         vals, idx = p.topk(max(ks), dim=-1)  # top-k alone: no need to sort the whole row
     else:
         vals, idx = p.sort(dim=-1, descending=True)
     rank = torch.arange(vals.shape[-1], device=dev)
-    vals = torch.where(rank[None, :] < torch.tensor(ks, device=dev)[:, None], vals,
+    vals = torch.where(rank[None, :] < to_device(ks, torch.long, dev)[:, None], vals,
                        torch.zeros_like(vals))
     if any(tp < 1.0 for tp in top_p):
         normed = vals / vals.sum(-1, keepdim=True)
         cum = normed.cumsum(-1)
         # The smallest prefix reaching top_p (compared in float64: 1e-46 is 0 in float32).
-        tp = torch.tensor(top_p, dtype=torch.float64, device=dev)[:, None]
+        tp = to_device(top_p, torch.float64, dev)[:, None]
         keep = ((cum - normed).double() < tp) | (tp >= 1.0)
         keep[:, 0] = True
         vals = torch.where(keep, vals, torch.zeros_like(vals))

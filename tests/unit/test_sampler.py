@@ -145,3 +145,66 @@ def test_batched_truncation_matches_each_row_alone(params, seed) -> None:  # typ
         assert torch.equal(got[i] > 0, want > 0), (i, k, p, m)
         torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-7)
         assert got[i].argmax() == x[i].argmax()  # the top token always stays
+
+
+def reference_processors(x: torch.Tensor, p: SamplingParams, prompt: list[int],
+                         generated: list[int], eos: tuple[int, ...]) -> torch.Tensor:
+    """One row, written out plainly: repetition, frequency and presence penalties, logit bias,
+    then the min-tokens ban."""
+    row = x.clone()
+    counts = torch.zeros(V)
+    for t in generated:
+        counts[t] += 1
+    if p.repetition_penalty != 1.0:
+        for t in set(prompt) | set(generated):
+            v = row[t]
+            row[t] = v / p.repetition_penalty if v > 0 else v * p.repetition_penalty
+    row -= p.frequency_penalty * counts
+    row -= p.presence_penalty * (counts > 0).float()
+    for t, b in p.logit_bias.items():
+        row[int(t)] += b
+    if len(generated) < p.min_new_tokens:
+        for t in set(p.stop_token_ids) | (set() if p.ignore_eos else set(eos)):
+            row[t] = float("-inf")
+    return row
+
+
+row_params = st.builds(
+    SamplingParams, temperature=st.just(0.0),
+    repetition_penalty=st.sampled_from([1.0, 1.3, 0.8]),
+    frequency_penalty=st.sampled_from([0.0, 0.4, -0.2]),
+    presence_penalty=st.sampled_from([0.0, 0.7]),
+    logit_bias=st.dictionaries(st.integers(0, V - 1), st.floats(-5, 5), max_size=3),
+    min_new_tokens=st.integers(0, 3), stop_token_ids=st.lists(st.integers(0, V - 1), max_size=2),
+    ignore_eos=st.booleans())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(row_params, min_size=1, max_size=5), st.integers(0, 1000), st.integers(1, 4))
+def test_batched_processors_match_each_row_alone(params, seed, steps) -> None:  # type: ignore[no-untyped-def]
+    """Penalties, bias and bans for the whole batch in one set of tensor ops (penalty rows
+    in a shared matrix, reused across requests) equal the plain per-row computation, step
+    after step, including a request that resumes with tokens it generated before."""
+    rng = np.random.default_rng(seed)
+    s = Sampler(V, torch.device("cpu"), seed=0)
+    s.add(NewSlot(9, SamplingParams(temperature=0, frequency_penalty=1.0), eos_ids=(2,)))
+    s.remove(9)  # its penalty row is reused below, and must come back clean
+    prompts, generated = [], []
+    for i, p in enumerate(params):
+        prompt = rng.integers(0, V, 6).tolist()
+        prev = rng.integers(0, V, int(rng.integers(0, 3))).tolist()
+        prompts.append(prompt)
+        generated.append(list(prev))
+        s.add(NewSlot(i, p, prompt_ids=np.array(prompt, np.int32), eos_ids=(2,),
+                      output_ids=np.array(prev, np.int32)))
+    slots = list(range(len(params)))[::-1]  # batch order differs from slot order
+    for _ in range(steps):
+        x = logits(len(slots), seed=int(rng.integers(1000)))
+        states = [s.slots[i] for i in slots]
+        got = s._apply_processors(x.clone(), slots, states) if s._any_processor(states) else x
+        for r, i in enumerate(slots):
+            ref = reference_processors(x[r], params[i], prompts[i], generated[i], (2,))
+            assert torch.allclose(got[r], ref, atol=1e-5, equal_nan=True), (i, params[i])
+        out = s.sample(x, slots)
+        for r, i in enumerate(slots):
+            generated[i].append(int(out.next_ids[r]))

@@ -1,0 +1,109 @@
+"""Penalties, logit bias and min-tokens bans for all rows of a step in batched tensor ops.
+
+Generated-token counts (frequency and presence penalties) and the seen set (repetition
+penalty: prompt or generated tokens) live in one [rows, vocab] matrix each, one row per
+request that uses penalties. A step gathers its rows, applies every penalty at once and adds
+the sampled tokens with one scatter on the device: no per-row loop, and the sampled ids are
+never read on the host (which would wait for the step in flight). Host-side inputs (row
+numbers, per-row parameters, bias entries) go up through pinned, non-blocking copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def to_device(data: np.ndarray | Sequence, dtype: torch.dtype, device: torch.device
+              ) -> torch.Tensor:
+    """Host values as a tensor on `device`, without waiting for the device's queued work
+    (a plain torch.tensor(..., device=cuda) copies synchronously)."""
+    t = torch.as_tensor(np.asarray(data), dtype=dtype)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+class PenaltyRows:
+    """The counts and seen matrices of the requests that use penalties (see module doc)."""
+
+    def __init__(self, vocab_size: int, device: torch.device) -> None:
+        self.vocab_size = vocab_size
+        self.device = device
+        self.counts = torch.zeros(0, vocab_size, dtype=torch.float32, device=device)
+        self.seen = torch.zeros(0, vocab_size, dtype=torch.bool, device=device)
+        self.row_of: dict[int, int] = {}  # slot -> row
+        self.free: list[int] = []
+
+    def _grow(self) -> None:
+        n = self.counts.shape[0]
+        more = max(4, n)  # doubling: few reallocations however many requests come
+        dev, V = self.device, self.vocab_size
+        self.counts = torch.cat([self.counts, torch.zeros(more, V, device=dev)])
+        self.seen = torch.cat([self.seen, torch.zeros(more, V, dtype=torch.bool, device=dev)])
+        self.free.extend(range(n + more - 1, n - 1, -1))
+
+    def add(self, slot: int, generated: np.ndarray, prompt: np.ndarray | None) -> None:
+        """Register `slot` with the tokens it already generated (a resumed request) and, for
+        the repetition penalty, its prompt."""
+        if not self.free:
+            self._grow()
+        row = self.free.pop()
+        self.row_of[slot] = row
+        self.counts[row].zero_()
+        self.seen[row].zero_()
+        if len(generated):
+            ids = to_device(generated, torch.long, self.device)
+            self.counts[row].index_add_(0, ids, torch.ones(len(generated), device=self.device))
+            self.seen[row, ids] = True
+        if prompt is not None and len(prompt):
+            self.seen[row, to_device(prompt, torch.long, self.device)] = True
+
+    def remove(self, slot: int) -> None:
+        row = self.row_of.pop(slot, None)
+        if row is not None:
+            self.free.append(row)
+
+    def apply(self, logits: torch.Tensor, positions: list[int], slots: list[int],
+              repetition: list[float], frequency: list[float], presence: list[float]) -> None:
+        """Penalise logits rows `positions` (those of `slots`) in place."""
+        dev = logits.device
+        pos = to_device(positions, torch.long, dev)
+        rows = to_device([self.row_of[s] for s in slots], torch.long, dev)
+        params = to_device(np.array([repetition, frequency, presence], np.float32).T,
+                           torch.float32, dev)  # [R, 3]
+        rep, freq, pres = params[:, 0:1], params[:, 1:2], params[:, 2:3]
+        x = logits[pos]
+        counts = self.counts[rows]
+        if any(r != 1.0 for r in repetition):
+            penalised = torch.where(x > 0, x / rep, x * rep)
+            x = torch.where(self.seen[rows], penalised, x)
+        x = x - freq * counts - pres * (counts > 0).float()
+        logits[pos] = x
+
+    def advance(self, slots: list[int], positions: list[int], next_ids: torch.Tensor) -> None:
+        """Count the tokens sampled at `positions` for `slots` (all on the device)."""
+        dev = next_ids.device
+        rows = to_device([self.row_of[s] for s in slots], torch.long, dev)
+        ids = next_ids[to_device(positions, torch.long, dev)]
+        self.counts.index_put_((rows, ids), torch.ones(len(slots), device=dev), accumulate=True)
+        self.seen[rows, ids] = True
+
+
+def apply_entries(logits: torch.Tensor, positions: list[int], ids: list[np.ndarray],
+                  values: list[np.ndarray] | None) -> None:
+    """logits[positions[i], ids[i]] += values[i] for every row i at once (values None: set
+    to -inf, the min-tokens ban)."""
+    n = [len(a) for a in ids]
+    if not sum(n):
+        return
+    dev = logits.device
+    rr = to_device(np.repeat(np.asarray(positions, np.int64), n), torch.long, dev)
+    cc = to_device(np.concatenate(ids).astype(np.int64), torch.long, dev)
+    if values is None:
+        logits[rr, cc] = float("-inf")
+    else:
+        vals = to_device(np.concatenate(values).astype(np.float32), torch.float32, dev)
+        logits.index_put_((rr, cc), vals, accumulate=True)
