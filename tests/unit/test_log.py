@@ -19,3 +19,11 @@ def test_repeats_are_held_back_and_counted() -> None:
     f.window_s = 0  # the window ends: the next copy passes and says how many were dropped
     r = record("Invalid HTTP request received.")
     assert f.filter(r) and "[997 more like this were not logged]" in r.getMessage()
+
+
+def test_debug_lines_are_never_held_back() -> None:
+    """--log-level debug asks for every step's line (the scheduler's per-step log)."""
+    f = RepeatFilter(burst=3, window_s=3600)
+    lines = [logging.LogRecord("radixrt", logging.DEBUG, __file__, 1, "step %d: ...", (i,), None)
+             for i in range(50)]
+    assert all(f.filter(r) for r in lines)
