@@ -20,6 +20,18 @@ Uploader = Callable[[Sequence[np.ndarray]], list[torch.Tensor]]
 _TORCH = {np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64}
 
 
+def to_device(data: np.ndarray | Sequence, dtype: torch.dtype | None,
+              device: torch.device) -> torch.Tensor:
+    """One host array (or list) as a tensor on `device` (dtype None: keep the array's),
+    without waiting for the device's queued work: on CUDA through pinned memory and a
+    non-blocking copy (a plain .to(device) or torch.tensor(..., device=cuda) waits for the
+    step in flight). For the few arrays that do not travel in a step's one upload."""
+    t = torch.as_tensor(np.asarray(data), dtype=dtype)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def upload_each(device: torch.device | str) -> Uploader:
     """The simple uploader: one copy per array (none on CPU)."""
     dev = torch.device(device)

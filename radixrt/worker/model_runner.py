@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_step_inputs
-from radixrt.attention.staging import Staging
+from radixrt.attention.staging import Staging, to_device
 from radixrt.config import EngineConfig, torch_dtype
 from radixrt.ipc.messages import ForwardBatch, StepResult
 from radixrt.kvcache.pool import KVPool, KVPoolShape
@@ -80,14 +80,6 @@ def make_attention_backend(config: EngineConfig, pool: KVPool, model_cfg: ModelC
 
         return FlashInferAttentionBackend(pool, model_cfg, config)
     raise ValueError(f"unknown attention backend {config.attention_backend!r}")
-
-
-def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on the device without waiting for the work in flight (pinned, async)."""
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    if device.type != "cuda":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 class ModelRunner:
@@ -167,8 +159,8 @@ class ModelRunner:
         if batch.mask_rows is None or not len(batch.mask_rows):
             return None
         pos = np.searchsorted(rows, batch.mask_rows)
-        return (_to_device(pos.astype(np.int64), self.device),
-                _to_device(batch.mask_bits, self.device))
+        return (to_device(pos, torch.long, self.device),
+                to_device(batch.mask_bits, None, self.device))
 
     def build_metadata(self, batch: ForwardBatch) -> tuple[AttentionMetadata, torch.Tensor]:
         """Attention metadata and flat positions of one batch."""

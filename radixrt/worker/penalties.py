@@ -10,20 +10,10 @@ numbers, per-row parameters, bias entries) go up through pinned, non-blocking co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
-
-def to_device(data: np.ndarray | Sequence, dtype: torch.dtype, device: torch.device
-              ) -> torch.Tensor:
-    """Host values as a tensor on `device`, without waiting for the device's queued work
-    (a plain torch.tensor(..., device=cuda) copies synchronously)."""
-    t = torch.as_tensor(np.asarray(data), dtype=dtype)
-    if device.type != "cuda":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
+from radixrt.attention.staging import to_device
 
 
 class PenaltyRows:

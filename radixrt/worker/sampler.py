@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from radixrt.attention.staging import to_device
 from radixrt.grammar.mask import apply_bitmask
 from radixrt.ipc.messages import NewSlot
 from radixrt.sampling_params import SamplingParams
-from radixrt.worker.penalties import PenaltyRows, apply_entries, to_device
+from radixrt.worker.penalties import PenaltyRows, apply_entries
 
 
 @dataclass
