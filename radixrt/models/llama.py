@@ -69,7 +69,6 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
         self.tp = tp
-        self.inter = cfg.intermediate_size
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 

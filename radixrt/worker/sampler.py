@@ -27,7 +27,6 @@ class SlotState:
     params: SamplingParams
     eos_ids: tuple[int, ...]
     num_generated: int = 0
-    penalties: bool = False  # a row in the sampler's PenaltyRows
     bias_ids: np.ndarray | None = None  # logit bias, host copies (uploaded per step)
     bias_vals: np.ndarray | None = None
     min_mask_ids: np.ndarray | None = None  # ids barred until min_new_tokens
@@ -62,7 +61,6 @@ class Sampler:
         prev = new.output_ids if new.output_ids is not None else np.zeros(0, np.int32)
         st.num_generated = len(prev)
         if p.needs_penalties:
-            st.penalties = True
             prompt = new.prompt_ids if p.repetition_penalty != 1.0 else None
             self.penalties.add(new.slot, np.asarray(prev), prompt)
         if p.logit_bias:
@@ -107,14 +105,14 @@ class Sampler:
 
     @staticmethod
     def _any_processor(states: list[SlotState]) -> bool:
-        return any(st.penalties or st.bias_ids is not None or
+        return any(st.params.needs_penalties or st.bias_ids is not None or
                    (st.min_mask_ids is not None and st.num_generated < st.params.min_new_tokens)
                    for st in states)
 
     def _apply_processors(self, logits: torch.Tensor, slots: list[int],
                           states: list[SlotState]) -> torch.Tensor:
         """Penalties, then logit bias, then min-tokens bans: each once for all its rows."""
-        pen = [i for i, st in enumerate(states) if st.penalties]
+        pen = [i for i, st in enumerate(states) if st.params.needs_penalties]
         if pen:
             ps = [states[i].params for i in pen]
             self.penalties.apply(logits, pen, [slots[i] for i in pen],
@@ -181,7 +179,7 @@ class Sampler:
         pen = []
         for i, st in enumerate(states):
             st.num_generated += 1
-            if st.penalties:
+            if st.params.needs_penalties:
                 pen.append(i)
         if pen:
             self.penalties.advance([slots[i] for i in pen], pen, next_ids)
