@@ -1,9 +1,12 @@
 """One later-turn step of a multi-turn chat, in process: `decodes` requests decode while one
 request extends its ~`context`-token conversation by `new` tokens (the step every new turn
 gets), with the served defaults (dtype auto, int4 weights, cpu attention). Prints the median
-step time and the attention part; --profile adds torch.profiler's top ops.
+step time and the attention part; --profile adds torch.profiler's top ops; --linear-paths
+interleaves the steps over the quantized linears' large-M kernel paths (radixrt.models.quant;
+calls of up to SMALL_M rows stay on "auto") for an A/B.
 
     python -m bench.bench_extend_step --context 900 --new 81 --decodes 3 --profile
+    python -m bench.bench_extend_step --linear-paths auto,blas --steps 13
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 
 from bench.decode_step import TimedAttention
 from radixrt.config import build_engine_config
+from radixrt.models.quant import SMALL_M, set_linear_path
 from radixrt.testing.batches import batch_from_chunks
 from radixrt.worker.model_runner import ModelRunner
 
@@ -30,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decodes", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--linear-paths", default="auto",
+                    help="comma-separated quant_matmul paths the steps' large-M linears take in "
+                         "turn (A/B)")
     a = ap.parse_args(argv)
+    paths = a.linear_paths.split(",")
     n = a.decodes + 1
     cfg = build_engine_config(a.model, max_running_requests=max(8, n),
                               max_total_tokens=n * (a.context + a.new * (a.steps + 4) + 64))
@@ -59,10 +67,18 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - t0, timed.seconds
 
     with torch.inference_mode():
-        res = [step() for _ in range(a.steps)][1:]
-        print(f"extend {a.new} over ~{a.context} + {a.decodes} decodes: median "
-              f"{statistics.median(r[0] for r in res) * 1e3:.1f} ms, attention "
-              f"{statistics.median(r[1] for r in res) * 1e3:.1f} ms")
+        res: dict[str, list[tuple[float, float]]] = {p: [] for p in paths}
+        for i in range(a.steps + len(paths)):  # the first step of each path is a warm-up
+            path = paths[i % len(paths)]
+            set_linear_path(path, min_rows=SMALL_M)
+            r = step()
+            if i >= len(paths):
+                res[path].append(r)
+        set_linear_path("auto")
+        for path, rs in res.items():
+            print(f"extend {a.new} over ~{a.context} + {a.decodes} decodes, linear path {path}: "
+                  f"median {statistics.median(r[0] for r in rs) * 1e3:.1f} ms, attention "
+                  f"{statistics.median(r[1] for r in rs) * 1e3:.1f} ms ({len(rs)} steps)")
         if a.profile:
             from torch.profiler import ProfilerActivity, profile
 

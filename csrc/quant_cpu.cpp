@@ -13,7 +13,9 @@
 //   portable: fp32 activations; loops GCC auto-vectorizes, built per ISA (target_clones).
 //   AVX2 (quant_cpu_avx2.h): the default where the CPU has AVX2 + FMA + F16C, fp32
 //           activations; and an opt-in int8-activation variant (llama.cpp's trick).
-// Large M (prefill): dequantize to fp32 (dequant_*) and let torch's BLAS do the matmul.
+// Large M (prefill): a blocked fp32 GEMM that dequantizes the weights as it packs them
+//   (quant_cpu_gemm_avx2.h) where the CPU has AVX2; elsewhere Python dequantizes to fp32
+//   (dequant_*) and torch's BLAS does the matmul.
 // All tested against a dequantize-then-matmul torch reference (tests/unit/test_quant.py).
 
 #include <pybind11/pybind11.h>
@@ -152,6 +154,7 @@ CLONES void gemm_q8_f32_rows(const float* x, int64_t M, int64_t K, const int8_t*
 
 #ifdef RADIXRT_X86
 #include "quant_cpu_avx2.h"
+#include "quant_cpu_gemm_avx2.h"
 #endif
 
 bool cpu_has_avx2() {
@@ -163,9 +166,9 @@ bool cpu_has_avx2() {
 }
 
 // Splits rows [0, N) into contiguous ranges, one per thread (static: each thread streams
-// one contiguous slice of the weights).
+// one contiguous slice of the weights), in multiples of `align` rows.
 template <typename F>
-void parallel_rows(int64_t N, int nthreads, F body) {
+void parallel_rows(int64_t N, int nthreads, F body, int64_t align = 8) {
     const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads(nthreads), N)));
     if (nt == 1) {
         body(0, N);
@@ -178,8 +181,9 @@ void parallel_rows(int64_t N, int nthreads, F body) {
 #else
         const int t = 0, T = 1;
 #endif
-        // Rows in multiples of 8 so that threads never share a cache line of y's row.
-        const int64_t per = ((N + T - 1) / T + 7) / 8 * 8;
+        // Rows in multiples of 8 (by default) so that threads never share a cache line of
+        // y's row.
+        const int64_t per = ((N + T - 1) / T + align - 1) / align * align;
         const int64_t a = std::min<int64_t>(N, t * per), b = std::min<int64_t>(N, a + per);
         if (a < b) body(a, b);
     }
@@ -198,12 +202,15 @@ T* ptr(uintptr_t p) {
 }
 
 // Kernel choice. kAuto: fp32 activations, AVX2 where the CPU has it (kI8 is faster but
-// moves logits, see quant_cpu_avx2.h); kPortable: the auto-vectorized loops.
-enum Path { kAuto = 0, kF32 = 1, kI8 = 2, kPortable = 3 };
+// moves logits, see quant_cpu_avx2.h); kPortable: the auto-vectorized loops; kBlocked: the
+// large-M blocked GEMM (AVX2, N a multiple of 16).
+enum Path { kAuto = 0, kF32 = 1, kI8 = 2, kPortable = 3, kBlocked = 4 };
 
 Path pick(int path) {
-    if (path < kAuto || path > kPortable) throw std::invalid_argument("quant_cpu: path must be 0..3");
-    if (path == kI8 && !cpu_has_avx2()) throw std::invalid_argument("quant_cpu: int8 path needs AVX2");
+    if (path < kAuto || path > kBlocked) throw std::invalid_argument("quant_cpu: path must be 0..4");
+    if ((path == kI8 || path == kBlocked) && !cpu_has_avx2()) {
+        throw std::invalid_argument("quant_cpu: the int8 and blocked paths need AVX2");
+    }
     if (path == kAuto || path == kF32) return cpu_has_avx2() ? kF32 : kPortable;
     return static_cast<Path>(path);
 }
@@ -225,6 +232,24 @@ struct ActScratch {
     }
 };
 thread_local ActScratch g_act;
+
+// Per-thread panel buffer of the blocked GEMM (OpenMP pool threads persist across calls).
+thread_local std::vector<float> g_packed, g_rows;
+
+void gemm_blocked(int bits, const float* x, int64_t M, int64_t K, const avx2::Weights& w,
+                  int64_t N, float* y, int nthreads) {
+    if (N % avx2::kPanel != 0) {
+        throw std::invalid_argument("quant_cpu: the blocked path needs N a multiple of 16");
+    }
+    // Whole panels per thread, so that no two threads write the same cache line of y.
+    parallel_rows(N / avx2::kPanel, nthreads, [&](int64_t a, int64_t b) {
+        g_packed.resize((b - a) * avx2::kPanel * avx2::kBlockK);
+        g_rows.resize(avx2::kBlockM * avx2::kBlockK);
+        const int64_t n0 = a * avx2::kPanel, n1 = b * avx2::kPanel;
+        bits == 4 ? avx2::gemm_panels<true>(x, M, K, w, n0, n1, N, y, g_packed.data(), g_rows.data())
+                  : avx2::gemm_panels<false>(x, M, K, w, n0, n1, N, y, g_packed.data(), g_rows.data());
+    }, 1);
+}
 #endif
 
 // y[M, N] = x[M, K] @ W^T for q4 (bits 4; m given) or q8 (bits 8) weights.
@@ -240,6 +265,10 @@ void gemm(int bits, uintptr_t x, int64_t M, int64_t K, uintptr_t qs, uintptr_t d
     float* yp = ptr<float>(y);
     py::gil_scoped_release release;
 #ifdef RADIXRT_X86
+    if (p == kBlocked) {
+        gemm_blocked(bits, xp, M, K, avx2::Weights{qp, dp, mp}, N, yp, nthreads);
+        return;
+    }
     if (p == kF32 || p == kI8) {
         const avx2::Act act = g_act.prepare(xp, M, K, p == kI8);
         const avx2::Weights w{qp, dp, mp};
@@ -314,7 +343,8 @@ PYBIND11_MODULE(_quant_cpu, mod) {
             py::arg("x"), py::arg("M"), py::arg("K"), py::arg("qs"), py::arg("d"), py::arg("m"),
             py::arg("N"), py::arg("y"), py::arg("nthreads") = 0, py::arg("path") = 0,
             "y[M,N] = x[M,K] (fp32) @ W^T for q4 weights. path: 0 auto (= 1), 1 fp32 "
-            "activations (AVX2 where available), 2 int8 activations (AVX2), 3 portable loops");
+            "activations (AVX2 where available), 2 int8 activations (AVX2), 3 portable loops, "
+            "4 blocked large-M GEMM (AVX2, N a multiple of 16)");
     mod.def("gemm_q8",
             [](uintptr_t x, int64_t M, int64_t K, uintptr_t qs, uintptr_t d, int64_t N,
                uintptr_t y, int nthreads, int path) {

@@ -7,9 +7,10 @@ int8: per 32 weights an fp16 scale d, w = d * q, q int8; qs int8 [N, K], d float
       Exactly GGUF's Q8_0 block.
 
 The matmuls run in radixrt._quant_cpu (csrc/quant_cpu.cpp): up to SMALL_M activation rows
-straight from the packed weights (int8 activations and AVX2 integer dot products where the
-CPU has AVX2); above that the weights are dequantized tile by tile into an fp32 scratch and
-torch's BLAS does the matmul (bench/bench_quant_linear.py measures both).
+straight from the packed weights (fp32 activations, AVX2 where the CPU has it); above that,
+on AVX2, a blocked fp32 GEMM that dequantizes the weights while it packs them; elsewhere the
+weights are dequantized tile by tile into an fp32 scratch and torch's BLAS does the matmul
+(bench/bench_quant_linear.py measures them all).
 """
 
 from __future__ import annotations
@@ -166,23 +167,40 @@ def _scratch_tensor(numel: int) -> torch.Tensor:
 
 
 # Kernel paths of radixrt._quant_cpu (see csrc/quant_cpu.cpp), plus "blas" (dequantize + BLAS).
-KERNEL_PATHS = {"auto": 0, "f32": 1, "i8": 2, "portable": 3}
-# The path QuantizedLinear uses; benchmarks switch it (set_linear_path) to compare kernels.
+KERNEL_PATHS = {"auto": 0, "f32": 1, "i8": 2, "portable": 3, "blocked": 4}
+# Columns of W per panel of the blocked GEMM: it needs N a multiple of this.
+PANEL = 16
+# The path QuantizedLinear uses for calls of more than _linear_min_rows rows; benchmarks
+# switch it (set_linear_path) to compare kernels.
 _linear_path = "auto"
+_linear_min_rows = 0
 
 
-def set_linear_path(path: str) -> None:
-    """Route every QuantizedLinear through `path` (see quant_matmul); "auto" by default."""
-    global _linear_path
+def set_linear_path(path: str, min_rows: int = 0) -> None:
+    """Route QuantizedLinear calls of more than `min_rows` rows through `path` (see
+    quant_matmul), the others through "auto"; "auto" for all by default."""
+    global _linear_path, _linear_min_rows
     if path != "blas" and path not in KERNEL_PATHS:
         raise ValueError(f"unknown path {path!r}")
-    _linear_path = path
+    _linear_path, _linear_min_rows = path, min_rows
+
+
+def _blocked_ok(n: int) -> bool:
+    """Whether the blocked large-M GEMM runs here (AVX2 and N a multiple of PANEL)."""
+    global _has_avx2
+    if _has_avx2 is None:
+        _has_avx2 = bool(_ext().has_avx2())
+    return _has_avx2 and n % PANEL == 0
+
+
+_has_avx2: bool | None = None
 
 
 def quant_matmul(x: torch.Tensor, w: QuantWeight, path: str = "auto") -> torch.Tensor:
     """y [M, N] fp32 = x [M, K] fp32 @ W^T. path "auto": the packed-weight kernel (fp32
-    activations) up to SMALL_M rows, else dequantize + BLAS; "f32" / "i8" / "portable" force
-    that kernel, "blas" the dequantize + BLAS route."""
+    activations) up to SMALL_M rows, else the blocked GEMM where it runs (AVX2, N a multiple
+    of 16), else dequantize + BLAS; "f32" / "i8" / "portable" / "blocked" force that kernel,
+    "blas" the dequantize + BLAS route."""
     n, k = w.shape
     if x.dim() != 2 or x.shape[1] != k or x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(f"quant_matmul: x must be CPU float32 [M, {k}], got {x.dtype} "
@@ -191,6 +209,8 @@ def quant_matmul(x: torch.Tensor, w: QuantWeight, path: str = "auto") -> torch.T
         raise ValueError(f"unknown path {path!r}")
     x = x.contiguous()
     rows = x.shape[0]
+    if path == "auto" and rows > SMALL_M and _blocked_ok(n):
+        return _native_matmul(x, w, KERNEL_PATHS["blocked"])
     if path == "blas" or (path == "auto" and rows > SMALL_M):
         tile = max(1, TILE_ELEMS // k)
         if tile >= n:
@@ -201,11 +221,12 @@ def quant_matmul(x: torch.Tensor, w: QuantWeight, path: str = "auto") -> torch.T
             wt = dequantize(w, slice(a, b), out=_scratch_tensor((b - a) * k).view(b - a, k))
             y[:, a:b] = x @ wt.T
         return y
-    return _small_matmul(x, w, KERNEL_PATHS[path])
+    return _native_matmul(x, w, KERNEL_PATHS[path])
 
 
-def _small_matmul(x: torch.Tensor, w: QuantWeight, code: int = 0) -> torch.Tensor:
-    """The packed-weight kernel on a contiguous fp32 [M, K] x (checked by the caller)."""
+def _native_matmul(x: torch.Tensor, w: QuantWeight, code: int = 0) -> torch.Tensor:
+    """radixrt._quant_cpu's kernel `code` on a contiguous fp32 [M, K] x (checked by the
+    caller)."""
     ext = _ext()
     (rows, k), n = x.shape, w.qs.shape[0]
     y = torch.empty(rows, n, dtype=torch.float32)
@@ -261,9 +282,10 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.dtype is torch.float32 and self.bias is None and x.dim() == 2
-                and x.shape[0] <= SMALL_M and _linear_path == "auto" and x.is_contiguous()
+                and x.shape[0] <= SMALL_M and x.is_contiguous()
+                and (_linear_path == "auto" or x.shape[0] <= _linear_min_rows)
                 and x.shape[1] == self.in_features and x.device.type == "cpu"):
-            # Decode: straight to the packed-weight kernel (what _small_matmul does).
+            # Decode: straight to the packed-weight kernel (what _native_matmul does).
             _, kernel, args = self._decode_call()
             rows = x.shape[0]
             y = torch.empty(rows, self.out_features, dtype=torch.float32)
@@ -271,7 +293,9 @@ class QuantizedLinear(nn.Module):
                    torch.get_num_threads(), 0)
             return y
         lead = x.shape[:-1]
-        y = quant_matmul(x.reshape(-1, self.in_features).float(), self.weight_q, _linear_path)
+        flat = x.reshape(-1, self.in_features).float()
+        path = _linear_path if flat.shape[0] > _linear_min_rows else "auto"
+        y = quant_matmul(flat, self.weight_q, path)
         if self.bias is not None:
             y += self.bias.float()
         return y.to(x.dtype).reshape(*lead, self.out_features)

@@ -25,7 +25,7 @@ if not quant.native_available() and os.environ.get("RADIXRT_REQUIRE_NATIVE") != 
                 allow_module_level=True)
 
 HAS_AVX2 = quant.native_available() and quant._ext().has_avx2()
-PATHS = ["auto", "f32", "portable", "blas"] + (["i8"] if HAS_AVX2 else [])
+PATHS = ["auto", "f32", "portable", "blas"] + (["i8", "blocked"] if HAS_AVX2 else [])
 
 
 def random_weight(n: int, k: int, bits: int, seed: int) -> QuantWeight:
@@ -56,6 +56,8 @@ def i8_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def test_matmul_matches_dequantize_then_matmul(m: int, k_groups: int, n: int, bits: int,
                                                path: str, threads: int, seed: int) -> None:
     k = 32 * k_groups
+    if path == "blocked":
+        n = -(-n // quant.PANEL) * quant.PANEL  # its panels are 16 columns wide
     w = random_weight(n, k, bits, seed)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)) * 3
     wf = dequantize_ref(w)
@@ -88,6 +90,27 @@ def test_model_shapes_and_large_m_tiles(bits: int, monkeypatch: pytest.MonkeyPat
     w = random_weight(960, 576, bits, 7)
     x = torch.randn(40, 576)
     torch.testing.assert_close(quant_matmul(x, w, "blas"), x @ dequantize_ref(w).T)
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the blocked GEMM needs AVX2")
+@pytest.mark.parametrize("bits", [4, 8])
+def test_blocked_gemm_across_blocks(bits: int) -> None:
+    """The blocked GEMM over several row blocks (144 rows), K blocks (320) and threads, with
+    partial tiles; "auto" takes it above SMALL_M rows."""
+    for n, k, m in [(960, 576, 301), (576, 1536, 150), (48, 96, 33)]:
+        w = random_weight(n, k, bits, n + m)
+        x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+        wf = dequantize_ref(w)
+        ref = x.double() @ wf.double().T
+        tol = 1e-5 * (x.abs().double() @ wf.abs().double().T) + 1e-6
+        for path in ("blocked", "auto"):
+            y = quant_matmul(x, w, path)
+            assert ((y.double() - ref).abs() <= tol).all(), (path, n, k, m)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        quant_matmul(torch.randn(40, 64), random_weight(24, 64, bits, 0), "blocked")
+    w = random_weight(24, 64, bits, 0)  # "auto" falls back to dequantize + BLAS there
+    x = torch.randn(40, 64)
+    torch.testing.assert_close(quant_matmul(x, w), x @ dequantize_ref(w).T)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
