@@ -6,10 +6,11 @@
 For every (shape, rows): torch F.linear in fp32 and bf16, and radixrt.models.quant's
 quant_matmul for int8 and int4 weights: "auto" (what QuantizedLinear runs), the packed-weight
 kernel with fp32 activations ("f32"), with int8 activations ("i8", AVX2 only), the blocked
-large-M GEMM ("blocked", AVX2 only) and dequantize + BLAS ("blas"). Rounds interleave every variant (so a busy neighbour slows all
-alike); the table shows medians in µs and, for the packed kernels, weight bytes streamed per
-second (GB/s). The share of the machine's CPU that other processes used during the run is
-printed too: above a few percent, the numbers are contended.
+large-M GEMM ("blocked", AVX2 only) and dequantize + BLAS ("blas"). Rounds interleave every
+variant (so a busy neighbour slows all alike); the table shows medians in µs and, for the
+packed kernels, weight bytes streamed per second (GB/s). The share of the machine's CPU that
+other processes used during the run is printed too: above a few percent, the numbers are
+contended.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@
 // Large M (prefill): a blocked fp32 GEMM that dequantizes the weights as it packs them
 //   (quant_cpu_gemm_avx2.h) where the CPU has AVX2; elsewhere Python dequantizes to fp32
 //   (dequant_*) and torch's BLAS does the matmul.
-// All tested against a dequantize-then-matmul torch reference (tests/unit/test_quant.py).
+// All tested against a dequantize-then-matmul reference (tests/unit/test_quant_kernels.py).
 
 #include <pybind11/pybind11.h>
 
@@ -207,7 +207,9 @@ T* ptr(uintptr_t p) {
 enum Path { kAuto = 0, kF32 = 1, kI8 = 2, kPortable = 3, kBlocked = 4 };
 
 Path pick(int path) {
-    if (path < kAuto || path > kBlocked) throw std::invalid_argument("quant_cpu: path must be 0..4");
+    if (path < kAuto || path > kBlocked) {
+        throw std::invalid_argument("quant_cpu: path must be 0..4");
+    }
     if ((path == kI8 || path == kBlocked) && !cpu_has_avx2()) {
         throw std::invalid_argument("quant_cpu: the int8 and blocked paths need AVX2");
     }
@@ -246,8 +248,9 @@ void gemm_blocked(int bits, const float* x, int64_t M, int64_t K, const avx2::We
         g_packed.resize((b - a) * avx2::kPanel * avx2::kBlockK);
         g_rows.resize(avx2::kBlockM * avx2::kBlockK);
         const int64_t n0 = a * avx2::kPanel, n1 = b * avx2::kPanel;
-        bits == 4 ? avx2::gemm_panels<true>(x, M, K, w, n0, n1, N, y, g_packed.data(), g_rows.data())
-                  : avx2::gemm_panels<false>(x, M, K, w, n0, n1, N, y, g_packed.data(), g_rows.data());
+        float *packed = g_packed.data(), *rows = g_rows.data();
+        bits == 4 ? avx2::gemm_panels<true>(x, M, K, w, n0, n1, N, y, packed, rows)
+                  : avx2::gemm_panels<false>(x, M, K, w, n0, n1, N, y, packed, rows);
     }, 1);
 }
 #endif

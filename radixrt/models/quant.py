@@ -185,15 +185,15 @@ def set_linear_path(path: str, min_rows: int = 0) -> None:
     _linear_path, _linear_min_rows = path, min_rows
 
 
+_has_avx2: bool | None = None  # the CPU's answer, asked once
+
+
 def _blocked_ok(n: int) -> bool:
     """Whether the blocked large-M GEMM runs here (AVX2 and N a multiple of PANEL)."""
     global _has_avx2
     if _has_avx2 is None:
         _has_avx2 = bool(_ext().has_avx2())
     return _has_avx2 and n % PANEL == 0
-
-
-_has_avx2: bool | None = None
 
 
 def quant_matmul(x: torch.Tensor, w: QuantWeight, path: str = "auto") -> torch.Tensor:
