@@ -89,7 +89,7 @@ AVX2_TARGET inline void micro_tile(int rows, const float* __restrict__ a,
                                    const float* __restrict__ panel, int64_t kc,
                                    float* __restrict__ c, int64_t ldc, bool accumulate) {
     // The tile of y is touched only at the end, six rows apart: fetch it now so that its
-    // cache misses overlap the arithmetic (they cost ~25 % of the rate otherwise).
+    // cache misses overlap the arithmetic.
     for (int r = 0; r < rows; ++r) {
         _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 15), _MM_HINT_T0);
