@@ -14,6 +14,7 @@ from torch import nn
 from radixrt.attention.base import AttentionBackend
 from radixrt.models import fused_cuda
 from radixrt.models.config import ModelConfig, kv_head_start, shard_config
+from radixrt.models.cpu_flat import flat_layers
 from radixrt.models.layers import RMSNorm, RotaryEmbedding
 from radixrt.models.parallel import TensorParallel, VocabParallelEmbedding
 
@@ -123,8 +124,13 @@ class LlamaForCausalLM(nn.Module):
         (on rank 0; another rank gets its vocabulary slice's)."""
         x = self.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
-        for layer in self.layers:
-            x, residual = layer(x, residual, positions, self.rope, attn)
+        flat = flat_layers(self) if x.device.type == "cpu" else None
+        ran = flat.run(x, positions, attn) if flat is not None else None
+        if ran is not None:
+            x, residual = ran
+        else:
+            for layer in self.layers:
+                x, residual = layer(x, residual, positions, self.rope, attn)
         assert residual is not None
         x, _ = self.norm.add_forward(x[logits_indices], residual[logits_indices])
         return self.tp.gather_vocab(self.lm_head(x).float())
