@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtypes", default="float32", help="in-process model dtypes")
     ap.add_argument("--kv-dtypes", default="auto", help="in-process KV-cache dtypes")
     ap.add_argument("--quantizations", default="auto", help="in-process weight quantizations")
-    ap.add_argument("--fused", default="on",
-                    help="in-process: fused CPU norm/RoPE per case, on and/or off")
+    ap.add_argument("--fused", default="flat",
+                    help="in-process: fused CPU norm/RoPE per case: off, on (through the "
+                         "modules) and/or flat (the flat CPU loop, what the server runs)")
     ap.add_argument("--case", action="append", default=[],
                     help="in-process: an explicit case backend:dtype:kv_dtype:quantization:fused "
                          "(repeatable; replaces the cross product of the options above)")

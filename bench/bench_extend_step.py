@@ -1,9 +1,11 @@
 """One later-turn step of a multi-turn chat, in process: `decodes` requests decode while one
 request extends its ~`context`-token conversation by `new` tokens (the step every new turn
-gets), with the served defaults (dtype auto, int4 weights, cpu attention). Prints the median
-step time and the attention part; --profile adds torch.profiler's top ops; --linear-paths
-interleaves the steps over the quantized linears' large-M kernel paths (radixrt.models.quant;
-calls of up to SMALL_M rows stay on "auto") for an A/B.
+gets), with the served defaults (dtype auto, int4 weights, cpu attention). Steps alternate
+between the served path (the flat CPU loop of radixrt/models/cpu_flat.py: its median step time)
+and the nn.Module path, whose hooks split a step into attention, linear layers and the rest;
+--profile adds torch.profiler's top ops (module path); --linear-paths runs the module path once
+per large-M kernel path of the quantized linears (radixrt.models.quant; calls of up to SMALL_M
+rows stay on "auto") for an A/B.
 
     python -m bench.bench_extend_step --context 900 --new 81 --decodes 3 --profile
     python -m bench.bench_extend_step --linear-paths auto,blas --steps 13
@@ -18,8 +20,9 @@ import time
 import numpy as np
 import torch
 
-from bench.decode_step import TimedAttention
+from bench.decode_step import LinearTimer, TimedAttention
 from radixrt.config import build_engine_config
+from radixrt.models import cpu_flat
 from radixrt.models.quant import SMALL_M, set_linear_path
 from radixrt.testing.batches import batch_from_chunks
 from radixrt.worker.model_runner import ModelRunner
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = ModelRunner(cfg)
     timed = TimedAttention(runner.attn)
     runner.attn = timed  # type: ignore[assignment]
+    linear = LinearTimer(runner.model)
     rng = np.random.default_rng(0)
     per = (a.context + a.new * (a.steps + 4) + 64) // cfg.page_size + 1
     ids = lambda k: rng.integers(3, 40000, k).tolist()  # noqa: E731
@@ -56,35 +60,48 @@ def main(argv: list[str] | None = None) -> int:
                                       {s: list(range(s * per, (s + 1) * per))}))
         pos.append(a.context)
 
-    def step() -> tuple[float, float]:
+    def step(flat: bool) -> tuple[float, float, float]:
+        # Every step extends the same conversations from the same positions (their pages are
+        # rewritten), so all steps measure one context length.
         chunks = [ids(a.new)] + [ids(1) for _ in range(a.decodes)]
         batch = batch_from_chunks(list(range(n)), list(pos), chunks)
-        for s, c in enumerate(chunks):
-            pos[s] += len(c)
-        timed.seconds = 0.0
-        t0 = time.perf_counter()
-        runner.step(batch)
-        return time.perf_counter() - t0, timed.seconds
+        timed.seconds = linear.seconds = 0.0
+        cpu_flat.enabled = flat
+        runner.attn = timed.inner if flat else timed  # type: ignore[assignment]
+        try:
+            t0 = time.perf_counter()
+            runner.step(batch)
+            return time.perf_counter() - t0, timed.seconds, linear.seconds
+        finally:
+            cpu_flat.enabled = was_flat
+            runner.attn = timed  # type: ignore[assignment]
 
+    was_flat = cpu_flat.enabled
+    variants = ["served"] + paths
     with torch.inference_mode():
-        res: dict[str, list[tuple[float, float]]] = {p: [] for p in paths}
-        for i in range(a.steps + len(paths)):  # the first step of each path is a warm-up
-            path = paths[i % len(paths)]
-            set_linear_path(path, min_rows=SMALL_M)
-            r = step()
-            if i >= len(paths):
-                res[path].append(r)
+        res: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
+        for i in range(a.steps * len(variants) + len(variants)):  # first round: warm-up
+            v = variants[i % len(variants)]
+            set_linear_path("auto" if v == "served" else v, min_rows=SMALL_M)
+            r = step(v == "served")
+            if i >= len(variants):
+                res[v].append(r)
         set_linear_path("auto")
-        for path, rs in res.items():
-            print(f"extend {a.new} over ~{a.context} + {a.decodes} decodes, linear path {path}: "
-                  f"median {statistics.median(r[0] for r in rs) * 1e3:.1f} ms, attention "
-                  f"{statistics.median(r[1] for r in rs) * 1e3:.1f} ms ({len(rs)} steps)")
+        head = f"extend {a.new} over {a.context} + {a.decodes} decodes"
+        for v, rs in res.items():
+            med = [statistics.median(r[i] for r in rs) * 1e3 for i in range(3)]
+            if v == "served":
+                print(f"{head}, served (flat loop): median {med[0]:.1f} ms ({len(rs)} steps)")
+                continue
+            print(f"{head}, module path, linear path {v}: median {med[0]:.1f} ms, attention "
+                  f"{med[1]:.1f} ms, linear layers {med[2]:.1f} ms, the rest "
+                  f"{med[0] - med[1] - med[2]:.1f} ms ({len(rs)} steps)")
         if a.profile:
             from torch.profiler import ProfilerActivity, profile
 
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(3):
-                    step()
+                    step(False)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     return 0
 

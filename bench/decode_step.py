@@ -7,6 +7,11 @@ step, and the median step time is reported with the parts spent in attention (th
 plan + forward calls) and in the linear layers (lm_head included), plus load time and weight
 memory. --profile adds torch.profiler's top ops of a few steps, attention labelled
 `attention` (the cpu backend's kernels are no torch ops).
+
+A case's "fused" field: off (torch ops for norms and RoPE), on (their fused kernels, through
+the nn.Module layers) or flat (the fused kernels in radixrt/models/cpu_flat.py's flat loop,
+what the server runs on a CPU). A flat step calls no module hooks and the bare attention
+backend, so it has no attention / linear split: those columns read nan.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import torch
 
 from radixrt.config import build_engine_config
-from radixrt.models import fused
+from radixrt.models import cpu_flat, fused
 from radixrt.testing.batches import batch_from_chunks
 from radixrt.worker.model_runner import ModelRunner
 
@@ -109,17 +114,31 @@ def prefill(runner: ModelRunner, batch: int, context: int, steps: int, seed: int
     return last
 
 
-def decode_step(runner: ModelRunner, last: np.ndarray, pos: int, step: int
+def set_mode(mode: str) -> None:
+    """A case's "fused" mode (off / on / flat) as the process-wide switches."""
+    fused.enabled = mode != "off"
+    cpu_flat.enabled = mode == "flat"
+
+
+def decode_step(runner: ModelRunner, last: np.ndarray, pos: int, step: int, flat: bool = False
                 ) -> tuple[np.ndarray, float, float]:
     """One decode step of every request: (next tokens, step seconds, attention seconds); the
-    linear layers' seconds accumulate in the runner's LinearTimer."""
+    linear layers' seconds accumulate in the runner's LinearTimer. flat: the step runs on the
+    bare backend (the flat loop takes no wrapper), attention seconds nan."""
     batch = len(last)
     fb = batch_from_chunks(list(range(batch)), [pos] * batch, [[int(t)] for t in last],
                                   step=step)
-    runner.attn.seconds = 0.0  # type: ignore[attr-defined]
-    t0 = time.perf_counter()
-    nxt = runner.step(fb).next_ids
-    return nxt, time.perf_counter() - t0, runner.attn.seconds  # type: ignore[attr-defined]
+    timed = runner.attn
+    timed.seconds = 0.0  # type: ignore[attr-defined]
+    if flat:
+        runner.attn = timed.inner  # type: ignore[attr-defined]
+    try:
+        t0 = time.perf_counter()
+        nxt = runner.step(fb).next_ids
+        sec = time.perf_counter() - t0
+    finally:
+        runner.attn = timed
+    return nxt, sec, float("nan") if flat else timed.seconds  # type: ignore[attr-defined]
 
 
 def profile_steps(runner: ModelRunner, last: np.ndarray, pos: int, steps: int
@@ -139,26 +158,29 @@ def run_in_process(args: Namespace) -> list[dict[str, Any]]:
     """Every case (backend x dtype x KV dtype x quantization) at each context and batch; the
     cases' decode steps interleaved round by round, so that a busy neighbour slows every case
     alike."""
-    was = fused.enabled  # the cases flip the process-wide switch: leave it as found
+    was = fused.enabled, cpu_flat.enabled  # the cases flip process-wide switches
     try:
         return _run_cases(args)
     finally:
-        fused.enabled = was
+        fused.enabled, cpu_flat.enabled = was
 
 
 def _run_cases(args: Namespace) -> list[dict[str, Any]]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    # Fused norm/RoPE on or off per case (a process-wide switch, set before each case's step).
+    # Fused mode per case (process-wide switches, set before each case's step).
     if args.case:  # explicit cases: backend:dtype:kv_dtype:quantization:fused
         cases_fused = []
         for spec in args.case:
             b, d, k, q, f = spec.split(":")
-            cases_fused.append(((b, d, k, q), f == "on"))
+            cases_fused.append(((b, d, k, q), f))
     else:
-        cases_fused = [((b, d, k, q), f == "on") for b in args.backends.split(",")
+        cases_fused = [((b, d, k, q), f) for b in args.backends.split(",")
                        for d in args.dtypes.split(",") for k in args.kv_dtypes.split(",")
                        for q in args.quantizations.split(",") for f in args.fused.split(",")]
+    for _, f in cases_fused:
+        if f not in ("off", "on", "flat"):
+            raise SystemExit(f"fused mode {f!r}: choose off, on or flat")
     cases = [c for c, _ in cases_fused]
     rows = []
     print(f"torch threads {torch.get_num_threads()}; median of {args.steps} decode steps, "
@@ -174,16 +196,18 @@ def _run_cases(args: Namespace) -> list[dict[str, Any]]:
             runners = [r for r, _, _ in built]
             lasts = []
             for r, (_, f) in zip(runners, cases_fused):
-                fused.enabled = f
+                set_mode(f)
                 lasts.append(prefill(r, b, ctx, total, seed=ctx + b))
             times: list[list[tuple[float, float, float]]] = [[] for _ in cases]
             for s in range(warm + args.steps):
                 for i, (r, timer, _) in enumerate(built):
-                    fused.enabled = cases_fused[i][1]
+                    mode = cases_fused[i][1]
+                    set_mode(mode)
                     timer.seconds = 0.0
-                    lasts[i], sec, attn = decode_step(r, lasts[i], ctx + s, s)
+                    lasts[i], sec, attn = decode_step(r, lasts[i], ctx + s, s, mode == "flat")
                     if s >= warm:
-                        times[i].append((sec, attn, timer.seconds))
+                        lin = float("nan") if mode == "flat" else timer.seconds
+                        times[i].append((sec, attn, lin))
             for i, (backend, dtype, _kv, _quant) in enumerate(cases):
                 step = [t[0] for t in times[i]]
                 row: dict[str, Any] = {
@@ -196,14 +220,14 @@ def _run_cases(args: Namespace) -> list[dict[str, Any]]:
                     "linear_ms": 1000 * statistics.median(t[2] for t in times[i]),
                     "load_s": built[i][2], "weights_mib": weight_mib(runners[i].model)}
                 print(f"| {backend} | {dtype} | {row['kv_dtype']} | {row['quantization']} | "
-                      f"{'on' if row['fused'] else 'off'} | {ctx} | {b} | {row['step_ms']:.1f} | "
+                      f"{row['fused']} | {ctx} | {b} | {row['step_ms']:.1f} | "
                       f"{row['attention_ms']:.1f} | "
                       f"{row['linear_ms']:.1f} | {row['min_step_ms']:.1f} | "
                       f"{row['load_s']:.1f} | {row['weights_mib']:.0f} |", flush=True)
                 rows.append(row)
             if args.profile:
                 for i, row in enumerate(rows[-len(cases):]):
-                    fused.enabled = cases_fused[i][1]
+                    set_mode(cases_fused[i][1])
                     row.update(profile_steps(runners[i], lasts[i], ctx + warm + args.steps, 5))
                     print(f"\n{row['backend']} {row['dtype']} KV {row['kv_dtype']}, "
                           f"context {ctx}, batch {b}: top ops of 5 steps")

@@ -36,6 +36,6 @@ def test_bench_decode_in_process_runs(make_tiny_model, tmp_path: Path) -> None: 
     assert fused.enabled is before  # the off cases leave the process-wide switch as found
     rows = json.loads(out.read_text())
     assert [(r["quantization"], r["fused"]) for r in rows] == [
-        ("none", True), ("none", False), ("int4", True), ("int4", False)]
+        ("none", "on"), ("none", "off"), ("int4", "on"), ("int4", "off")]
     assert rows[2]["weights_mib"] < rows[0]["weights_mib"]
     assert all(r["step_ms"] > 0 and 0 < r["linear_ms"] < r["step_ms"] for r in rows)
