@@ -199,6 +199,7 @@ def _run_cases(args: Namespace) -> list[dict[str, Any]]:
                 set_mode(f)
                 lasts.append(prefill(r, b, ctx, total, seed=ctx + b))
             times: list[list[tuple[float, float, float]]] = [[] for _ in cases]
+            flat_before = [cpu_flat.flat_steps(r.model) for r in runners]
             for s in range(warm + args.steps):
                 for i, (r, timer, _) in enumerate(built):
                     mode = cases_fused[i][1]
@@ -210,10 +211,13 @@ def _run_cases(args: Namespace) -> list[dict[str, Any]]:
                         times[i].append((sec, attn, lin))
             for i, (backend, dtype, _kv, _quant) in enumerate(cases):
                 step = [t[0] for t in times[i]]
+                mode = cases_fused[i][1]
+                if mode == "flat" and cpu_flat.flat_steps(runners[i].model) == flat_before[i]:
+                    mode = "on (no flat loop for this case)"  # e.g. torch attention, biases
                 row: dict[str, Any] = {
                     "backend": backend, "dtype": dtype, "kv_dtype": runners[i].config.kv_dtype,
                     "quantization": runners[i].config.quantization,
-                    "fused": cases_fused[i][1],
+                    "fused": mode,
                     "context": ctx, "batch": b, "step_ms": 1000 * statistics.median(step),
                     "min_step_ms": 1000 * min(step),
                     "attention_ms": 1000 * statistics.median(t[1] for t in times[i]),

@@ -70,6 +70,7 @@ class FlatCpuLayers:
         self.rope = model.rope
         self.ext = fused.native()
         self.weights_at = model.layers[0].self_attn.qkv_proj.qs.data_ptr()
+        self.steps = 0  # forward passes run flat (benchmarks and tests read it)
 
     @staticmethod
     def build(model: LlamaForCausalLM) -> FlatCpuLayers | None:
@@ -118,6 +119,7 @@ class FlatCpuLayers:
         rmsnorm, rope, eps, hd = self.ext.rmsnorm, self.ext.rope, self.eps, self.head_dim
         run_attn = attn.plan_obj.run
         k_ptrs, v_ptrs = attn.k_ptrs, attn.v_ptrs
+        self.steps += 1
         residual = x
         resp = x.data_ptr()
         for i, lay in enumerate(self.layers):
@@ -153,3 +155,9 @@ def flat_layers(model: nn.Module) -> FlatCpuLayers | None:
     flat = FlatCpuLayers.build(model)  # type: ignore[arg-type]
     model.__dict__["_flat_cpu"] = flat
     return flat
+
+
+def flat_steps(model: nn.Module) -> int:
+    """How many forward passes of this model have run flat so far."""
+    flat = model.__dict__.get("_flat_cpu")
+    return flat.steps if flat else 0
