@@ -3,10 +3,10 @@
 //
 // Small-M matmuls from packed weights, y[r, n] = sum_k x[r, k] W[n, k], a weight row at a
 // time and up to four activation rows at once (the weights are read once per four rows):
-//   f32 path: fp32 activations. Per group, q (0..15 or int8) to floats once, times d;
-//             per activation row 4 FMAs. The q4 minimum term m * sum(x) is a dot product of
-//             the row's m with the activation group sums. Same weights, same math as
-//             dequantize + matmul; only the summation order differs.
+//   f32 path: fp32 activations. Per group, q (0..15 or int8) to floats once, times d
+//             (plus m for q4): the dequantized weights themselves; per activation row 4
+//             FMAs. Same weights, same math as dequantize + matmul; only the summation
+//             order differs.
 //   i8 path:  activations quantized to int8 per group (llama.cpp's Q8_1 trick), maddubs
 //             integer dot products. Fewer instructions, but the activation rounding moves
 //             logits (measured: it flips the default model's greedy answers; see
@@ -140,7 +140,10 @@ AVX2_TARGET inline void group_floats(const uint8_t* qs, int64_t g, float db, __m
 struct F32Kernel {
     // Accumulators: NA per activation row (each FMA chain gets a new term every NA/4 of a
     // group), two sets for a single row so that its four FMAs per group never wait on
-    // the FMA latency.
+    // the FMA latency. q4 weights are dequantized whole (d * q, then + m: the same fp32
+    // weights as dequantize_ref) rather than adding m * sum(x) per row afterwards: the
+    // per-row dot products of m with the group sums cost more than the four adds a group
+    // (which run beside the FMAs), 10-20 % of the kernel's time at the model's shapes.
     template <int RT, bool Q4>
     AVX2_TARGET static void tile(const Act& a, int64_t r0, const Weights& w, int64_t n0,
                                  int64_t n1, float* y, int64_t ldy, float* scratch) {
@@ -149,8 +152,8 @@ struct F32Kernel {
         const int64_t K = a.K, nb = K / kGroup;
         float *dw = scratch, *mw = scratch + nb;
         for (int64_t n = n0; n < n1; ++n) {
-            float mins[RT];
-            row_prologue<RT, Q4>(a, r0, w, n, dw, mw, mins);
+            row_scales(w.d + n * nb, nb, dw);
+            if (Q4) row_scales(w.m + n * nb, nb, mw);
             __m256 acc[SETS][RT][NA];
             for (int s = 0; s < SETS; ++s)
                 for (int r = 0; r < RT; ++r)
@@ -158,6 +161,10 @@ struct F32Kernel {
             for (int64_t b = 0; b < nb; ++b) {
                 __m256 wf[4];
                 group_floats<Q4>(w.qs, n * nb + b, dw[b], wf);
+                if (Q4) {
+                    const __m256 mb = _mm256_set1_ps(mw[b]);
+                    for (int i = 0; i < 4; ++i) wf[i] = _mm256_add_ps(wf[i], mb);
+                }
                 const int s = SETS == 1 ? 0 : int(b & 1);
 #pragma GCC unroll 4
                 for (int r = 0; r < RT; ++r) {
@@ -174,7 +181,7 @@ struct F32Kernel {
                 for (int i = 1; i < NA; ++i) t = _mm256_add_ps(t, acc[0][r][i]);
                 for (int s = 1; s < SETS; ++s)
                     for (int i = 0; i < NA; ++i) t = _mm256_add_ps(t, acc[s][r][i]);
-                y[r * ldy + n] = hsum8(t) + mins[r];
+                y[r * ldy + n] = hsum8(t);
             }
         }
     }
