@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import bench_decode, bench_quant_linear
+from bench import ab_quant_kernels, bench_decode, bench_quant_linear
 from radixrt.models import quant
 
 pytestmark = pytest.mark.skipif(not quant.native_available(),
@@ -39,3 +39,15 @@ def test_bench_decode_in_process_runs(make_tiny_model, tmp_path: Path) -> None: 
         ("none", "on"), ("none", "off"), ("int4", "on"), ("int4", "off")]
     assert rows[2]["weights_mib"] < rows[0]["weights_mib"]
     assert all(r["step_ms"] > 0 and 0 < r["linear_ms"] < r["step_ms"] for r in rows)
+
+
+def test_ab_quant_kernels_against_its_own_build(capsys: pytest.CaptureFixture[str]) -> None:
+    """This tree against itself (its .so loaded a second time under another name): both
+    builds run and agree bit for bit."""
+    import radixrt
+
+    tree = Path(radixrt.__file__).resolve().parent.parent
+    assert ab_quant_kernels.main([str(tree), "--shapes", "o", "--rows", "1,5",
+                                  "--rounds", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| o ")]
+    assert len(rows) == 2 and all(line.endswith("| True |") for line in rows), rows
