@@ -273,7 +273,9 @@ void gemm(int bits, uintptr_t x, int64_t M, int64_t K, uintptr_t qs, uintptr_t d
         return;
     }
     if (p == kF32 || p == kI8) {
-        const avx2::Act act = g_act.prepare(xp, M, K, p == kI8);
+        // The f32 kernel reads x alone; group sums and int8 rows are the i8 path's.
+        const avx2::Act act = p == kI8 ? g_act.prepare(xp, M, K, true)
+                                       : avx2::Act{xp, nullptr, nullptr, nullptr, K};
         const avx2::Weights w{qp, dp, mp};
         parallel_rows(N, nthreads, [&](int64_t a, int64_t b) {
             if (p == kI8) {

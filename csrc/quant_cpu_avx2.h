@@ -18,8 +18,8 @@
 
 namespace avx2 {
 
-// Activations of one call, prepared once: fp32 rows, group sums (q4 minimum term) and, for
-// the i8 path, int8 rows with their per-group scales.
+// Activations of one call, prepared once: fp32 rows and, for the i8 path, group sums (its q4
+// minimum term) and int8 rows with their per-group scales.
 struct Act {
     const float* x;
     const float* xs;
@@ -142,8 +142,9 @@ struct F32Kernel {
     // group), two sets for a single row so that its four FMAs per group never wait on
     // the FMA latency. q4 weights are dequantized whole (d * q, then + m: the same fp32
     // weights as dequantize_ref) rather than adding m * sum(x) per row afterwards: the
-    // per-row dot products of m with the group sums cost more than the four adds a group
-    // (which run beside the FMAs), 10-20 % of the kernel's time at the model's shapes.
+    // per-row dot products of m with the group sums cost more than the four adds a group,
+    // which run beside the FMAs (10-20 % of the kernel's time at 3-4 rows,
+    // bench/ab_quant_kernels.py).
     template <int RT, bool Q4>
     AVX2_TARGET static void tile(const Act& a, int64_t r0, const Weights& w, int64_t n0,
                                  int64_t n1, float* y, int64_t ldy, float* scratch) {
@@ -158,24 +159,34 @@ struct F32Kernel {
             for (int s = 0; s < SETS; ++s)
                 for (int r = 0; r < RT; ++r)
                     for (int i = 0; i < NA; ++i) acc[s][r][i] = _mm256_setzero_ps();
-            for (int64_t b = 0; b < nb; ++b) {
+            // Group b into one accumulator set. The sets alternate by group in an unrolled
+            // pair, so that each set is a compile-time index: indexed by b's parity at run
+            // time, GCC kept them in memory (a load and a store per FMA).
+            const auto group = [&](int64_t b, __m256 (&set)[RT][NA]) AVX2_TARGET {
                 __m256 wf[4];
                 group_floats<Q4>(w.qs, n * nb + b, dw[b], wf);
                 if (Q4) {
                     const __m256 mb = _mm256_set1_ps(mw[b]);
                     for (int i = 0; i < 4; ++i) wf[i] = _mm256_add_ps(wf[i], mb);
                 }
-                const int s = SETS == 1 ? 0 : int(b & 1);
 #pragma GCC unroll 4
                 for (int r = 0; r < RT; ++r) {
                     const float* xr = a.x + (r0 + r) * K + b * kGroup;
 #pragma GCC unroll 4
                     for (int i = 0; i < 4; ++i) {
-                        acc[s][r][i % NA] =
-                            _mm256_fmadd_ps(wf[i], _mm256_loadu_ps(xr + 8 * i), acc[s][r][i % NA]);
+                        set[r][i % NA] =
+                            _mm256_fmadd_ps(wf[i], _mm256_loadu_ps(xr + 8 * i), set[r][i % NA]);
                     }
                 }
+            };
+            int64_t b = 0;
+            if (SETS == 2) {
+                for (; b + 2 <= nb; b += 2) {
+                    group(b, acc[0]);
+                    group(b + 1, acc[SETS - 1]);
+                }
             }
+            for (; b < nb; ++b) group(b, acc[0]);
             for (int r = 0; r < RT; ++r) {
                 __m256 t = acc[0][r][0];
                 for (int i = 1; i < NA; ++i) t = _mm256_add_ps(t, acc[0][r][i]);
