@@ -6,8 +6,8 @@ that is ~10 ms of a 40-55 ms decode step. When every op of a layer has a native 
 int8 QuantizedLinear, the fused RMSNorm and RoPE, the cpu attention backend) and nothing needs
 the general path (float32 activations, one rank, no biases, no q/k norm, the default linear
 route), FlatCpuLayers runs those kernels in the same order on buffers allocated once a step.
-The arithmetic is the module path's, bit for bit (tests/test_cpu_flat.py compares logits with
-torch.equal); the module path stays the reference and the route for everything else.
+The arithmetic is the module path's, bit for bit (tests/unit/test_cpu_flat.py compares logits
+with torch.equal); the module path stays the reference and the route for everything else.
 """
 
 from __future__ import annotations
@@ -60,11 +60,12 @@ class FlatCpuLayers:
                 *(_Linear(*m._decode_call()[1:], m.in_features, m.out_features) for m in lins),
                 layer.input_layernorm.weight.data_ptr(),
                 layer.post_attention_layernorm.weight.data_ptr()))
-        self.eps = model.layers[0].input_layernorm.eps
+        first = model.layers[0]
+        self.eps = first.input_layernorm.eps
         self.hidden = cfg.hidden_size
-        self.heads, self.kv_heads = model.layers[0].self_attn.num_heads, model.layers[0].self_attn.num_kv_heads
-        self.head_dim = cfg.head_dim
-        self.inter = model.layers[0].mlp.down_proj.in_features
+        self.heads, self.kv_heads = first.self_attn.num_heads, first.self_attn.num_kv_heads
+        self.head_dim = first.self_attn.head_dim
+        self.inter = first.mlp.down_proj.in_features
         self.blocked = all(quant._blocked_ok(lin.n) for lay in self.layers
                            for lin in (lay.qkv, lay.o, lay.gate_up, lay.down))
         self.rope = model.rope
@@ -77,16 +78,25 @@ class FlatCpuLayers:
         """A flat runner for this model, or None where the module path must run."""
         if model.tp.size != 1 or fused.native() is None:
             return None
+        eps = model.layers[0].input_layernorm.eps
+        hidden = model.config.hidden_size
         for layer in model.layers:
             a, m = layer.self_attn, layer.mlp
             lins = (a.qkv_proj, a.o_proj, m.gate_up_proj, m.down_proj)
             if a.qk_norm or any(not isinstance(x, quant.QuantizedLinear) or x.bias is not None
                                 for x in lins):
                 return None
-            norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
-            if any(w.dtype != torch.float32 or w.device.type != "cpu" for w in norms):
+            norms = (layer.input_layernorm, layer.post_attention_layernorm)
+            if any(n.weight.dtype != torch.float32 or n.weight.device.type != "cpu"
+                   or n.eps != eps for n in norms):
                 return None
-            if layer.input_layernorm.eps != model.layers[0].input_layernorm.eps:
+            # The loop's buffer widths assume the fused layouts: [q | k | v], [gate | up].
+            q, kv = a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+            if ((a.qkv_proj.in_features, a.qkv_proj.out_features) != (hidden, q + 2 * kv)
+                    or (a.o_proj.in_features, a.o_proj.out_features) != (q, hidden)
+                    or m.gate_up_proj.in_features != hidden
+                    or m.gate_up_proj.out_features != 2 * m.down_proj.in_features
+                    or m.down_proj.out_features != hidden):
                 return None
         if model.rope.cos.device.type != "cpu" or model.rope.cos.dtype != torch.float32:
             return None
