@@ -70,7 +70,6 @@ class FlatCpuLayers:
                            for lin in (lay.qkv, lay.o, lay.gate_up, lay.down))
         self.rope = model.rope
         self.ext = fused.native()
-        self.weights_at = model.layers[0].self_attn.qkv_proj.qs.data_ptr()
         self.steps = 0  # forward passes run flat (benchmarks and tests read it)
 
     @staticmethod
@@ -154,20 +153,19 @@ class FlatCpuLayers:
 
 
 def flat_layers(model: nn.Module) -> FlatCpuLayers | None:
-    """The model's cached flat runner (rebuilt if its weights moved), or None."""
+    """The model's flat runner, or None; built once and again only if its weights moved."""
     if not enabled or not fused.enabled:
         return None
-    cached = model.__dict__.get("_flat_cpu", False)
     first = model.layers[0].self_attn.qkv_proj
-    if cached is not False and (cached is None or not isinstance(first, quant.QuantizedLinear)
-                                or cached.weights_at == first.qs.data_ptr()):
-        return cached
-    flat = FlatCpuLayers.build(model)  # type: ignore[arg-type]
-    model.__dict__["_flat_cpu"] = flat
-    return flat
+    key = first.qs.data_ptr() if isinstance(first, quant.QuantizedLinear) else None
+    cached = model.__dict__.get("_flat_cpu")
+    if cached is None or cached[0] != key:
+        cached = (key, FlatCpuLayers.build(model))  # type: ignore[arg-type]
+        model.__dict__["_flat_cpu"] = cached
+    return cached[1]
 
 
 def flat_steps(model: nn.Module) -> int:
     """How many forward passes of this model have run flat so far."""
-    flat = model.__dict__.get("_flat_cpu")
-    return flat.steps if flat else 0
+    cached = model.__dict__.get("_flat_cpu")
+    return cached[1].steps if cached and cached[1] else 0
