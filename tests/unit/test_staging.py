@@ -34,3 +34,23 @@ def test_step_inputs_match_build_metadata() -> None:
             assert getattr(meta, f).dtype == getattr(ref, f).dtype, f
         assert (meta.is_decode, meta.max_seq_len) == (ref.is_decode, ref.max_seq_len) == (
             False, 33)
+
+
+def test_packed_upload_keeps_values_dtypes_and_alignment() -> None:
+    """What the CUDA upload does, on host memory: arrays of several dtypes and shapes (and an
+    empty one) packed into one byte buffer, read back as views of their own dtypes."""
+    from radixrt.attention.staging import ALIGN, pack_into, pack_layout, unpack
+
+    rng = np.random.default_rng(2)
+    arrays = [rng.integers(-5, 5, (3, 5)).astype(np.int32), np.zeros(0, np.int64),
+              rng.integers(0, 1 << 40, 7).astype(np.int64), np.array([True, False, True]),
+              rng.standard_normal(3).astype(np.float32), np.arange(1, dtype=np.int32)]
+    offsets, total = pack_layout(arrays)
+    assert all(off % ALIGN == 0 for off in offsets) and total % ALIGN == 0
+    assert total >= sum(a.nbytes for a in arrays)
+    host = np.full(total + 16, 0xAB, dtype=np.uint8)
+    pack_into(host, arrays, offsets)
+    views = unpack(torch.from_numpy(host), arrays, offsets)
+    for a, t in zip(arrays, views, strict=True):
+        assert t.shape == a.shape and t.numpy().dtype == a.dtype
+        assert np.array_equal(t.numpy(), a)
