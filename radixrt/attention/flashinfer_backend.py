@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from radixrt.attention.base import AttentionBackend, AttentionMetadata
+from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_metadata
 
 if TYPE_CHECKING:
     from radixrt.config import EngineConfig
@@ -68,31 +68,16 @@ class PagedKVInputs(NamedTuple):
 
 
 def build_paged_kv_inputs(meta: AttentionMetadata) -> PagedKVInputs:
-    """CSR page lists of a batch: request i reads page_table[i, :ceil(seq_len_i / page_size)]."""
-    ps = meta.page_size
-    num_new = np.asarray(meta.num_new_host, dtype=np.int64)
-    seq_lens = np.asarray(meta.start_pos_host, dtype=np.int64) + num_new
-    num_pages = -(-seq_lens // ps)
-    qo_indptr = np.zeros(len(num_new) + 1, dtype=np.int64)
-    np.cumsum(num_new, out=qo_indptr[1:])
-    kv_indptr = np.zeros(len(num_new) + 1, dtype=np.int64)
-    np.cumsum(num_pages, out=kv_indptr[1:])
-    last_page_len = seq_lens - (num_pages - 1) * ps
-    # Flat index of (request, page) into the page table, built on the host so the gather on
-    # the device needs no data-dependent shape (no sync).
-    rows = np.repeat(np.arange(len(num_pages)), num_pages)
-    cols = np.arange(int(kv_indptr[-1])) - kv_indptr[rows]
-    table = meta.page_table
-    flat = torch.from_numpy(rows * table.shape[1] + cols)
-    if table.device.type == "cuda":  # pinned: the copy is truly async, no stream sync
-        flat = flat.pin_memory()
-    flat = flat.to(table.device, non_blocking=True)
-    kv_indices = table.reshape(-1)[flat].to(torch.int32)
+    """FlashInfer's CSR page lists of a batch: the ones the metadata carries (built on the host
+    with the step's inputs, kv_indices in the step's one upload), as tensors. Request i reads
+    page_table[i, :ceil(seq_len_i / page_size)]."""
+    qo_indptr = np.zeros(meta.batch_size + 1, dtype=np.int32)
+    np.cumsum(meta.num_new_host, out=qo_indptr[1:])
     return PagedKVInputs(
-        qo_indptr=torch.from_numpy(qo_indptr.astype(np.int32)),
-        kv_indptr=torch.from_numpy(kv_indptr.astype(np.int32)),
-        kv_indices=kv_indices,
-        kv_last_page_len=torch.from_numpy(last_page_len.astype(np.int32)),
+        qo_indptr=torch.from_numpy(qo_indptr),
+        kv_indptr=torch.from_numpy(meta.kv_indptr_host),
+        kv_indices=meta.kv_indices,
+        kv_last_page_len=torch.from_numpy(meta.kv_last_page_len_host),
     )
 
 
@@ -195,7 +180,9 @@ class FlashInferAttentionBackend(AttentionBackend):
         # Written first: the new tokens attend to themselves through the pages.
         self.pool.write(layer_id, meta.out_slots, k, v)
         kv = (self.pool.k_pages(layer_id), self.pool.v_pages(layer_id))
-        return self._wrapper.run(q.to(self.dtype).contiguous(), kv)
+        # q may be a view into the qkv projection's output (rows strided): the paged kernels
+        # take q's strides (FlashInfer PR #553), so no copy.
+        return self._wrapper.run(q.to(self.dtype), kv)
 
 
 def warmup_kernels(num_qo_heads: int, num_kv_heads: int, head_dim: int,
@@ -216,22 +203,8 @@ def warmup_kernels(num_qo_heads: int, num_kv_heads: int, head_dim: int,
     shapes = {"decode": [1, 1], "prefill": [3, 1]}
     for kind in (["decode", "prefill"] if which == "both" else [which]):
         num_new = shapes[kind]
-        start = [5, 2]
-        seq = [s + n for s, n in zip(start, num_new, strict=True)]
-        table = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32, device=device)
-        slots = [int(table[i, p // page_size]) * page_size + p % page_size
-                 for i in range(2) for p in range(start[i], seq[i])]
-        cu = [0, num_new[0], sum(num_new)]
-        meta = AttentionMetadata(
-            batch_size=2,
-            start_pos=torch.tensor(start, dtype=torch.int32, device=device),
-            num_new=torch.tensor(num_new, dtype=torch.int32, device=device),
-            seq_lens=torch.tensor(seq, dtype=torch.int32, device=device),
-            cu_new=torch.tensor(cu, dtype=torch.int32, device=device),
-            page_table=table,
-            out_slots=torch.tensor(slots, dtype=torch.int64, device=device),
-            page_size=page_size, start_pos_host=start, num_new_host=num_new,
-            is_decode=kind == "decode", max_seq_len=max(seq))
+        meta, _ = build_metadata(np.array([5, 2]), np.array(num_new),
+                                 np.array([[0, 1], [2, 3]]), page_size, device)
         t = sum(num_new)
         backend.plan(meta)
         q = torch.randn(t, num_qo_heads, head_dim, dtype=dtype, device=device)

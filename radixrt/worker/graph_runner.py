@@ -8,19 +8,23 @@ inputs (token ids, positions, KV slots, logits rows), picks the size and pads.
 
 A batch of n requests runs in the smallest captured size bs >= n; rows n..bs-1 are padding:
 position 0 of a one-token request on the pool's scratch page, whose logits are sliced off.
+The model runner pads on the host, before the step's one upload (pad_decode_rows), so a
+replay adds only three small copies into the static inputs and the backend's plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from radixrt.attention.base import AttentionBackend, AttentionMetadata
+from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_metadata
 
 if TYPE_CHECKING:
     from radixrt.worker.model_runner import ModelRunner
@@ -50,33 +54,20 @@ def capture_batch_sizes(max_bs: int) -> list[int]:
     return sizes
 
 
-def pad_decode_meta(meta: AttentionMetadata | None, bs: int, page_size: int,
-                    scratch_page: int, out_slots: torch.Tensor) -> AttentionMetadata:
-    """meta (a decode batch; None: an empty one) padded to bs rows, with its KV slots copied
-    into the static buffer `out_slots` (>= bs long), whose first bs entries the result uses.
-    Padding rows are one-token requests at position 0 of the scratch page."""
-    n = meta.batch_size if meta is not None else 0
+def pad_decode_rows(start_pos: np.ndarray, page_rows: np.ndarray, bs: int, scratch_page: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start_pos, num_new, page_rows) of a decode batch padded to bs rows on the host, before
+    the step's one upload (so padding costs no kernels): padding rows are one-token requests
+    at position 0 of the scratch page."""
+    n = len(start_pos)
     if bs < n:
         raise ValueError(f"cannot pad a batch of {n} down to {bs}")
-    if meta is not None and not meta.is_decode:
-        raise ValueError("only decode batches run in graphs")
-    dev, i32, pad = out_slots.device, torch.int32, bs - n
-    width = max(meta.page_table.shape[1] if meta is not None else 0, 1)
-    table = torch.full((bs, width), scratch_page, dtype=i32, device=dev)
-    start = torch.zeros(bs, dtype=i32, device=dev)
-    if meta is not None and n:
-        table[:n, : meta.page_table.shape[1]] = meta.page_table
-        start[:n] = meta.start_pos
-        out_slots[:n].copy_(meta.out_slots)
-    out_slots[n:bs].fill_(scratch_page * page_size)
-    num_new = torch.ones(bs, dtype=i32, device=dev)
-    return AttentionMetadata(
-        batch_size=bs, start_pos=start, num_new=num_new, seq_lens=start + 1,
-        cu_new=torch.arange(bs + 1, dtype=i32, device=dev), page_table=table,
-        out_slots=out_slots[:bs], page_size=page_size,
-        start_pos_host=(meta.start_pos_host if meta is not None else []) + [0] * pad,
-        num_new_host=[1] * bs, is_decode=True,
-        max_seq_len=max(meta.max_seq_len if meta is not None else 0, 1))
+    width = max(page_rows.shape[1], 1)
+    rows = np.full((bs, width), scratch_page, dtype=np.int32)
+    rows[:n, : page_rows.shape[1]] = page_rows
+    start = np.zeros(bs, dtype=np.int64)
+    start[:n] = start_pos
+    return start, np.ones(bs, dtype=np.int64), rows
 
 
 def record_cuda_graph(device: torch.device) -> Recorder:
@@ -129,8 +120,12 @@ class GraphRunner:
             attn.init_capture(B, max_pages_per_req)
             self.capture(record or record_cuda_graph(device))
 
-    def _meta(self, meta: AttentionMetadata | None, bs: int) -> AttentionMetadata:
-        return pad_decode_meta(meta, bs, self.page_size, self.scratch_page, self.out_slots)
+    def _static(self, meta: AttentionMetadata) -> AttentionMetadata:
+        """meta (padded to a captured size) with its KV slots in the static buffer the graphs
+        read."""
+        bs = meta.batch_size
+        self.out_slots[:bs].copy_(meta.out_slots, non_blocking=True)
+        return dataclasses.replace(meta, out_slots=self.out_slots[:bs])
 
     @torch.inference_mode()
     def capture(self, record: Recorder) -> None:
@@ -139,7 +134,11 @@ class GraphRunner:
         for bs in reversed(self.batch_sizes):
             self.input_ids[:bs].zero_()
             self.positions[:bs].zero_()
-            self.attn.prepare_for_capture(self._meta(None, bs))
+            start, num_new, rows = pad_decode_rows(np.zeros(0, np.int64),
+                                                   np.zeros((0, 1), np.int32), bs,
+                                                   self.scratch_page)
+            meta, _ = build_metadata(start, num_new, rows, self.page_size, self.device)
+            self.attn.prepare_for_capture(self._static(meta))
             fn = functools.partial(self.model, self.input_ids[:bs], self.positions[:bs],
                                    self.attn, self.logits_rows[:bs])
             self.graphs[bs], self.outputs[bs] = record(fn)
@@ -149,8 +148,13 @@ class GraphRunner:
         logger.info("captured %d graphs (batch sizes %s) in %.1f s", len(self.graphs),
                     self.batch_sizes, self.capture_seconds)
 
-    def can_run(self, meta: AttentionMetadata) -> bool:
-        return meta.is_decode and 0 < meta.batch_size <= self.max_bs
+    def padded_size(self, num_new: np.ndarray) -> int | None:
+        """The captured size a batch with these new-token counts runs in; None: not a decode
+        batch a graph can take (it runs eagerly)."""
+        n = len(num_new)
+        if not 0 < n <= self.max_bs or int(num_new.max()) != 1:
+            return None
+        return self.pick_batch_size(n)
 
     def pick_batch_size(self, n: int) -> int:
         for bs in self.batch_sizes:
@@ -160,20 +164,19 @@ class GraphRunner:
 
     @torch.inference_mode()
     def replay(self, meta: AttentionMetadata, input_ids: torch.Tensor, positions: torch.Tensor,
-               logits_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [n, vocab] of a decode batch (rows logits_idx of them when given)."""
-        n = meta.batch_size
-        bs = self.pick_batch_size(n)
-        self.input_ids[:n].copy_(input_ids, non_blocking=True)
-        self.positions[:n].copy_(positions, non_blocking=True)
-        self.input_ids[n:bs].zero_()
-        self.positions[n:bs].zero_()
-        self.attn.prepare_for_replay(self._meta(meta, bs))
+               logits_idx: torch.Tensor) -> torch.Tensor:
+        """Logits rows logits_idx of a decode batch already padded (pad_decode_rows) to a
+        captured size: meta, input_ids and positions have that many rows."""
+        bs = meta.batch_size
+        if bs not in self.graphs:
+            raise ValueError(f"no graph for batch size {bs} (captured {self.batch_sizes})")
+        self.input_ids[:bs].copy_(input_ids, non_blocking=True)
+        self.positions[:bs].copy_(positions, non_blocking=True)
+        self.attn.prepare_for_replay(self._static(meta))
         self.graphs[bs].replay()
         self.replays += 1
-        out = self.outputs[bs][:n]
-        # The static output is overwritten by the next replay: index (a copy) or clone.
-        return out[logits_idx] if logits_idx is not None else out.clone()
+        # The static output is overwritten by the next replay: indexing copies.
+        return self.outputs[bs][logits_idx]
 
 
 def create_graph_runner(runner: ModelRunner, record: Recorder | None = None

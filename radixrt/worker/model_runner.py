@@ -18,7 +18,7 @@ from radixrt.models import fused_cuda
 from radixrt.models.config import ModelConfig, shard_config
 from radixrt.models.loader import load_model
 from radixrt.models.parallel import TensorParallel
-from radixrt.worker.graph_runner import GraphRunner, create_graph_runner
+from radixrt.worker.graph_runner import GraphRunner, create_graph_runner, pad_decode_rows
 from radixrt.worker.launched import LaunchedStep
 from radixrt.worker.sampler import Sampler
 
@@ -167,19 +167,27 @@ class ModelRunner:
         meta, positions, _ = self.step_inputs(batch)
         return meta, positions
 
-    def step_inputs(self, batch: ForwardBatch
+    def step_inputs(self, batch: ForwardBatch, pad_to: int | None = None
                     ) -> tuple[AttentionMetadata, torch.Tensor, list[torch.Tensor]]:
         """Metadata, positions, logits rows, token ids, the sampling rows' slots and (when
         the batch has PENDING_TOKEN inputs) each token's slot: every host array of the step in
         one transfer. (A plain .to(device) of a host array would wait for the device to finish
-        the step in flight, which undoes overlap scheduling.)"""
+        the step in flight, which undoes overlap scheduling.) pad_to: a decode batch padded
+        to that many rows for a graph (graph_runner.pad_decode_rows)."""
         cu_end = np.cumsum(batch.num_new.astype(np.int64)) - 1
-        extra = [cu_end[batch.sample], batch.input_ids.astype(np.int64),
-                 batch.slots[batch.sample].astype(np.int64)]
+        start, num_new, rows = batch.start_pos, batch.num_new, self.page_table[batch.slots]
+        input_ids = batch.input_ids.astype(np.int64)
+        tok_slots = np.repeat(batch.slots, batch.num_new).astype(np.int64)
+        if pad_to is not None:
+            start, num_new, rows = pad_decode_rows(start, rows, pad_to, self.pool.scratch_page)
+            pad = pad_to - len(input_ids)
+            input_ids = np.concatenate([input_ids, np.zeros(pad, np.int64)])
+            tok_slots = np.concatenate([tok_slots, np.zeros(pad, np.int64)])
+        extra = [cu_end[batch.sample], input_ids, batch.slots[batch.sample].astype(np.int64)]
         if len(batch.input_ids) and batch.input_ids.min() < 0:
-            extra.append(np.repeat(batch.slots, batch.num_new).astype(np.int64))
-        return build_step_inputs(batch.start_pos, batch.num_new, self.page_table[batch.slots],
-                                 self.page_size, self.staging.upload, extra)
+            extra.append(tok_slots)
+        return build_step_inputs(start, num_new, rows, self.page_size, self.staging.upload,
+                                 extra)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [num sampled rows, vocab] for the rows with batch.sample set."""
@@ -187,11 +195,12 @@ class ModelRunner:
 
     def _forward(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits of the sampling rows, their slots on the device)."""
+        bs = self.graphs.padded_size(batch.num_new) if self.graphs is not None else None
         meta, positions, (logits_idx, input_ids, sample_slots, *tok_slots) = \
-            self.step_inputs(batch)
+            self.step_inputs(batch, bs)
         if tok_slots:  # PENDING_TOKEN inputs: the slot's last sampled token, on the device
             input_ids = torch.where(input_ids < 0, self.last_token[tok_slots[0]], input_ids)
-        if self.graphs is not None and self.graphs.can_run(meta):
+        if self.graphs is not None and bs is not None:
             return self.graphs.replay(meta, input_ids, positions, logits_idx), sample_slots
         self.attn.plan(meta)
         return self.model(input_ids, positions, self.attn, logits_idx), sample_slots

@@ -7,23 +7,15 @@ import pytest
 import torch
 
 from radixrt.attention import cascade
-from radixrt.attention.base import AttentionMetadata
+from radixrt.attention.base import AttentionMetadata, build_metadata
 from radixrt.attention.torch_backend import TorchAttentionBackend
 from radixrt.kvcache.pool import KVPool, KVPoolShape
 
 
 def decode_meta(tables: list[list[int]], seq_lens: list[int], ps: int) -> AttentionMetadata:
-    b = len(tables)
     width = max(len(t) for t in tables)
-    table = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
-    seq = torch.tensor(seq_lens, dtype=torch.int32)
-    pos = seq.long() - 1
-    out_slots = table[torch.arange(b), pos // ps].long() * ps + pos % ps
-    return AttentionMetadata(
-        batch_size=b, start_pos=seq - 1, num_new=torch.ones(b, dtype=torch.int32),
-        seq_lens=seq, cu_new=torch.arange(b + 1, dtype=torch.int32), page_table=table,
-        out_slots=out_slots, page_size=ps, start_pos_host=[s - 1 for s in seq_lens],
-        num_new_host=[1] * b, is_decode=True, max_seq_len=max(seq_lens))
+    rows = np.array([t + [0] * (width - len(t)) for t in tables], dtype=np.int32)
+    return build_metadata(np.array(seq_lens) - 1, np.ones(len(tables), np.int64), rows, ps)[0]
 
 
 @pytest.mark.parametrize("ps", [1, 4, 16])

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from radixrt.attention.base import AttentionMetadata
+from radixrt.attention.base import AttentionMetadata, build_metadata
 from radixrt.attention.flashinfer_backend import (
     PagedKVInputs,
     build_paged_kv_inputs,
@@ -31,7 +31,7 @@ from radixrt.attention.staging import Staging
 from radixrt.attention.torch_backend import TorchAttentionBackend
 from radixrt.ipc.messages import ForwardBatch
 from radixrt.kvcache.pool import KVPool, KVPoolShape
-from radixrt.worker.graph_runner import capture_batch_sizes, create_graph_runner, pad_decode_meta
+from radixrt.worker.graph_runner import capture_batch_sizes, create_graph_runner, pad_decode_rows
 from radixrt.worker.model_runner import ModelRunner
 
 # ----------------------------------------------------------------------------- helpers
@@ -213,7 +213,7 @@ class _FakeWrapper:
         _FakeWrapper.log.append((self.kind, {**self.kw, **kw}))
 
     def run(self, q: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        assert self.inputs is not None and q.is_contiguous()
+        assert self.inputs is not None and q.stride(-1) == 1  # rows may be strided (#553)
         k_pages, v_pages = kv
         hq, hkv, d = self.heads
         assert q.shape[1:] == (hq, d) and k_pages.shape[1:] == (self.ps, hkv, d)
@@ -366,19 +366,24 @@ def test_capture_batch_sizes() -> None:
 
 
 @pytest.mark.parametrize("ps", [1, 16])
-def test_pad_decode_meta_points_padding_at_scratch(ps: int) -> None:
+def test_padded_decode_inputs_point_padding_at_scratch(ps: int) -> None:
+    """A decode batch padded on the host for a graph: the real rows as before, the padding
+    rows one-token requests at position 0 of the scratch page, all in the one upload."""
     rng = np.random.default_rng(3)
     max_pages, n_slots = 8, 8
     batch, table = random_batch(rng, ps, max_pages, n_slots, decode=True)
-    meta = runner_metadata(batch, table, ps)
-    inp = build_paged_kv_inputs(meta)
     n, scratch = batch.batch_size, max_pages * n_slots
-    buf = torch.full((n + 9,), -7, dtype=torch.int64)
-    pmeta = pad_decode_meta(meta, n + 5, ps, scratch, buf)
-    assert pmeta.out_slots.data_ptr() == buf.data_ptr()  # the static buffer itself
-    assert buf[:n].tolist() == meta.out_slots.tolist()
-    assert buf[n : n + 5].tolist() == [scratch * ps] * 5 and buf[n + 5 :].tolist() == [-7] * 4
-    padded = build_paged_kv_inputs(pmeta)
+    fake = SimpleNamespace(page_size=ps, page_table=table, staging=Staging("cpu"),
+                           pool=SimpleNamespace(scratch_page=scratch))
+    meta, pos, (rows, ids, slots) = ModelRunner.step_inputs(fake, batch)  # type: ignore[arg-type]
+    pmeta, ppos, (prows, pids, pslots) = ModelRunner.step_inputs(
+        fake, batch, n + 5)  # type: ignore[arg-type]
+    assert pmeta.batch_size == n + 5 and pmeta.is_decode and pmeta.num_new_host == [1] * (n + 5)
+    assert pmeta.out_slots[:n].tolist() == meta.out_slots.tolist()
+    assert pmeta.out_slots[n:].tolist() == [scratch * ps] * 5
+    assert ppos.tolist() == pos.tolist() + [0] * 5 and pids.tolist() == ids.tolist() + [0] * 5
+    assert torch.equal(prows, rows) and torch.equal(pslots, slots)  # sampling rows: the real
+    inp, padded = build_paged_kv_inputs(meta), build_paged_kv_inputs(pmeta)
     assert len(padded.kv_last_page_len) == n + 5 and len(padded.kv_indptr) == n + 6
     assert padded.qo_indptr.tolist() == list(range(n + 6))
     assert all(t.dtype == torch.int32 for t in padded)
@@ -386,11 +391,13 @@ def test_pad_decode_meta_points_padding_at_scratch(ps: int) -> None:
         assert slots_from_csr(padded, i, ps) == slots_from_csr(inp, i, ps)
     for i in range(n, n + 5):
         assert slots_from_csr(padded, i, ps) == [scratch * ps]
-    empty = pad_decode_meta(None, 3, ps, scratch, buf)
+    start, num_new, page_rows = pad_decode_rows(np.zeros(0, np.int64), np.zeros((0, 1), np.int32),
+                                                3, scratch)
+    empty, _ = build_metadata(start, num_new, page_rows, ps)
     assert all(slots_from_csr(build_paged_kv_inputs(empty), i, ps) == [scratch * ps]
                for i in range(3))
     with pytest.raises(ValueError):
-        pad_decode_meta(meta, n - 1, ps, scratch, buf)
+        ModelRunner.step_inputs(fake, batch, n - 1)  # type: ignore[arg-type]
 
 
 class EagerGraph:
