@@ -21,7 +21,10 @@ import torch
 from torch.nn import functional as F
 
 ENV = "RADIXRT_FUSED_OPS"
-OPS = ("rms_norm", "add_rms_norm", "silu_and_mul", "rope")
+# rope_strided: the RoPE kernel run in place on q and k as views of the qkv projection's
+# output (row stride q + 2 kv), which saves two copies a layer; checked on its own, so a
+# failure falls back to contiguous copies, not to torch.
+OPS = ("rms_norm", "add_rms_norm", "silu_and_mul", "rope", "rope_strided")
 logger = logging.getLogger("radixrt")
 _cache: dict[str, ModuleType | None] = {}
 _off: set[str] = set()  # ops whose kernel failed verify(): torch from then on
@@ -106,11 +109,16 @@ def rope(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.T
          sin: torch.Tensor, cos_sin: torch.Tensor | None = None
          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Neox-style (rotate-half) rotary embedding of q [T, Hq, D] and k [T, Hk, D]; cos/sin
-    [max_pos, D/2] float32, cos_sin their concatenation (FlashInfer's cache layout)."""
+    [max_pos, D/2] float32, cos_sin their concatenation (FlashInfer's cache layout). With the
+    kernel, q and k are rotated in place, also as views into the qkv projection's output
+    (the kernel takes row strides); with rope_strided off, such views are copied first."""
     fi = flashinfer_for(q.device, "rope")
     if fi is not None and cos_sin is not None:
         t, d = q.shape[0], q.shape[-1]
-        q2, k2 = q.reshape(t, -1).contiguous(), k.reshape(t, -1).contiguous()
+        q2, k2 = q.reshape(t, -1), k.reshape(t, -1)  # views when heads are packed in a row
+        if (flashinfer_for(q.device, "rope_strided") is None or q2.stride(-1) != 1
+                or k2.stride(-1) != 1):
+            q2, k2 = q2.contiguous(), k2.contiguous()
         fi.rope.apply_rope_with_cos_sin_cache_inplace(positions, q2, k2, d, cos_sin,
                                                       is_neox=True)
         return q2.view(q.shape), k2.view(k.shape)
@@ -118,6 +126,23 @@ def rope(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.T
 
 
 # -- start-up check
+
+
+def rope_on_qkv_views(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                      cos: torch.Tensor, sin: torch.Tensor, cos_sin: torch.Tensor
+                      ) -> torch.Tensor:
+    """rope() as the model calls it: q and k views into one [T, q + k + v] projection output
+    (v: a copy of k). Returns the rotated q | k as [T, q + k]; checks that v was left alone."""
+    t = q.shape[0]
+    qs, ks = q.reshape(t, -1), k.reshape(t, -1)
+    qkv = torch.cat([qs, ks, ks], -1)
+    qv = qkv[:, : qs.shape[1]].view(q.shape)
+    kv = qkv[:, qs.shape[1] : qs.shape[1] + ks.shape[1]].view(k.shape)
+    rq, rk = rope(positions, qv, kv, cos, sin, cos_sin)
+    if not torch.equal(qkv[:, qs.shape[1] + ks.shape[1]:], ks):
+        raise RuntimeError("the in-place RoPE wrote outside q and k")
+    return torch.cat([rq.reshape(t, -1), rk.reshape(t, -1)], -1)
+
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -162,9 +187,16 @@ def verify(device: torch.device, dtype: torch.dtype, hidden: int, head_dim: int,
         "rope": (lambda: torch.cat([z.reshape(t, -1) for z in
                                     rope(pos, q.clone(), k.clone(), cos, sin, cos_sin)], -1),
                  torch.cat([z.reshape(t, -1) for z in torch_rope(pos, q, k, cos, sin)], -1)),
+        "rope_strided": (lambda: rope_on_qkv_views(pos, q, k, cos, sin, cos_sin),
+                         torch.cat([z.reshape(t, -1) for z in torch_rope(pos, q, k, cos, sin)],
+                                   -1)),
     }
     status = {}
     for op, (run, ref) in checks.items():
+        if op == "rope_strided" and "rope" in _off:
+            _off.add(op)
+            status[op] = "torch (the rope kernel is off)"
+            continue
         try:
             err = _rel_err(run(), ref)
             torch.cuda.synchronize(device)

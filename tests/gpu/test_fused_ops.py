@@ -60,6 +60,26 @@ def test_rope_with_cos_sin_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     assert close(gq, rq) and close(gk, rk)
 
 
+@pytest.mark.parametrize("t", [1, 33])
+def test_rope_in_place_on_qkv_views(t: int) -> None:
+    """The model's call: q and k as strided views into the qkv projection's output, rotated
+    in place (no copies), v untouched, equal to the torch rotation of contiguous copies."""
+    d = 128
+    inv = 1.0 / (500000.0 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    freqs = torch.outer(torch.arange(4096, dtype=torch.float64), inv)
+    cos, sin = freqs.cos().float().to(DEV), freqs.sin().float().to(DEV)
+    cos_sin = torch.cat([cos, sin], -1)
+    pos = torch.randint(0, 4096, (t,), device=DEV)
+    qkv = torch.randn(t, (32 + 2 * 8) * d, dtype=torch.bfloat16, device=DEV)
+    q = qkv[:, : 32 * d].view(t, 32, d)
+    k = qkv[:, 32 * d : 40 * d].view(t, 8, d)
+    rq, rk = fused.torch_rope(pos, q.clone(), k.clone(), cos, sin)
+    v_before = qkv[:, 40 * d :].clone()
+    gq, gk = fused.rope(pos, q, k, cos, sin, cos_sin)
+    assert gq.data_ptr() == q.data_ptr() and gk.data_ptr() == k.data_ptr()  # in place
+    assert close(gq, rq) and close(gk, rk) and torch.equal(qkv[:, 40 * d :], v_before)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_model_with_fused_ops_as_accurate_as_torch_ops(monkeypatch: pytest.MonkeyPatch,
                                                        make_tiny_model, arch: str) -> None:
