@@ -11,6 +11,7 @@ Sections, in priority order (each skipped when the time budget would not cover i
   5. overlap      the same decode workload through radixrt.Engine (real processes) with
                   overlap scheduling on and off: throughput and the exposed host time per step
   6. transformers the same weights and GPU through transformers' forward and generate
+  7. gemm         the step's GEMM shapes alone by BLAS library and layout (bench/gpu_gemm.py)
 Results go to --out-json / --out-md after every section, so a timeout keeps what finished.
 
     python bench/gpu_bench.py --out-json r.json --out-md r.md         # on a CUDA machine
@@ -497,6 +498,16 @@ class Bench:
             say(f"   {name}: fused {row['fused_us']} us, torch {row['torch_us']} us")
         self.results["fused_ops"] = out
 
+    # -- 3b'. the step's GEMMs alone, by BLAS library and weight layout (bench/gpu_gemm.py)
+    def gemm(self) -> None:
+        from bench.gpu_gemm import gemm_rows
+
+        rows = gemm_rows(self.fields, self.device, self.dtype)
+        self.results["gemm"] = rows
+        for r in rows:
+            say(f"   {r['gemm']:<8} bs={r['batch']:<4} {r['variant']:<16} {r['us']:9.1f} us "
+                f"{r['weight_TBps']:.2f} TB/s")
+
     # -- 3c. where a decode step's GPU time goes (eager: the kernels a graph replays)
     def profile(self) -> None:
         from torch.profiler import ProfilerActivity, profile
@@ -768,6 +779,8 @@ class Bench:
             self.section("overlap", 120 if big else 1, self.overlap)
         if not a.skip_transformers:
             self.section("transformers", 75 if big else 1, self.transformers)
+        if self.device.type == "cuda":  # a probe for what to try next: last, never in the way
+            self.section("gemm", 15 if big else 1, self.gemm)
         if not a.model_dir and not a.keep_weights:
             shutil.rmtree(self.model_dir, ignore_errors=True)
         say(f"done in {time.monotonic() - self.t0:.0f} s")
@@ -862,6 +875,12 @@ def markdown(r: dict[str, Any]) -> str:
             if isinstance(v, dict):
                 lines.append(f"| {name} | {v['fused_us']} | {v['torch_us']} | {v['speedup']} |")
         lines.append("")
+    if r.get("gemm"):
+        from bench.gpu_gemm import markdown as gemm_markdown
+
+        lines += ["## The step's GEMMs alone (bench/gpu_gemm.py)", "",
+                  "Weight bytes read per second, weights rotating through > 4x the L2.", "",
+                  *gemm_markdown(r["gemm"]), ""]
     if "overlap" in r:
         o = r["overlap"]
         lines += ["## Overlap scheduling (radixrt.Engine)", "",

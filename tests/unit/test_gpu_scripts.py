@@ -230,3 +230,24 @@ def test_gpu_check_dry_run_writes_the_required_keys(tmp_path: Path,
     assert not r["fused_ops"]["available"]  # CPU: the torch path on both sides
     md = (tmp_path / "out" / "gpu_summary.md").read_text()
     assert "## Overlap scheduling" in md and "## Fused ops" in md
+
+
+def test_gemm_probe_plumbing_on_cpu() -> None:
+    """bench/gpu_gemm.py on a CPU (no library switch there): one row per projection, batch
+    and variant with real timings, rendered in the benchmark's report."""
+    from bench import gpu_gemm
+
+    fields = bench.PRESETS["tiny"]
+    rows = gpu_gemm.gemm_rows(fields, torch.device("cpu"), torch.float32, batches=(1, 3),
+                              iters=2)
+    shapes = gpu_gemm.projection_shapes(fields)
+    assert shapes["qkv"] == (256 + 2 * 2 * 32, 256) and shapes["lm_head"] == (49152, 256)
+    assert len(rows) == len(shapes) * 2 * 3
+    assert all(r["us"] > 0 and r["weight_TBps"] > 0 for r in rows)
+    table = gpu_gemm.markdown(rows)
+    assert table[0].startswith("| gemm | batch | linear/cublas us (TB/s) |")
+    assert len(table) == 2 + len(shapes) * 2 and table[4].startswith("| o | 1 | ")
+    md = bench.markdown({"device": "cpu", "preset": "tiny", "torch": "x", "gemm": rows,
+                         "check": {}, "setup": {}, "skipped": [], "errors": {},
+                         "model": {"params": 1e6, "num_hidden_layers": 1, "dtype": "float32"}})
+    assert "## The step's GEMMs alone" in md and "\n".join(table) in md

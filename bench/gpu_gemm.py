@@ -1,0 +1,132 @@
+"""The decode step's GEMMs alone, by BLAS library and weight layout (a probe for issue 11).
+
+On the H200 the five projections of a Llama-3-8B decode step read their weights at 69 % of
+the card's bandwidth at batch 128 and ~81 % at batch 1 (cuBLAS's own kernel picks, from the
+step profile). This times each projection shape at a few batch sizes through
+
+  linear/cublas    F.linear(x, W) with W [out, in] (what the model runs), torch's default
+  linear/cublaslt  the same with torch.backends.cuda.preferred_blas_library("cublaslt")
+  matmul/cublas    x @ Wt with Wt [in, out] contiguous (the other operand order)
+
+and reports microseconds and the weight bytes read per second. Weights rotate among copies
+worth > 4x the card's L2, so no call reads weights another call left in L2.
+
+    python bench/gpu_gemm.py [--batches 1,128] [--json out.json]     # on a CUDA machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+             "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256}
+ROTATE_BYTES = 4 * 60 * 2**20  # > 4x an H100/H200 L2 (50-60 MiB)
+
+
+def projection_shapes(f: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """name -> (out features, in features) of a Llama decoder's matmuls."""
+    h, d = f["hidden_size"], f["head_dim"]
+    q, kv = f["num_attention_heads"] * d, f["num_key_value_heads"] * d
+    return {"qkv": (q + 2 * kv, h), "o": (h, q), "gate_up": (2 * f["intermediate_size"], h),
+            "down": (h, f["intermediate_size"]), "lm_head": (f["vocab_size"], h)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Any, n: int, device: torch.device) -> float:
+    for i in range(3):
+        fn(i)
+    _sync(device)
+    t = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    _sync(device)
+    return (time.perf_counter() - t) / n
+
+
+def _variants(x: torch.Tensor, ws: list[torch.Tensor], wts: list[torch.Tensor]
+              ) -> dict[str, tuple[str, Any]]:
+    """variant -> (BLAS library, call i): each call reads the next weight copy."""
+    def linear(i: int) -> torch.Tensor:
+        return F.linear(x, ws[i % len(ws)])
+
+    def matmul(i: int) -> torch.Tensor:
+        return x @ wts[i % len(wts)]
+
+    return {"linear/cublas": ("cublas", linear), "linear/cublaslt": ("cublaslt", linear),
+            "matmul/cublas": ("cublas", matmul)}
+
+
+def gemm_rows(fields: dict[str, Any], device: torch.device, dtype: torch.dtype = torch.bfloat16,
+              batches: tuple[int, ...] = (1, 128), iters: int = 30) -> list[dict[str, Any]]:
+    """One row per (projection, batch, variant): us per call and weight TB/s. (On a CPU,
+    a plumbing check: the library switch does not apply there.)"""
+    rows: list[dict[str, Any]] = []
+    cuda = device.type == "cuda"
+    lib = torch.backends.cuda.preferred_blas_library()
+    try:
+        for name, (n_out, n_in) in projection_shapes(fields).items():
+            nbytes = n_out * n_in * torch.empty((), dtype=dtype).element_size()
+            copies = max(2, -(-ROTATE_BYTES // nbytes))
+            ws = [torch.randn(n_out, n_in, device=device, dtype=dtype) for _ in range(copies)]
+            wts = [w.t().contiguous() for w in ws]
+            for b in batches:
+                x = torch.randn(b, n_in, device=device, dtype=dtype)
+                for variant, (blas, fn) in _variants(x, ws, wts).items():
+                    if cuda:
+                        torch.backends.cuda.preferred_blas_library(blas)
+                    s = _time(fn, iters, device)
+                    rows.append({"gemm": name, "batch": b, "variant": variant,
+                                 "us": round(s * 1e6, 2),
+                                 "weight_TBps": round(nbytes / s / 1e12, 3)})
+            ws.clear()
+            wts.clear()
+            if cuda:
+                torch.cuda.empty_cache()
+    finally:
+        if cuda:
+            torch.backends.cuda.preferred_blas_library(lib)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> list[str]:
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    out = ["| gemm | batch | " + " | ".join(f"{v} us (TB/s)" for v in variants) + " |",
+           "|---|---|" + "---|" * len(variants)]
+    keys = list(dict.fromkeys((r["gemm"], r["batch"]) for r in rows))
+    for g, b in keys:
+        cells = {r["variant"]: f"{r['us']} ({r['weight_TBps']})" for r in rows
+                 if (r["gemm"], r["batch"]) == (g, b)}
+        out.append(f"| {g} | {b} | " + " | ".join(cells.get(v, "-") for v in variants) + " |")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python bench/gpu_gemm.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="1,128")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_gemm: needs CUDA")
+        return 2
+    rows = gemm_rows(LLAMA3_8B, torch.device("cuda"),
+                     batches=tuple(int(b) for b in a.batches.split(",")))
+    print("\n".join(markdown(rows)))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
