@@ -360,6 +360,7 @@ class Bench:
         self.results["setup"]["kv_pool_tokens"] = self.runner.num_pages * ps
         self.results["setup"]["attention_backend"] = cfg.attention_backend
         self.results["setup"]["fused_ops"] = dict(self.runner.fused_ops)
+        self.results["setup"]["gemv"] = dict(self.runner.gemv)
         self.graphs = None if a.no_graphs else self.runner.graphs
         if self.graphs is not None:
             self.results["setup"]["graph_capture_s"] = round(self.graphs.capture_seconds, 1)
@@ -567,35 +568,61 @@ class Bench:
                 self.results["prefill"] = kept
 
     # -- 3e. the decode step with the fused ops off (torch versions), graphs recaptured
-    def decode_unfused(self) -> None:
-        from radixrt.models import fused_cuda
+    def recaptured_step_ms(self, batches: list[int]) -> dict[int, float]:
+        """Pipelined decode ms/step at each batch size with the graphs captured anew (after a
+        switch that changes what they record). Frees the previous graphs' buffers: the
+        sections that call this run last on the runner."""
         from radixrt.worker.graph_runner import create_graph_runner
 
         a, r = self.args, self.runner
+        self.graphs = r.graphs = create_graph_runner(r)
+        out = {}
+        for B in batches:
+            slots = list(range(B))
+            self.pages.reset()
+            r._apply_updates(self.pages.batch(slots, [0] * B, [[0]] * B,
+                                              reserve_tokens=a.decode_context + 80))
+            mk = lambda i, slots=slots, B=B: self.pages.batch(  # noqa: E731
+                slots, [a.decode_context + i] * B, [self.ids(1) for _ in slots])
+            out[B] = timed_steps(r, mk, steps=32, warmup=3, pipelined=True) * 1e3
+        return out
+
+    def decode_unfused(self) -> None:
+        from radixrt.models import fused_cuda
+
+        a = self.args
         fused_rows = {d["batch"]: d for d in self.results.get("decode", []) if d["cuda_graphs"]}
         os.environ[fused_cuda.ENV] = "0"
         try:
-            # Recapturing frees the fused graphs' buffers: this section runs last on the runner.
-            self.graphs = r.graphs = create_graph_runner(r)
-            rows = []
-            for B in sorted({1, max(a.decode_batches)}):
-                slots = list(range(B))
-                self.pages.reset()
-                r._apply_updates(self.pages.batch(slots, [0] * B, [[0]] * B,
-                                                  reserve_tokens=a.decode_context + 80))
-                mk = lambda i, slots=slots, B=B: self.pages.batch(  # noqa: E731
-                    slots, [a.decode_context + i] * B, [self.ids(1) for _ in slots])
-                step_s = timed_steps(r, mk, steps=32, warmup=3, pipelined=True)
-                row = {"batch": B, "unfused_step_ms": round(step_s * 1e3, 3)}
-                if B in fused_rows:
-                    row["fused_step_ms"] = fused_rows[B]["step_ms"]
-                    row["speedup"] = round(step_s * 1e3 / fused_rows[B]["step_ms"], 3)
-                rows.append(row)
-                say(f"   unfused decode bs={B}: {step_s * 1e3:.2f} ms/step"
-                    + (f" (fused {row['fused_step_ms']})" if "fused_step_ms" in row else ""))
+            times = self.recaptured_step_ms(sorted({1, max(a.decode_batches)}))
         finally:
             os.environ[fused_cuda.ENV] = "1"
+        rows = []
+        for B, ms in times.items():
+            row = {"batch": B, "unfused_step_ms": round(ms, 3)}
+            if B in fused_rows:
+                row["fused_step_ms"] = fused_rows[B]["step_ms"]
+                row["speedup"] = round(ms / fused_rows[B]["step_ms"], 3)
+            rows.append(row)
+            say(f"   unfused decode bs={B}: {ms:.2f} ms/step"
+                + (f" (fused {row['fused_step_ms']})" if "fused_step_ms" in row else ""))
         self.results["decode_unfused"] = rows
+
+    def decode_gemv(self) -> None:
+        """Batch 1 with the Triton GEMV (radixrt/models/gemv_cuda.py) on and off, graphs
+        recaptured each way, in one run."""
+        from radixrt.models import gemv_cuda
+
+        times = {}
+        for on in (False, True):
+            gemv_cuda.enabled = on
+            times[on] = self.recaptured_step_ms([1])[1]
+        self.results["decode_gemv"] = {
+            "batch": 1, "installed": dict(self.runner.gemv),
+            "gemv_step_ms": round(times[True], 3), "cublas_step_ms": round(times[False], 3),
+            "speedup": round(times[False] / times[True], 3)}
+        say(f"   decode bs=1: {times[True]:.2f} ms/step with the GEMV, {times[False]:.2f} "
+            "without")
 
     # -- 4. shared prefix
     def shared_prefix(self) -> None:
@@ -775,6 +802,7 @@ class Bench:
             if not a.torch_attention:
                 self.section("prefill_fa3", 30 if big else 1, self.prefill_fa3)
             self.section("decode_unfused", 20 if big else 1, self.decode_unfused)
+            self.section("decode_gemv", 15 if big else 1, self.decode_gemv)
         if not a.skip_overlap:
             self.section("overlap", 120 if big else 1, self.overlap)
         if not a.skip_transformers:
@@ -834,6 +862,12 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {d['batch']} | {d.get('fused_step_ms', '-')} | "
                          f"{d['unfused_step_ms']} | {d.get('speedup', '-')} |")
         lines.append("")
+    if "decode_gemv" in r:
+        g = r["decode_gemv"]
+        lines += ["## Batch-1 decode with the one-token GEMV on and off (graphs recaptured)", "",
+                  f"{g['gemv_step_ms']} ms/step with it, {g['cublas_step_ms']} without "
+                  f"({g['speedup']}x). Installed: "
+                  + "; ".join(f"{k}: {v}" for k, v in g["installed"].items()), ""]
     if "prefill_fa3" in r:
         p3 = r["prefill_fa3"]
         lines += [f"Prefill with FlashInfer's fa3 kernels: {p3['tokens_per_s']:,} tok/s "

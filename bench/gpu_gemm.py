@@ -7,6 +7,7 @@ step profile). This times each projection shape at a few batch sizes through
   linear/cublas    F.linear(x, W) with W [out, in] (what the model runs), torch's default
   linear/cublaslt  the same with torch.backends.cuda.preferred_blas_library("cublaslt")
   matmul/cublas    x @ Wt with Wt [in, out] contiguous (the other operand order)
+  gemv/triton      at batch 1, radixrt/models/gemv_cuda.py's GEMV, its best block config
 
 and reports microseconds and the weight bytes read per second. Weights rotate among copies
 worth > 4x the card's L2, so no call reads weights another call left in L2.
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
+
+from radixrt.models import gemv_cuda
 
 LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
              "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256}
@@ -66,6 +69,13 @@ def _variants(x: torch.Tensor, ws: list[torch.Tensor], wts: list[torch.Tensor]
             "matmul/cublas": ("cublas", matmul)}
 
 
+def _gemv_call(x: torch.Tensor, ws: list[torch.Tensor], config: tuple[int, int, int]) -> Any:
+    def call(i: int) -> torch.Tensor:
+        return gemv_cuda.gemv(x, ws[i % len(ws)], config)
+
+    return call
+
+
 def gemm_rows(fields: dict[str, Any], device: torch.device, dtype: torch.dtype = torch.bfloat16,
               batches: tuple[int, ...] = (1, 128), iters: int = 30) -> list[dict[str, Any]]:
     """One row per (projection, batch, variant): us per call and weight TB/s. (On a CPU,
@@ -87,6 +97,13 @@ def gemm_rows(fields: dict[str, Any], device: torch.device, dtype: torch.dtype =
                     s = _time(fn, iters, device)
                     rows.append({"gemm": name, "batch": b, "variant": variant,
                                  "us": round(s * 1e6, 2),
+                                 "weight_TBps": round(nbytes / s / 1e12, 3)})
+                if cuda and b == 1 and gemv_cuda._load_kernel() is not None:
+                    # The Triton GEMV the model runner may install: its best block config.
+                    s, cfg = min((_time(_gemv_call(x, ws, c), iters, device), c)
+                                 for c in gemv_cuda.CONFIGS)
+                    rows.append({"gemm": name, "batch": b, "variant": "gemv/triton",
+                                 "config": list(cfg), "us": round(s * 1e6, 2),
                                  "weight_TBps": round(nbytes / s / 1e12, 3)})
             ws.clear()
             wts.clear()

@@ -1,0 +1,71 @@
+"""The one-token Triton GEMV (radixrt/models/gemv_cuda.py) against F.linear, and what
+`install` does to a model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytest.importorskip("triton")
+
+from radixrt.models import gemv_cuda  # noqa: E402
+
+DEV = torch.device("cuda")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.mark.parametrize(("n", "k"), [(6144, 4096), (4096, 14336), (1000, 576), (49152, 576)])
+def test_gemv_matches_linear_in_every_config(n: int, k: int) -> None:
+    w = torch.randn(n, k, device=DEV, dtype=torch.bfloat16) / k**0.5
+    x = torch.randn(1, k, device=DEV, dtype=torch.bfloat16)
+    ref = F.linear(x.float(), w.float())
+    for cfg in gemv_cuda.CONFIGS:
+        y = gemv_cuda.gemv(x, w, cfg)
+        assert y.shape == (1, n) and y.dtype == torch.bfloat16
+        assert rel_err(y, ref) < 1e-2, cfg
+
+
+def test_install_swaps_only_what_it_reports_and_keeps_outputs(make_tiny_model) -> None:
+    from radixrt.config import EngineConfig
+    from radixrt.testing.batches import batch_from_chunks
+    from radixrt.worker.model_runner import ModelRunner
+
+    path = make_tiny_model("llama", head_dim=64)
+    cfg = EngineConfig(model_path=str(path), device="cuda", dtype="bfloat16",
+                       attention_backend="flashinfer", page_size=16, max_total_tokens=4096,
+                       max_running_requests=4, disable_cuda_graph=True)
+    runner = ModelRunner(cfg)  # installs by measurement
+    roles = {"qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"}
+    assert set(runner.gemv) == roles, runner.gemv
+    for parent in runner.model.modules():
+        for name, child in parent.named_children():
+            if name in roles:
+                assert isinstance(child, gemv_cuda.GemvLinear) == runner.gemv[name].startswith(
+                    "gemv"), (name, runner.gemv[name])
+    # Forced everywhere: the state dict is unchanged and a one-token step's logits match.
+    forced = ModelRunner(cfg.replace())
+    keys = set(forced.model.state_dict())
+    status = gemv_cuda.install(forced.model, DEV, min_gain=-1e9)
+    assert all(v.startswith("gemv") for v in status.values()), status
+    assert set(forced.model.state_dict()) == keys
+    layers = len(forced.model.layers)
+    assert sum(isinstance(m, gemv_cuda.GemvLinear) for m in forced.model.modules()) == (
+        4 * layers + 1)
+    prompt = batch_from_chunks([0], [0], [[5, 9, 11, 300]], {0: [0]})
+    forced._apply_updates(prompt)
+    forced.forward(prompt)
+    step = batch_from_chunks([0], [4], [[17]], {})
+    logits = []
+    for on in (True, False):
+        gemv_cuda.enabled = on
+        try:
+            logits.append(forced.forward(step).float())
+        finally:
+            gemv_cuda.enabled = True
+    assert rel_err(logits[0], logits[1]) < 2e-2
