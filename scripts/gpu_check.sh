@@ -83,10 +83,11 @@ if [ ! -f "$stamp" ]; then
 fi
 # A JIT cache brought back by an earlier run ($OUT/jit_cache.tar.xz copied into gpu_bundle/).
 if [ -f gpu_bundle/jit_cache.tar.xz ] && [ ! -d "$CACHE/.cache/flashinfer" ]; then
-  tar -xJf gpu_bundle/jit_cache.tar.xz -C "$CACHE" && log "restored a FlashInfer JIT cache"
+  tar -xJf gpu_bundle/jit_cache.tar.xz -C "$CACHE" && log "restored a FlashInfer (+ Triton) JIT cache"
 fi
 export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export FLASHINFER_WORKSPACE_BASE="$CACHE"   # -> .gpu_cache/.cache/flashinfer/<version>/<arch>
+export TRITON_CACHE_DIR="$CACHE/.cache/triton"  # the one-token GEMV's kernels (gemv_cuda.py)
 export RADIXRT_GPU_TOKENIZER_DIR="$ROOT/gpu_bundle/tokenizer"
 export RADIXRT_CACHE_DIR="$CACHE/radixrt"
 export PYTHONUNBUFFERED=1
@@ -115,6 +116,14 @@ done
 $PY -c "from radixrt.models.fused_cuda import verify; import time, torch; t=time.time(); \
 print(verify(torch.device('cuda'), torch.bfloat16, 4096, 128, 32, 8, 14336)); \
 print('jit fused ops: %.1f s' % (time.time()-t))" > "$CACHE/jit_fused.log" 2>&1 &
+pids+=($!)
+# The one-token Triton GEMV's block configs (models/gemv_cuda.py); no triton: says so.
+$PY -c "import time, torch; from radixrt.models import gemv_cuda as g; t=time.time(); \
+x=torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16); \
+w=torch.randn(4096, 4096, device='cuda', dtype=torch.bfloat16); \
+ok=g._load_kernel() is not None; [g.gemv(x, w, c) for c in g.CONFIGS if ok]; \
+torch.cuda.synchronize(); print('jit triton gemv: %.1f s%s' % (time.time()-t, '' if ok else \
+ ' (no triton)'))" > "$CACHE/jit_gemv.log" 2>&1 &
 pids+=($!)
 RADIXRT_FLASHINFER_PREFILL_BACKEND=fa3 timeout 180 $PY -c "from radixrt.attention.flashinfer_backend \
 import warmup_kernels as w; import time; t=time.time(); w(32, 8, 128, which='prefill'); \
@@ -181,7 +190,8 @@ fi
 
 # A JIT cache small enough to come back (<15 MB): copy it into gpu_bundle/ for the next run.
 if [ -n "${OUT:-}" ] && [ -d "$CACHE/.cache/flashinfer" ]; then
-  tar -C "$CACHE" -cf - .cache/flashinfer | xz -T0 -1 > "$CACHE/jit_cache.tar.xz"
+  tar -C "$CACHE" -cf - .cache/flashinfer $( [ -d "$CACHE/.cache/triton" ] && echo .cache/triton ) \
+    | xz -T0 -1 > "$CACHE/jit_cache.tar.xz"
   size=$(stat -c %s "$CACHE/jit_cache.tar.xz")
   if [ "$size" -lt 15000000 ]; then cp "$CACHE/jit_cache.tar.xz" "$OUT/"; fi
   log "JIT cache packs to $(( size / 1000000 )) MB"
