@@ -182,14 +182,16 @@ class ModelRunner:
         cu_end = np.cumsum(batch.num_new.astype(np.int64)) - 1
         start, num_new, rows = batch.start_pos, batch.num_new, self.page_table[batch.slots]
         input_ids = batch.input_ids.astype(np.int64)
-        tok_slots = np.repeat(batch.slots, batch.num_new).astype(np.int64)
+        pending = bool(len(input_ids)) and int(input_ids.min()) < 0
+        tok_slots = np.repeat(batch.slots, batch.num_new).astype(np.int64) if pending else None
         if pad_to is not None:
             start, num_new, rows = pad_decode_rows(start, rows, pad_to, self.pool.scratch_page)
-            pad = pad_to - len(input_ids)
-            input_ids = np.concatenate([input_ids, np.zeros(pad, np.int64)])
-            tok_slots = np.concatenate([tok_slots, np.zeros(pad, np.int64)])
+            zeros = np.zeros(pad_to - len(input_ids), np.int64)  # padding: token 0, slot 0
+            input_ids = np.concatenate([input_ids, zeros])
+            if tok_slots is not None:
+                tok_slots = np.concatenate([tok_slots, zeros])
         extra = [cu_end[batch.sample], input_ids, batch.slots[batch.sample].astype(np.int64)]
-        if len(batch.input_ids) and batch.input_ids.min() < 0:
+        if tok_slots is not None:
             extra.append(tok_slots)
         return build_step_inputs(start, num_new, rows, self.page_size, self.staging.upload,
                                  extra)
