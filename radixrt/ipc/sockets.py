@@ -1,8 +1,14 @@
 """ZeroMQ plumbing: typed PUSH/PULL queues over ipc:// endpoints in a per-server temp dir.
 
-Codec: pickle protocol 5 with out-of-band buffers, so numpy arrays travel as raw bytes with no
-copy into the pickle stream. Only the message dataclasses of radixrt.ipc.messages are sent, and
-each queue is typed by its hop: it sends and accepts only subclasses of that hop's base type.
+Codec: pickle protocol 5. A message whose numpy arrays are all small (a step's batch, its
+result: a few hundred bytes) is one in-band pickle, one frame; one with a large array sends
+every array as an out-of-band buffer, raw bytes with no copy into the pickle stream. Why the
+split: out of band, each array is a ZeroMQ frame of its own, and a decode step's ForwardBatch
+has nine small arrays. Pickling costs the same either way, but over the socket one frame beats
+ten: a ForwardBatch round trip to an echo process took 433-510 us against 710-721 us
+(`python -m bench.bench_ipc`, two runs each, this 2-core VM), on the path of every step. Only the message
+dataclasses of radixrt.ipc.messages are sent, and each queue is typed by its hop: it sends
+and accepts only subclasses of that hop's base type.
 """
 
 from __future__ import annotations
@@ -13,11 +19,17 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import zmq
 import zmq.asyncio
 
+OUT_OF_BAND_BYTES = 1 << 16  # a message with an array this large sends its arrays out of band
+
 
 def encode(obj: Any) -> list[bytes | pickle.PickleBuffer]:
+    fields = getattr(obj, "__dict__", {}).values()
+    if not any(isinstance(v, np.ndarray) and v.nbytes >= OUT_OF_BAND_BYTES for v in fields):
+        return [pickle.dumps(obj, protocol=5)]
     buffers: list[pickle.PickleBuffer] = []
     head = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     return [head, *buffers]

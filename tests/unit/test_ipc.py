@@ -66,6 +66,23 @@ def test_numpy_arrays_travel_as_buffers(endpoints: Endpoints) -> None:
         pull.close()
 
 
+def test_small_messages_are_one_frame_large_arrays_out_of_band() -> None:
+    from radixrt.ipc.sockets import OUT_OF_BAND_BYTES, decode, encode
+
+    small = StepResult(3, np.arange(4, dtype=np.int32), logprobs=np.zeros(4, np.float32))
+    frames = encode(small)
+    assert len(frames) == 1
+    got = decode(frames)
+    assert got.step == 3 and got.next_ids.tolist() == [0, 1, 2, 3]
+    n = OUT_OF_BAND_BYTES // 4
+    big = StepResult(4, np.arange(n, dtype=np.int32), logprobs=np.ones(3, np.float32))
+    frames = encode(big)
+    assert len(frames) == 3  # the pickle, then each array as its own buffer
+    assert memoryview(frames[1]).nbytes == n * 4
+    got = decode([bytes(memoryview(f)) for f in frames])
+    assert np.array_equal(got.next_ids, big.next_ids) and got.logprobs.tolist() == [1.0] * 3
+
+
 def test_dispatch_table() -> None:
     seen: list[object] = []
     table = Dispatcher("scheduler", {GenerateReq: seen.append, AbortReq: seen.append})
