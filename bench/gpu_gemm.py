@@ -10,7 +10,8 @@ step profile). This times each projection shape at a few batch sizes through
   gemv/triton      at batch 1, radixrt/models/gemv_cuda.py's GEMV, its best block config
 
 and reports microseconds and the weight bytes read per second. Weights rotate among copies
-worth > 4x the card's L2, so no call reads weights another call left in L2.
+worth > 4x the card's L2, so no call reads weights another call left in L2, and the calls are
+replayed from a CUDA graph (as decode steps run them: no Python launch cost in the figure).
 
     python bench/gpu_gemm.py [--batches 1,128] [--json out.json]     # on a CUDA machine
 """
@@ -40,44 +41,40 @@ def projection_shapes(f: dict[str, Any]) -> dict[str, tuple[int, int]]:
             "down": (h, f["intermediate_size"]), "lm_head": (f["vocab_size"], h)}
 
 
-def _sync(device: torch.device) -> None:
+def _time(fn: Any, weights: list[torch.Tensor], device: torch.device, reps: int) -> float:
+    """Seconds per fn(w), cycling through `weights`: on CUDA replayed from a CUDA graph, as
+    decode steps run (no Python launch cost in the figure); on a CPU, plainly."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn: Any, n: int, device: torch.device) -> float:
-    for i in range(3):
-        fn(i)
-    _sync(device)
+        return gemv_cuda.time_calls(fn, weights, graphs=True, reps=reps)
     t = time.perf_counter()
-    for i in range(n):
-        fn(i)
-    _sync(device)
-    return (time.perf_counter() - t) / n
+    for _ in range(reps):
+        for w in weights:
+            fn(w)
+    return (time.perf_counter() - t) / (reps * len(weights))
 
 
 def _variants(x: torch.Tensor, ws: list[torch.Tensor], wts: list[torch.Tensor]
-              ) -> dict[str, tuple[str, Any]]:
-    """variant -> (BLAS library, call i): each call reads the next weight copy."""
-    def linear(i: int) -> torch.Tensor:
-        return F.linear(x, ws[i % len(ws)])
+              ) -> dict[str, tuple[str, Any, list[torch.Tensor]]]:
+    """variant -> (BLAS library, call on one weight copy, the copies it cycles through)."""
+    def linear(w: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w)
 
-    def matmul(i: int) -> torch.Tensor:
-        return x @ wts[i % len(wts)]
+    def matmul(wt: torch.Tensor) -> torch.Tensor:
+        return x @ wt
 
-    return {"linear/cublas": ("cublas", linear), "linear/cublaslt": ("cublaslt", linear),
-            "matmul/cublas": ("cublas", matmul)}
+    return {"linear/cublas": ("cublas", linear, ws), "linear/cublaslt": ("cublaslt", linear, ws),
+            "matmul/cublas": ("cublas", matmul, wts)}
 
 
-def _gemv_call(x: torch.Tensor, ws: list[torch.Tensor], config: tuple[int, int, int]) -> Any:
-    def call(i: int) -> torch.Tensor:
-        return gemv_cuda.gemv(x, ws[i % len(ws)], config)
+def _gemv_call(x: torch.Tensor, config: tuple[int, int, int]) -> Any:
+    def call(w: torch.Tensor) -> torch.Tensor:
+        return gemv_cuda.gemv(x, w, config)
 
     return call
 
 
 def gemm_rows(fields: dict[str, Any], device: torch.device, dtype: torch.dtype = torch.bfloat16,
-              batches: tuple[int, ...] = (1, 128), iters: int = 30) -> list[dict[str, Any]]:
+              batches: tuple[int, ...] = (1, 128), reps: int = 5) -> list[dict[str, Any]]:
     """One row per (projection, batch, variant): us per call and weight TB/s. (On a CPU,
     a plumbing check: the library switch does not apply there.)"""
     rows: list[dict[str, Any]] = []
@@ -91,16 +88,16 @@ def gemm_rows(fields: dict[str, Any], device: torch.device, dtype: torch.dtype =
             wts = [w.t().contiguous() for w in ws]
             for b in batches:
                 x = torch.randn(b, n_in, device=device, dtype=dtype)
-                for variant, (blas, fn) in _variants(x, ws, wts).items():
+                for variant, (blas, fn, copies_of) in _variants(x, ws, wts).items():
                     if cuda:
                         torch.backends.cuda.preferred_blas_library(blas)
-                    s = _time(fn, iters, device)
+                    s = _time(fn, copies_of, device, reps)
                     rows.append({"gemm": name, "batch": b, "variant": variant,
                                  "us": round(s * 1e6, 2),
                                  "weight_TBps": round(nbytes / s / 1e12, 3)})
                 if cuda and b == 1 and gemv_cuda._load_kernel() is not None:
                     # The Triton GEMV the model runner may install: its best block config.
-                    s, cfg = min((_time(_gemv_call(x, ws, c), iters, device), c)
+                    s, cfg = min((_time(_gemv_call(x, c), ws, device, reps), c)
                                  for c in gemv_cuda.CONFIGS)
                     rows.append({"gemm": name, "batch": b, "variant": "gemv/triton",
                                  "config": list(cfg), "us": round(s * 1e6, 2),

@@ -7,9 +7,10 @@ rows and streams the whole input dimension needs neither. Whether it wins depend
 card and the shape, so nothing is assumed: when a CUDA model runner starts, `install` times
 each of the model's projection shapes at one token, cuBLAS against every block config here,
 reading the layers' own weights in turn (so no timing reads weights left in the L2 by the
-last), and swaps in a `GemvLinear` only where the best config is faster by MIN_GAIN and
-agrees with F.linear. Everything else, and every batch of more than one token, stays
-F.linear. RADIXRT_GEMV=0 turns it off; without triton it is off.
+last), replayed from a CUDA graph when decode steps will be. It swaps in a `GemvLinear` only
+where the best config is faster by MIN_GAIN and agrees with F.linear. Everything else, and
+every batch of more than one token, stays F.linear. RADIXRT_GEMV=0 turns it off; without
+triton it is off.
 """
 
 from __future__ import annotations
@@ -103,25 +104,42 @@ def _projections(model: nn.Module) -> dict[str, list[tuple[nn.Module, str, nn.Li
     return groups
 
 
-def _time(fn: Any, weights: list[torch.Tensor], reps: int = 3) -> float:
-    """Seconds per call, cycling through `weights` (each layer's own)."""
-    for w in weights[:2]:
-        fn(w)
+def time_calls(fn: Any, weights: list[torch.Tensor], graphs: bool, reps: int = 3) -> float:
+    """Seconds per call, cycling through `weights` (each layer's own). graphs: the calls
+    replayed from a CUDA graph, as decode steps run them (a Triton launch from Python costs
+    tens of microseconds of host time that a graph does not pay); else launched one by one."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for w in weights[:2]:  # compile, allocate
+            fn(w)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = None
+    if graphs:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            for w in weights:
+                fn(w)
+        graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(reps):
-        for w in weights:
-            fn(w)
+        if graph is not None:
+            graph.replay()
+        else:
+            for w in weights:
+                fn(w)
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / 1e3 / (reps * len(weights))
 
 
 @torch.inference_mode()
-def install(model: nn.Module, device: torch.device, min_gain: float = MIN_GAIN
-            ) -> dict[str, str]:
+def install(model: nn.Module, device: torch.device, graphs: bool = True,
+            min_gain: float = MIN_GAIN) -> dict[str, str]:
     """Swap the projections whose one-token GEMV beats F.linear by min_gain (see the module
-    docstring). Returns projection -> what it runs and why, for the log."""
+    docstring), timed as the decode steps will run: replayed from CUDA graphs when `graphs`.
+    Returns projection -> what it runs and why, for the log."""
     if device.type != "cuda" or os.environ.get(ENV, "1") == "0":
         return {}
     if _load_kernel() is None:
@@ -136,14 +154,14 @@ def install(model: nn.Module, device: torch.device, min_gain: float = MIN_GAIN
         x = torch.randn(1, w0.shape[1], device=device, dtype=w0.dtype)
         try:
             ref = F.linear(x, w0).float()
-            base = _time(lambda w, x=x: F.linear(x, w), weights)
+            base = time_calls(lambda w, x=x: F.linear(x, w), weights, graphs)
             best: tuple[float, tuple[int, int, int]] | None = None
             for cfg in CONFIGS:
                 got = gemv(x, w0, cfg).float()
                 err = float((got - ref).norm() / ref.norm().clamp_min(1e-12))
                 if err > 1e-2:
                     raise RuntimeError(f"config {cfg} disagrees with F.linear (rel err {err:.1e})")
-                t = _time(lambda w, x=x, cfg=cfg: gemv(x, w, cfg), weights)
+                t = time_calls(lambda w, x=x, cfg=cfg: gemv(x, w, cfg), weights, graphs)
                 if best is None or t < best[0]:
                     best = (t, cfg)
         except Exception as e:  # a failed build or launch: keep cuBLAS

@@ -133,7 +133,9 @@ class ModelRunner:
             logger.info("fused ops: %s", ", ".join(f"{k} {v}" for k, v in
                                                    self.fused_ops.items()))
         # One-token projections through a Triton GEMV where it measures faster than cuBLAS.
-        self.gemv: dict[str, str] = gemv_cuda.install(self.model, self.device)
+        self.gemv: dict[str, str] = gemv_cuda.install(
+            self.model, self.device,
+            graphs=not config.disable_cuda_graph and self.attn.supports_cuda_graph)
         if self.gemv:
             logger.info("one-token linears: %s", "; ".join(f"{k}: {v}" for k, v in
                                                            self.gemv.items()))

@@ -51,7 +51,7 @@ def test_install_swaps_only_what_it_reports_and_keeps_outputs(make_tiny_model) -
     # Forced everywhere: the state dict is unchanged and a one-token step's logits match.
     forced = ModelRunner(cfg.replace())
     keys = set(forced.model.state_dict())
-    status = gemv_cuda.install(forced.model, DEV, min_gain=-1e9)
+    status = gemv_cuda.install(forced.model, DEV, graphs=True, min_gain=-1e9)
     assert all(v.startswith("gemv") for v in status.values()), status
     assert set(forced.model.state_dict()) == keys
     layers = len(forced.model.layers)

@@ -239,7 +239,7 @@ def test_gemm_probe_plumbing_on_cpu() -> None:
 
     fields = bench.PRESETS["tiny"]
     rows = gpu_gemm.gemm_rows(fields, torch.device("cpu"), torch.float32, batches=(1, 3),
-                              iters=2)
+                              reps=1)
     shapes = gpu_gemm.projection_shapes(fields)
     assert shapes["qkv"] == (256 + 2 * 2 * 32, 256) and shapes["lm_head"] == (49152, 256)
     assert len(rows) == len(shapes) * 2 * 3
