@@ -40,6 +40,7 @@ class TimedAttention:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.seconds = 0.0
+        self.wants_page_lists = inner.wants_page_lists
 
     def plan(self, meta: Any) -> None:
         t0 = time.perf_counter()

@@ -40,12 +40,12 @@ class AttentionMetadata:
     is_decode: bool  # every request has exactly one new token
     max_seq_len: int
     # The pages each request reads as CSR lists (FlashInfer's paged-KV input), built on the
-    # host from the host page table: request i reads pages
-    # kv_indices[kv_indptr_host[i]:kv_indptr_host[i+1]], the last one holding
+    # host from the host page table for backends that want them (None otherwise): request i
+    # reads pages kv_indices[kv_indptr_host[i]:kv_indptr_host[i+1]], the last one holding
     # kv_last_page_len_host[i] (1..page_size) of its tokens.
-    kv_indptr_host: np.ndarray  # int32 [B+1]
-    kv_indices: torch.Tensor  # int32 [kv_indptr_host[-1]] (device, in the step's one upload)
-    kv_last_page_len_host: np.ndarray  # int32 [B]
+    kv_indptr_host: np.ndarray | None = None  # int32 [B+1]
+    kv_indices: torch.Tensor | None = None  # int32 [kv_indptr_host[-1]] (in the one upload)
+    kv_last_page_len_host: np.ndarray | None = None  # int32 [B]
 
 
 def build_metadata(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.ndarray,
@@ -61,10 +61,12 @@ def build_metadata(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.nda
 
 
 def build_step_inputs(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.ndarray,
-                      page_size: int, upload: Uploader, extra: Sequence[np.ndarray] = ()
+                      page_size: int, upload: Uploader, extra: Sequence[np.ndarray] = (),
+                      page_lists: bool = True
                       ) -> tuple[AttentionMetadata, torch.Tensor, list[torch.Tensor]]:
     """build_metadata, with every array of the step (its own and `extra`, e.g. token ids)
-    going to the device through one `upload` call (radixrt/attention/staging.py)."""
+    going to the device through one `upload` call (radixrt/attention/staging.py).
+    page_lists: also the CSR page lists (the backend's `wants_page_lists`)."""
     ps = page_size
     num_new = np.asarray(num_new, dtype=np.int64)
     start = np.asarray(start_pos, dtype=np.int64)
@@ -78,14 +80,21 @@ def build_step_inputs(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.
     table = np.asarray(page_rows)[:, :n_pages]
     out_slots = table[req_of_tok, positions // ps].astype(np.int64) * ps + positions % ps
     i32 = np.int32
-    pages = -(-seq_lens // ps)
-    kv_indptr = np.zeros(len(num_new) + 1, dtype=i32)
-    np.cumsum(pages, out=kv_indptr[1:])
-    kv_indices = table[np.arange(n_pages) < pages[:, None]]  # row by row: CSR order
-    t_start, t_new, t_seq, t_cu, t_table, t_slots, t_pos, t_kv_indices, *t_extra = upload([
+    lists: dict[str, object] = {}
+    csr: list[np.ndarray] = []
+    if page_lists:
+        pages = -(-seq_lens // ps)
+        kv_indptr = np.zeros(len(num_new) + 1, dtype=i32)
+        np.cumsum(pages, out=kv_indptr[1:])
+        lists = {"kv_indptr_host": kv_indptr,
+                 "kv_last_page_len_host": (seq_lens - (pages - 1) * ps).astype(i32)}
+        csr = [table[np.arange(n_pages) < pages[:, None]].astype(i32)]  # row by row: CSR order
+    t_start, t_new, t_seq, t_cu, t_table, t_slots, t_pos, *t_rest = upload([
         start.astype(i32), num_new.astype(i32), seq_lens.astype(i32), cu.astype(i32),
-        np.ascontiguousarray(table, dtype=i32), out_slots, positions,
-        kv_indices.astype(i32), *extra])
+        np.ascontiguousarray(table, dtype=i32), out_slots, positions, *csr, *extra])
+    if page_lists:
+        lists["kv_indices"] = t_rest[0]
+    t_extra = t_rest[len(csr):]
     meta = AttentionMetadata(
         batch_size=len(num_new), start_pos=t_start, num_new=t_new, seq_lens=t_seq,
         cu_new=t_cu, page_table=t_table, out_slots=t_slots, page_size=ps,
@@ -93,8 +102,7 @@ def build_step_inputs(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.
         num_new_host=num_new.tolist(),
         is_decode=bool(len(num_new)) and int(num_new.max()) == 1,
         max_seq_len=int(seq_lens.max()) if len(seq_lens) else 0,
-        kv_indptr_host=kv_indptr, kv_indices=t_kv_indices,
-        kv_last_page_len_host=(seq_lens - (pages - 1) * ps).astype(i32),
+        **lists,  # type: ignore[arg-type]
     )
     return meta, t_pos, t_extra
 
@@ -113,6 +121,8 @@ class AttentionBackend(ABC):
     """
 
     supports_cuda_graph = False
+    # True: plan() reads the metadata's CSR page lists (built on the host only then).
+    wants_page_lists = False
 
     def init_capture(self, max_batch_size: int, max_pages_per_req: int) -> None:  # noqa: B027
         """Allocate whatever fixed buffers captured decode batches up to max_batch_size read."""

@@ -71,6 +71,9 @@ def build_paged_kv_inputs(meta: AttentionMetadata) -> PagedKVInputs:
     """FlashInfer's CSR page lists of a batch: the ones the metadata carries (built on the host
     with the step's inputs, kv_indices in the step's one upload), as tensors. Request i reads
     page_table[i, :ceil(seq_len_i / page_size)]."""
+    if meta.kv_indptr_host is None or meta.kv_indices is None or (
+            meta.kv_last_page_len_host is None):
+        raise ValueError("metadata built without page lists (page_lists=False)")
     qo_indptr = np.zeros(meta.batch_size + 1, dtype=np.int32)
     np.cumsum(meta.num_new_host, out=qo_indptr[1:])
     return PagedKVInputs(
@@ -118,6 +121,7 @@ class FlashInferAttentionBackend(AttentionBackend):
         self._graph_wrappers: dict[int, Any] = {}
 
     supports_cuda_graph = True
+    wants_page_lists = True
 
     def init_capture(self, max_batch_size: int, max_pages_per_req: int) -> None:
         dev, B = self.pool.device, max_batch_size

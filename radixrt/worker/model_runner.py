@@ -196,7 +196,7 @@ class ModelRunner:
         if tok_slots is not None:
             extra.append(tok_slots)
         return build_step_inputs(start, num_new, rows, self.page_size, self.staging.upload,
-                                 extra)
+                                 extra, page_lists=self.attn.wants_page_lists)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [num sampled rows, vocab] for the rows with batch.sample set."""

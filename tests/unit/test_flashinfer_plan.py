@@ -72,7 +72,8 @@ def random_batch(rng: np.random.Generator, ps: int, max_pages: int, n_slots: int
 
 def runner_metadata(batch: ForwardBatch, table: np.ndarray, ps: int) -> AttentionMetadata:
     """The metadata ModelRunner.build_metadata makes for this batch (its own code, no model)."""
-    fake = SimpleNamespace(page_size=ps, page_table=table, staging=Staging("cpu"))
+    fake = SimpleNamespace(page_size=ps, page_table=table, staging=Staging("cpu"),
+                           attn=SimpleNamespace(wants_page_lists=True))
     fake.step_inputs = functools.partial(ModelRunner.step_inputs, fake)  # type: ignore[arg-type]
     meta, _positions = ModelRunner.build_metadata(fake, batch)  # type: ignore[arg-type]
     return meta
@@ -374,7 +375,8 @@ def test_padded_decode_inputs_point_padding_at_scratch(ps: int) -> None:
     batch, table = random_batch(rng, ps, max_pages, n_slots, decode=True)
     n, scratch = batch.batch_size, max_pages * n_slots
     fake = SimpleNamespace(page_size=ps, page_table=table, staging=Staging("cpu"),
-                           pool=SimpleNamespace(scratch_page=scratch))
+                           pool=SimpleNamespace(scratch_page=scratch),
+                           attn=SimpleNamespace(wants_page_lists=True))
     meta, pos, (rows, ids, slots) = ModelRunner.step_inputs(fake, batch)  # type: ignore[arg-type]
     pmeta, ppos, (prows, pids, pslots) = ModelRunner.step_inputs(
         fake, batch, n + 5)  # type: ignore[arg-type]
