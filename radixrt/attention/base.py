@@ -80,20 +80,18 @@ def build_step_inputs(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.
     table = np.asarray(page_rows)[:, :n_pages]
     out_slots = table[req_of_tok, positions // ps].astype(np.int64) * ps + positions % ps
     i32 = np.int32
-    lists: dict[str, object] = {}
-    csr: list[np.ndarray] = []
+    kv_indptr = kv_last_page_len = None
+    csr: list[np.ndarray] = []  # the page ids, uploaded with the rest
     if page_lists:
         pages = -(-seq_lens // ps)
         kv_indptr = np.zeros(len(num_new) + 1, dtype=i32)
         np.cumsum(pages, out=kv_indptr[1:])
-        lists = {"kv_indptr_host": kv_indptr,
-                 "kv_last_page_len_host": (seq_lens - (pages - 1) * ps).astype(i32)}
+        kv_last_page_len = (seq_lens - (pages - 1) * ps).astype(i32)
         csr = [table[np.arange(n_pages) < pages[:, None]].astype(i32)]  # row by row: CSR order
     t_start, t_new, t_seq, t_cu, t_table, t_slots, t_pos, *t_rest = upload([
         start.astype(i32), num_new.astype(i32), seq_lens.astype(i32), cu.astype(i32),
         np.ascontiguousarray(table, dtype=i32), out_slots, positions, *csr, *extra])
-    if page_lists:
-        lists["kv_indices"] = t_rest[0]
+    kv_indices = t_rest[0] if csr else None
     t_extra = t_rest[len(csr):]
     meta = AttentionMetadata(
         batch_size=len(num_new), start_pos=t_start, num_new=t_new, seq_lens=t_seq,
@@ -102,7 +100,7 @@ def build_step_inputs(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.
         num_new_host=num_new.tolist(),
         is_decode=bool(len(num_new)) and int(num_new.max()) == 1,
         max_seq_len=int(seq_lens.max()) if len(seq_lens) else 0,
-        **lists,  # type: ignore[arg-type]
+        kv_indptr_host=kv_indptr, kv_indices=kv_indices, kv_last_page_len_host=kv_last_page_len,
     )
     return meta, t_pos, t_extra
 

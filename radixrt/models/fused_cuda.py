@@ -144,7 +144,6 @@ def rope_on_qkv_views(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     return torch.cat([rq.reshape(t, -1), rk.reshape(t, -1)], -1)
 
 
-
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.float(), b.float()
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
