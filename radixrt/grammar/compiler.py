@@ -19,18 +19,13 @@ from typing import Any
 from outlines_core import Index, Vocabulary
 
 from radixrt.grammar.spec import to_regex
-from radixrt.grammar.vocabulary import build_vocabulary
+from radixrt.grammar.vocabulary import load_vocabulary
 
 GrammarKey = tuple[str, str]  # (kind, spec): ("json", schema) or ("regex", pattern)
 
 
-def load_vocabulary(model_path: str, eos_id: int) -> Callable[[], Vocabulary]:
-    def load() -> Vocabulary:
-        from transformers import AutoTokenizer
-
-        return build_vocabulary(AutoTokenizer.from_pretrained(model_path), eos_id)
-
-    return load
+def vocabulary_loader(model_path: str, eos_id: int) -> Callable[[], Vocabulary]:
+    return lambda: load_vocabulary(model_path, eos_id)
 
 
 class GrammarCompiler:

@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, wait
 
 import numpy as np
 
-from radixrt.grammar.compiler import GrammarCompiler, future_error, load_vocabulary
+from radixrt.grammar.compiler import GrammarCompiler, future_error, vocabulary_loader
 from radixrt.grammar.spec import grammar_key
 from radixrt.grammar.state import GrammarState, mask_words
 from radixrt.scheduler.request import Chunk, ReqState, Request
@@ -42,7 +42,7 @@ class GrammarHook:
         """Made on first use: servers without constrained requests never load the vocabulary."""
         if self._compiler is None:
             eos = self._eos_ids[0] if self._eos_ids else -1
-            self._compiler = GrammarCompiler(load_vocabulary(self._model_path, eos),
+            self._compiler = GrammarCompiler(vocabulary_loader(self._model_path, eos),
                                              self.cache_size)
         return self._compiler
 

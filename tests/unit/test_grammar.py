@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from radixrt.config import EngineConfig
 from radixrt.grammar.numbers import int_range, number_regex
 from radixrt.grammar.spec import check_spec
-from radixrt.grammar.vocabulary import build_vocabulary, token_bytes
+from radixrt.grammar.vocabulary import build_vocabulary, load_vocabulary, token_bytes
 from radixrt.sampling_params import InvalidRequestError
 from radixrt.testing.local_engine import LocalEngine
 from radixrt.testing.schemas import SCHEMAS
@@ -52,6 +52,13 @@ def test_vocabulary_maps_byte_level_pieces_to_raw_bytes(tokenizer):
     v = build_vocabulary(tokenizer, eos_id=2)
     assert v.get_eos_token_id() == 2
     assert v.get(b" " + piece[1:].encode()) == [vocab[piece]]
+
+
+def test_vocabulary_from_tokenizer_json_equals_transformers_one(tiny, tokenizer):
+    # The server reads tokenizer.json without transformers; both ways must agree exactly.
+    eos = tokenizer.eos_token_id
+    assert load_vocabulary(tiny, eos) == build_vocabulary(tokenizer, eos)
+    assert load_vocabulary(tiny, eos) != build_vocabulary(tokenizer, eos + 1)
 
 
 def test_number_bounds_are_exact():
