@@ -10,7 +10,10 @@ real step: a benchmark that re-reads one layer's pages would time the L3 cache, 
         [--types float32:float32,float32:bfloat16,bfloat16:bfloat16] [--json out.json]
 
 Types are model dtype:KV-cache dtype. Decode cases are BATCHxCONTEXT; extend cases are
-CHUNK+CACHED_PREFIX (one request).
+CHUNK+CACHED_PREFIX (one request). A backend named `NAME:head` runs on a head-major pool
+(what the server uses for the cpu backend), `NAME:token` on a token-major one; `--pages
+contiguous` gives each request consecutive pages (a fresh server) instead of scattered ones
+(a long-running one).
 """
 
 from __future__ import annotations
@@ -39,11 +42,12 @@ def make_backend(name: str, pool: KVPool, heads: int, dim: int, dtype: torch.dty
 
 
 def batch_meta(starts: list[int], num_new: list[int], ps: int, num_pages: int, seed: int = 0,
-               shared_pages: int = 0) -> AttentionMetadata:
-    """Distinct random pages per request, except `shared_pages` leading pages all share."""
+               shared_pages: int = 0, contiguous: bool = False) -> AttentionMetadata:
+    """Distinct random (or consecutive) pages per request, except `shared_pages` leading pages
+    all share."""
     rng = np.random.default_rng(seed)
     need = [-(-(s + n) // ps) for s, n in zip(starts, num_new)]
-    perm = rng.permutation(num_pages)
+    perm = np.arange(num_pages) if contiguous else rng.permutation(num_pages)
     shared, pos = perm[:shared_pages], shared_pages
     rows = np.zeros((len(need), max(need)), np.int32)
     for i, n in enumerate(need):
@@ -93,26 +97,31 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         dtype, kv_dtype = (getattr(torch, x) for x in types.split(":"))
         per_layer = KVPoolShape(1, pages, ps, kv_heads, dim).bytes_per_page(kv_dtype) * pages
         pool_layers = max(1, min(args.layers, int(args.pool_gib * 2**30 // per_layer)))
-        pool = KVPool(KVPoolShape(pool_layers, pages, ps, kv_heads, dim), kv_dtype, "cpu")
-        for kc, vc in zip(pool.k_cache, pool.v_cache):
-            kc.normal_()
-            vc.normal_()
+        names = args.backends.split(",")
+        pools = {}
+        for layout in {n.partition(":")[2] or "token" for n in names}:
+            pools[layout] = KVPool(KVPoolShape(pool_layers, pages, ps, kv_heads, dim), kv_dtype,
+                                   "cpu", head_major=layout == "head")
+            for kc, vc in zip(pools[layout].k_cache, pools[layout].v_cache):
+                kc.normal_()
+                vc.normal_()
         cases = [("decode", f"{b}x{c}", [c - 1] * b, [1] * b) for b, c in decode]
         cases += [("extend", f"{n}+{p}", [p], [n]) for n, p in extend]
         for kind, label, starts, num_new in cases:
-            meta = batch_meta(starts, num_new, ps, pages, seed=len(rows))
+            meta = batch_meta(starts, num_new, ps, pages, seed=len(rows),
+                              contiguous=args.pages == "contiguous")
             res: dict[str, Any] = {"kind": kind, "case": label, "dtype": str(dtype)[6:],
                                    "kv_dtype": str(kv_dtype)[6:], "layers": args.layers,
-                                   "pool_layers": pool_layers}
-            names = args.backends.split(",")
-            backends = {n: make_backend(n, pool, heads, dim, dtype) for n in names}
+                                   "pool_layers": pool_layers, "pages": args.pages}
+            backends = {n: make_backend(n.partition(":")[0], pools[n.partition(":")[2] or "token"],
+                                        heads, dim, dtype) for n in names}
             times = time_steps(backends, meta, args.layers, pool_layers, heads, kv_heads, dim,
                                dtype, args.reps)
             for name in names:
                 res[f"{name}_ms"] = 1000 * statistics.median(times[name])
                 res[f"{name}_min_ms"] = 1000 * min(times[name])
-            if "torch_ms" in res and "cpu_ms" in res:
-                res["speedup"] = res["torch_ms"] / res["cpu_ms"]
+            if len(names) > 1:
+                res["speedup"] = res[f"{names[0]}_ms"] / res[f"{names[-1]}_ms"]
             rows.append(res)
             print(f"| {kind} | {label} | {res['dtype']} | {res['kv_dtype']} | "
                   + " | ".join(f"{res.get(f'{n}_ms', float('nan')):.2f}"
@@ -138,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--pool-gib", type=float, default=1.5,
                     help="cap on the benchmark's KV pool (layers share it beyond)")
+    ap.add_argument("--pages", choices=("random", "contiguous"), default="random",
+                    help="each request's pages scattered over the pool, or consecutive")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--json", default=None)
@@ -147,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"threads {torch.get_num_threads()}; ms per step ({args.layers} layers: plan + "
           f"write k/v + attention), median of {args.reps}, backends interleaved")
     print("| Kind | Case | dtype | KV | " + " | ".join(f"{b} ms" for b in
-                                                       args.backends.split(",")) + " | speedup |")
+                                                       args.backends.split(",")) + " | first / last |")
     print("|---|---|---|---|" + "---|" * (len(args.backends.split(",")) + 1))
     rows = run(args)
     if args.json:

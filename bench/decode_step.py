@@ -84,11 +84,13 @@ def weight_mib(model: torch.nn.Module) -> float:
 
 
 def make_runner(model: str | None, backend: str, dtype: str, kv_dtype: str, quant: str,
-                batch: int, context: int, steps: int) -> tuple[ModelRunner, LinearTimer, float]:
+                kv_layout: str, batch: int, context: int, steps: int
+                ) -> tuple[ModelRunner, LinearTimer, float]:
     tokens = batch * (context + steps + 64)
     cfg = build_engine_config(model, device="cpu", dtype=dtype, attention_backend=backend,
                               kv_cache_dtype=kv_dtype, quantization=quant,
-                              max_total_tokens=tokens, max_running_requests=batch)
+                              max_total_tokens=tokens, max_running_requests=batch,
+                              kv_layout=kv_layout)
     gc.collect()
     t0 = time.perf_counter()
     runner = ModelRunner(cfg)
@@ -170,13 +172,13 @@ def _run_cases(args: Namespace) -> list[dict[str, Any]]:
     if args.threads:
         torch.set_num_threads(args.threads)
     # Fused mode per case (process-wide switches, set before each case's step).
-    if args.case:  # explicit cases: backend:dtype:kv_dtype:quantization:fused
+    if args.case:  # explicit cases: backend:dtype:kv_dtype:quantization:fused[:kv_layout]
         cases_fused = []
         for spec in args.case:
-            b, d, k, q, f = spec.split(":")
-            cases_fused.append(((b, d, k, q), f))
+            b, d, k, q, f, *layout = spec.split(":")
+            cases_fused.append(((b, d, k, q, layout[0] if layout else "auto"), f))
     else:
-        cases_fused = [((b, d, k, q), f) for b in args.backends.split(",")
+        cases_fused = [((b, d, k, q, "auto"), f) for b in args.backends.split(",")
                        for d in args.dtypes.split(",") for k in args.kv_dtypes.split(",")
                        for q in args.quantizations.split(",") for f in args.fused.split(",")]
     for _, f in cases_fused:
@@ -210,13 +212,14 @@ def _run_cases(args: Namespace) -> list[dict[str, Any]]:
                     if s >= warm:
                         lin = float("nan") if mode == "flat" else timer.seconds
                         times[i].append((sec, attn, lin))
-            for i, (backend, dtype, _kv, _quant) in enumerate(cases):
+            for i, (backend, dtype, _kv, _quant, _layout) in enumerate(cases):
                 step = [t[0] for t in times[i]]
                 mode = cases_fused[i][1]
                 if mode == "flat" and cpu_flat.flat_steps(runners[i].model) == flat_before[i]:
                     mode = "on (no flat loop for this case)"  # e.g. torch attention, biases
                 row: dict[str, Any] = {
                     "backend": backend, "dtype": dtype, "kv_dtype": runners[i].config.kv_dtype,
+                    "kv_layout": "head" if runners[i].pool.head_major else "token",
                     "quantization": runners[i].config.quantization,
                     "fused": mode,
                     "context": ctx, "batch": b, "step_ms": 1000 * statistics.median(step),
@@ -224,7 +227,8 @@ def _run_cases(args: Namespace) -> list[dict[str, Any]]:
                     "attention_ms": 1000 * statistics.median(t[1] for t in times[i]),
                     "linear_ms": 1000 * statistics.median(t[2] for t in times[i]),
                     "load_s": built[i][2], "weights_mib": weight_mib(runners[i].model)}
-                print(f"| {backend} | {dtype} | {row['kv_dtype']} | {row['quantization']} | "
+                print(f"| {backend} | {dtype} | {row['kv_dtype']} {row['kv_layout']} | "
+                      f"{row['quantization']} | "
                       f"{row['fused']} | {ctx} | {b} | {row['step_ms']:.1f} | "
                       f"{row['attention_ms']:.1f} | "
                       f"{row['linear_ms']:.1f} | {row['min_step_ms']:.1f} | "

@@ -39,8 +39,9 @@ struct KernelArgs {
   void* out = nullptr;  // [T, Hq, D], same dtype as q
   int64_t out_stride = 0;
   bool io_bf16 = false;
-  const void* k_cache = nullptr;  // [slots, Hkv, D]
+  const void* k_cache = nullptr;  // [slots, Hkv, D] as strided below
   const void* v_cache = nullptr;
+  int64_t kv_slot_stride = 0, kv_head_stride = 0;  // elements; K and V alike
   bool kv_bf16 = false;
   int Hq = 0, Hkv = 0, D = 0, page_size = 0;
   float qscale = 0.0f;  // softmax scale * log2(e)
@@ -68,7 +69,8 @@ struct KvWrite {
   const int64_t* slots = nullptr;
   void* k_cache = nullptr;
   void* v_cache = nullptr;
-  int64_t row_elems = 0;  // Hkv * D
+  int64_t slot_stride = 0, head_stride = 0;  // elements in the pool
+  int Hkv = 0, D = 0;
   bool src_bf16 = false, kv_bf16 = false;
 };
 
@@ -164,6 +166,11 @@ struct PlanOptions {
   int tile_rows = 48;         // query rows per extend task (tokens x group heads), <= 48
   int small_rows = 8;         // up to this many rows: dot products; more: rows on lanes
   int min_parallel_work = 1024;  // query rows x keys below which a step runs on one thread
+  // The pool's strides in elements, K and V alike (0: token-major, [slots][Hkv][D]). A
+  // head-major pool ([Hkv][slots][D]) keeps each head's keys of a page, and of consecutive
+  // pages, contiguous: decode streams them from DRAM instead of reading 1 row in Hkv.
+  int64_t kv_slot_stride = 0;
+  int64_t kv_head_stride = 0;
 };
 
 class Plan {
@@ -216,6 +223,18 @@ class Plan {
     a_.qscale = scale * 1.4426950408889634f;
     a_.page_table = pt;
     a_.pt_stride = width;
+    a_.kv_slot_stride = opt.kv_slot_stride ? opt.kv_slot_stride
+                                           : static_cast<int64_t>(num_kv_heads) * head_dim;
+    a_.kv_head_stride = opt.kv_head_stride ? opt.kv_head_stride : head_dim;
+    {
+      // Both layouts (and no overlap between rows): [slots][Hkv][D] or [Hkv][slots][D].
+      const int64_t ss = a_.kv_slot_stride, hs = a_.kv_head_stride, D = head_dim;
+      const bool token_major = hs == D && ss == num_kv_heads * D;
+      const bool head_major = ss == D && hs == num_slots * D;
+      if (!token_major && !head_major)
+        throw std::invalid_argument("KV pool strides are neither [slots][heads][dim] nor "
+                                    "[heads][slots][dim]");
+    }
     a_.small_rows = opt.small_rows;
     nthreads_ = opt.num_threads > 0 ? opt.num_threads : omp_get_max_threads();
     build(B, cu, start);
@@ -248,7 +267,10 @@ class Plan {
     w.slots = out_slots_.data();
     w.k_cache = reinterpret_cast<void*>(k_cache);
     w.v_cache = reinterpret_cast<void*>(v_cache);
-    w.row_elems = row;
+    w.slot_stride = a_.kv_slot_stride;
+    w.head_stride = a_.kv_head_stride;
+    w.Hkv = a_.Hkv;
+    w.D = a_.D;
     w.src_bf16 = a_.io_bf16;
     w.kv_bf16 = a_.kv_bf16;
     const Isa* isa = g_isa;
@@ -442,7 +464,9 @@ PYBIND11_MODULE(_attention_cpu, m) {
       .def_readwrite("min_chunk", &PlanOptions::min_chunk)
       .def_readwrite("tile_rows", &PlanOptions::tile_rows)
       .def_readwrite("small_rows", &PlanOptions::small_rows)
-      .def_readwrite("min_parallel_work", &PlanOptions::min_parallel_work);
+      .def_readwrite("min_parallel_work", &PlanOptions::min_parallel_work)
+      .def_readwrite("kv_slot_stride", &PlanOptions::kv_slot_stride)
+      .def_readwrite("kv_head_stride", &PlanOptions::kv_head_stride);
   py::class_<Plan>(m, "Plan")
       .def(py::init<I32Array, I32Array, I32Array, I64Array, int, int, int, int, int64_t, bool,
                     bool, float, PlanOptions>(),

@@ -121,6 +121,9 @@ class EngineConfig:
     page_size: int = 16
     # auto: bfloat16 for quantized weights on the cpu backend (see kv_dtype), else the dtype
     kv_cache_dtype: str = "auto"
+    # auto: head-major pages for the cpu backend (its kernels read a KV head at a time), else
+    # token-major (FlashInfer's NHD); "token" / "head" force one (benchmarks compare them).
+    kv_layout: str = "auto"
     max_total_tokens: int | None = None  # None: size from mem_fraction
     mem_fraction: float = 0.85
     disable_radix_cache: bool = False
@@ -153,6 +156,12 @@ class EngineConfig:
         if self.disable_overlap_schedule is None:
             return self.device.startswith("cuda") or overlap_on_cpu(self.num_threads)
         return not self.disable_overlap_schedule
+
+    @property
+    def kv_head_major(self) -> bool:
+        if self.kv_layout == "auto":
+            return self.attention_backend == "cpu"
+        return self.kv_layout == "head"
 
     @property
     def kv_dtype(self) -> str:
@@ -233,6 +242,11 @@ def build_engine_config(model_path: str | None = None, **options: object) -> Eng
     if backend == "flashinfer" and kv_dtype not in ("auto", dtype_name):
         raise ValueError(f"the flashinfer backend needs the KV cache in the model dtype "
                          f"({dtype_name}), not {kv_dtype}")
+    layout = options.get("kv_layout", "auto")
+    if layout not in ("auto", "token", "head"):
+        raise ValueError(f"unknown KV layout {layout!r}; choose auto, token or head")
+    if layout == "head" and backend == "flashinfer":
+        raise ValueError("the flashinfer backend reads token-major (NHD) KV pages")
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     unknown = sorted(set(options) - known)
     if unknown:

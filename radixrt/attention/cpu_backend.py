@@ -57,6 +57,12 @@ class CpuAttentionBackend(AttentionBackend):
         # None: torch's thread count, read at each plan (the worker may change it).
         self.fixed_threads = num_threads
         self.options.cascade_min_pages = cascade_min_pages
+        # The kernels read and write the pool through its strides (token- or head-major).
+        k0, v0 = pool.k_cache[0], pool.v_cache[0]
+        if k0.stride() != v0.stride() or k0.stride(2) != 1:
+            raise ValueError(f"K and V pool strides differ or rows are not packed: "
+                             f"{k0.stride()} vs {v0.stride()}")
+        self.options.kv_slot_stride, self.options.kv_head_stride = k0.stride(0), k0.stride(1)
         s = pool.shape
         self.kv_row = s.num_kv_heads * head_dim
         self.q_row = num_heads * head_dim

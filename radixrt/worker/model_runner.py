@@ -106,7 +106,8 @@ class ModelRunner:
                                               self.device))
         m = self.model_cfg
         self.pool = KVPool(KVPoolShape(m.num_layers, num_pages, config.page_size,
-                                       m.num_kv_heads, m.head_dim), self.kv_dtype, self.device)
+                                       m.num_kv_heads, m.head_dim), self.kv_dtype, self.device,
+                           head_major=config.kv_head_major)
         self.page_size = config.page_size
         self.context_length = context_length(config, m)
         self.max_pages_per_req = -(-self.context_length // self.page_size) + 1

@@ -62,11 +62,12 @@ def isa(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 def run_both(starts: list[int], num_new: list[int], ps: int, kv_heads: int, group: int,
              dim: int, dtype: torch.dtype, kv_dtype: torch.dtype, seed: int = 0,
              shared: dict[int, int] | None = None, threads: int = 2, min_chunk: int = 16,
-             cascade_pages: int = 2) -> tuple[torch.Tensor, torch.Tensor, KVPool, KVPool,
+             cascade_pages: int = 2, head_major: bool = False) -> tuple[torch.Tensor, torch.Tensor, KVPool, KVPool,
                                               CpuAttentionBackend]:
     """One step on the torch and the cpu backend, each on its own copy of one pool.
 
     shared: request -> number of leading pages it shares with request 0 (all fully written).
+    head_major: the cpu backend's pool is head-major (the reference's stays token-major).
     """
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -82,7 +83,7 @@ def run_both(starts: list[int], num_new: list[int], ps: int, kv_heads: int, grou
         rows[i, :c] = rows[0, :c]
     meta, _ = build_metadata(np.array(starts), np.array(num_new), rows, ps)
     shape = KVPoolShape(1, num_pages, ps, kv_heads, dim)
-    pools = [KVPool(shape, kv_dtype, "cpu") for _ in range(2)]
+    pools = [KVPool(shape, kv_dtype, "cpu"), KVPool(shape, kv_dtype, "cpu", head_major)]
     init_k = torch.randn(pools[0].k_cache[0].shape, generator=g).to(kv_dtype)
     init_v = torch.randn(pools[0].v_cache[0].shape, generator=g).to(kv_dtype)
     for p in pools:
@@ -138,6 +139,7 @@ def batches(draw: st.DrawFn) -> dict:
             "types": draw(st.sampled_from(TYPES)),
             "threads": draw(st.sampled_from([1, 2, 3])),
             "min_chunk": draw(st.sampled_from([16, 64, 256])),
+            "head_major": draw(st.booleans()),
             "seed": draw(st.integers(0, 2**16))}
 
 
@@ -149,17 +151,18 @@ def test_matches_torch_backend(isa: str, b: dict) -> None:
     got, ref, pool, ref_pool, _ = run_both(
         b["starts"], b["num_new"], b["ps"], b["kv_heads"], b["group"], b["dim"], dtype,
         kv_dtype, seed=b["seed"], shared=b["shared"], threads=b["threads"],
-        min_chunk=b["min_chunk"])
+        min_chunk=b["min_chunk"], head_major=b["head_major"])
     check(got, ref, pool, ref_pool, dtype)
 
 
 @pytest.mark.parametrize(("dtype", "kv_dtype"), TYPES)
 @pytest.mark.parametrize("ps", [1, 16])
 def test_long_contexts(isa: str, dtype: torch.dtype, kv_dtype: torch.dtype, ps: int) -> None:
-    """Decodes at 8k and 3k, and a prefill chunk on a 4k cached prefix, in one step."""
+    """Decodes at 8k and 3k, and a prefill chunk on a 4k cached prefix, in one step (the
+    served head-major pool when pages hold 16 tokens)."""
     got, ref, pool, ref_pool, cpu = run_both(
         [8191, 4000, 3000], [1, 64, 1], ps, 3, 3, 64, dtype, kv_dtype, seed=ps,
-        min_chunk=256)
+        min_chunk=256, head_major=ps == 16)
     check(got, ref, pool, ref_pool, dtype)
     # The long decodes were split over the threads and merged.
     assert cpu.plan_obj.num_partial_slots > 0
@@ -221,6 +224,12 @@ def test_plan_rejects_bad_input() -> None:
         ext.Plan(table, cu, start, slots, 3, 2, 64, 16, 8, False, False, 0.125, _options())
     with pytest.raises(ValueError, match="out_slot"):
         ext.Plan(table, cu, start, np.array([10**6]), *args)
+    # Pool strides: token-major (the default) or head-major over the pool's 9 pages x 16 slots.
+    ext.Plan(table, cu, start, slots, *args[:-1], _options(kv_slot_stride=64,
+                                                            kv_head_stride=9 * 16 * 64))
+    with pytest.raises(ValueError, match="strides"):
+        ext.Plan(table, cu, start, slots, *args[:-1], _options(kv_slot_stride=64,
+                                                                kv_head_stride=64))
 
 
 def test_backend_rejects_bad_tensors() -> None:
@@ -307,6 +316,13 @@ def test_config_resolves_backend_and_kv_dtype(tmp_path) -> None:  # type: ignore
     with pytest.raises(ValueError, match="flashinfer backend needs"):
         build_engine_config(str(tmp_path), device="cuda", dtype="bfloat16",
                             kv_cache_dtype="float32")
+    # KV layout: head-major for the cpu kernels, token-major for the rest, unless forced.
+    assert cfg.kv_head_major and not cfg.replace(attention_backend="torch").kv_head_major
+    assert not cfg.replace(kv_layout="token").kv_head_major
+    with pytest.raises(ValueError, match="unknown KV layout"):
+        build_engine_config(str(tmp_path), device="cpu", kv_layout="diagonal")
+    with pytest.raises(ValueError, match="token-major"):
+        build_engine_config(str(tmp_path), device="cuda", dtype="bfloat16", kv_layout="head")
     ap = argparse.ArgumentParser()
     add_engine_args(ap)
     args = ap.parse_args(["--model", str(tmp_path), "--device", "cpu", "--attention-backend",
@@ -356,3 +372,15 @@ def test_benchmarks_run(make_tiny_model, capsys: pytest.CaptureFixture[str]) -> 
                               "--profile"]) == 0
     out = capsys.readouterr().out
     assert out.count("| cpu | float32 |") == 2 and "attention" in out
+    # The pool layouts side by side, as docs/benchmarks.md compares them.
+    assert bench_attention_cpu.main(["--decode", "2x40", "--extend", "", "--types",
+                                     "float32:bfloat16", "--reps", "1", "--layers", "2",
+                                     "--backends", "cpu:token,cpu:head", "--pages",
+                                     "contiguous"]) == 0
+    assert "| decode | 2x40 | float32 | bfloat16 |" in capsys.readouterr().out
+    assert bench_decode.main(["--in-process", "--model", str(make_tiny_model("llama")),
+                              "--contexts", "24", "--batch-sizes", "2", "--steps", "2",
+                              "--case", "cpu:float32:bfloat16:none:flat:token",
+                              "--case", "cpu:float32:bfloat16:none:flat:head"]) == 0
+    out = capsys.readouterr().out
+    assert "| bfloat16 token |" in out and "| bfloat16 head |" in out

@@ -21,9 +21,11 @@ def qkv_views(t: int, q: int, h: int, d: int, dtype: torch.dtype
 @pytest.mark.parametrize(("t", "src", "kv"), [(1, torch.float32, torch.float32),
                                               (7, torch.float32, torch.bfloat16),
                                               (5, torch.bfloat16, torch.bfloat16)])
-def test_side_by_side_write_equals_two_copies(t: int, src: torch.dtype, kv: torch.dtype) -> None:
+@pytest.mark.parametrize("head_major", [False, True])
+def test_side_by_side_write_equals_two_copies(t: int, src: torch.dtype, kv: torch.dtype,
+                                              head_major: bool) -> None:
     shape = KVPoolShape(num_layers=2, num_pages=6, page_size=4, num_kv_heads=2, head_dim=8)
-    one, two = KVPool(shape, kv, "cpu"), KVPool(shape, kv, "cpu")
+    one, two = KVPool(shape, kv, "cpu", head_major), KVPool(shape, kv, "cpu", head_major)
     _, k, v = qkv_views(t, 24, 2, 8, src)
     pair = side_by_side(k, v)
     assert pair is not None and pair.shape == (t, 2, 2, 8)
@@ -36,6 +38,18 @@ def test_side_by_side_write_equals_two_copies(t: int, src: torch.dtype, kv: torc
     assert torch.equal(one.k_cache[1][slots], k.to(kv)) and torch.equal(one.v_cache[1][slots],
                                                                         v.to(kv))
     assert not one.kv_cache[0].any()  # the other layer untouched
+    # Paged views read the same rows whatever the layout.
+    pages = one.k_pages(1).reshape(-1, 2, 8)
+    assert torch.equal(pages[slots], k.to(kv))
+
+
+def test_head_major_layout_keeps_a_heads_rows_contiguous() -> None:
+    shape = KVPoolShape(num_layers=1, num_pages=3, page_size=4, num_kv_heads=2, head_dim=8)
+    pool = KVPool(shape, torch.float32, "cpu", head_major=True)
+    k = pool.k_cache[0]
+    slots = shape.num_slots + shape.page_size
+    assert k.shape == (slots, 2, 8) and k.stride() == (8, slots * 8, 1)
+    assert pool.v_cache[0].data_ptr() == k.data_ptr() + 2 * slots * 8 * 4
 
 
 def test_side_by_side_refuses_what_is_not_one_row() -> None:
