@@ -1,7 +1,8 @@
 """FlashInfer attention (CUDA): paged prefill/decode wrappers reading the KV pool in place.
 
-plan() turns the step's metadata into FlashInfer's CSR page lists once per step (host arrays
-plus one device gather of the page ids, so planning never waits on the GPU); forward() writes
+plan() hands FlashInfer the step's CSR page lists once per step: built on the host with the
+rest of the metadata and uploaded in the step's one copy (attention/staging.py), so planning
+never waits on the GPU; forward() writes
 the layer's new K/V into the pool at meta.out_slots and runs the planned wrapper over the
 pool's NHD page views. Decode-only steps use BatchDecodeWithPagedKVCacheWrapper, every other
 step BatchPrefillWithPagedKVCacheWrapper with a causal mask (FlashInfer aligns it bottom-right,

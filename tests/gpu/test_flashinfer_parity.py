@@ -8,6 +8,7 @@ match eager FlashInfer's almost exactly (same kernels, padded rows aside).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ pytestmark = [pytest.mark.gpu,
 flashinfer = pytest.importorskip("flashinfer")
 
 from radixrt.config import EngineConfig  # noqa: E402
+from radixrt.models import gemv_cuda  # noqa: E402
 from radixrt.testing.batches import batch_from_chunks  # noqa: E402
 from radixrt.worker.model_runner import ModelRunner  # noqa: E402
 
@@ -35,7 +37,18 @@ def make_runner(path: Path, backend: str, page_size: int, graphs: bool = False) 
                        attention_backend=backend, page_size=page_size, max_total_tokens=POOL_TOKENS,
                        max_running_requests=MAX_SLOTS, cuda_graph_max_bs=32,
                        disable_cuda_graph=not graphs)
-    return ModelRunner(cfg)
+    # Each runner times the one-token GEMV against cuBLAS for itself and may choose
+    # differently; these tests compare attention paths, so both use cuBLAS (test_gemv.py
+    # covers the GEMV).
+    was = os.environ.get(gemv_cuda.ENV)
+    os.environ[gemv_cuda.ENV] = "0"
+    try:
+        return ModelRunner(cfg)
+    finally:
+        if was is None:
+            del os.environ[gemv_cuda.ENV]
+        else:
+            os.environ[gemv_cuda.ENV] = was
 
 
 class Trio:
