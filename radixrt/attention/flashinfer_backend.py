@@ -93,6 +93,9 @@ class FlashInferAttentionBackend(AttentionBackend):
                  *, prefill_backend: str | None = None,
                  workspace: torch.Tensor | None = None) -> None:
         self.fi = import_flashinfer()
+        if pool.head_major:
+            raise RuntimeError("the flashinfer attention backend reads token-major (NHD) KV "
+                               "pages; build the pool without head_major")
         if pool.dtype not in SUPPORTED_DTYPES:
             raise RuntimeError(
                 f"the flashinfer attention backend needs a float16 or bfloat16 KV cache, got "
