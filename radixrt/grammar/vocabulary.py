@@ -83,9 +83,10 @@ def load_vocabulary(model_dir: str | Path, eos_id: int) -> Vocabulary:
                                   eos_id)
 
 
-def pieces_by_bytes(pieces: dict[str, int], special: set[int], byte_level: bool,
-                    eos_id: int) -> dict[bytes, list[int]]:
-    """Token ids grouped by the raw bytes they stand for, without eos_id and special ids."""
+def vocabulary_from_pieces(pieces: dict[str, int], special: set[int], byte_level: bool,
+                           eos_id: int) -> Vocabulary:
+    """The Vocabulary of token ids grouped by the raw bytes they stand for (eos_id and the
+    special ids left out)."""
     by_bytes: dict[bytes, list[int]] = {}
     for piece, tid in pieces.items():
         if tid == eos_id or tid in special:
@@ -93,11 +94,5 @@ def pieces_by_bytes(pieces: dict[str, int], special: set[int], byte_level: bool,
         raw = token_bytes(piece, byte_level)
         if raw:
             by_bytes.setdefault(raw, []).append(tid)
-    return by_bytes
-
-
-def vocabulary_from_pieces(pieces: dict[str, int], special: set[int], byte_level: bool,
-                           eos_id: int) -> Vocabulary:
-    by_bytes = pieces_by_bytes(pieces, special, byte_level, eos_id)
     logger.debug("grammar vocabulary: %d byte strings", len(by_bytes))
     return Vocabulary(eos_id, by_bytes)
