@@ -11,9 +11,10 @@ real step: a benchmark that re-reads one layer's pages would time the L3 cache, 
 
 Types are model dtype:KV-cache dtype. Decode cases are BATCHxCONTEXT; extend cases are
 CHUNK+CACHED_PREFIX (one request). A backend named `NAME:head` runs on a head-major pool
-(what the server uses for the cpu backend), `NAME:token` on a token-major one; `--pages
-contiguous` gives each request consecutive pages (a fresh server) instead of scattered ones
-(a long-running one).
+(what the server uses for the cpu backend), `NAME:token` on a token-major one;
+`NAME:LAYOUT:PAGES` gives that backend its own page order (so orders compare in one run); `--pages
+contiguous` gives each request consecutive pages (a fresh server), `interleaved` hands them out
+one per request in turn (what decode growth does), `random` scatters them (a long-running one).
 """
 
 from __future__ import annotations
@@ -42,29 +43,39 @@ def make_backend(name: str, pool: KVPool, heads: int, dim: int, dtype: torch.dty
 
 
 def batch_meta(starts: list[int], num_new: list[int], ps: int, num_pages: int, seed: int = 0,
-               shared_pages: int = 0, contiguous: bool = False) -> AttentionMetadata:
-    """Distinct random (or consecutive) pages per request, except `shared_pages` leading pages
-    all share."""
+               shared_pages: int = 0, pages: str = "random") -> AttentionMetadata:
+    """Distinct pages per request, except `shared_pages` leading pages all share: `random`
+    (scattered over the pool), `contiguous` (each request's consecutive) or `interleaved`
+    (handed out one page per request in turn, as decode growth does)."""
     rng = np.random.default_rng(seed)
     need = [-(-(s + n) // ps) for s, n in zip(starts, num_new)]
-    perm = np.arange(num_pages) if contiguous else rng.permutation(num_pages)
+    own = [n - shared_pages for n in need]
+    if sum(own) + shared_pages > num_pages:
+        raise ValueError("pool too small for this case")
+    perm = rng.permutation(num_pages) if pages == "random" else np.arange(num_pages)
     shared, pos = perm[:shared_pages], shared_pages
     rows = np.zeros((len(need), max(need)), np.int32)
-    for i, n in enumerate(need):
-        own = n - shared_pages
-        rows[i, :n] = np.concatenate([shared, perm[pos : pos + own]])
-        pos += own
-    if pos > num_pages:
-        raise ValueError("pool too small for this case")
+    if pages == "interleaved":
+        for j in range(max(own)):
+            for i in range(len(need)):
+                if j < own[i]:
+                    rows[i, shared_pages + j] = perm[pos]
+                    pos += 1
+        rows[:, :shared_pages] = shared
+    else:
+        for i, n in enumerate(need):
+            rows[i, :n] = np.concatenate([shared, perm[pos : pos + own[i]]])
+            pos += own[i]
     return build_metadata(np.array(starts), np.array(num_new), rows, ps)[0]
 
 
-def time_steps(backends: dict[str, AttentionBackend], meta: AttentionMetadata, layers: int,
-               pool_layers: int, heads: int, kv_heads: int, dim: int, dtype: torch.dtype,
-               reps: int) -> dict[str, list[float]]:
-    """Seconds of plan() + `layers` forward() calls, the backends interleaved rep by rep (a
-    busy neighbour then slows each alike); the first rep warms caches and is dropped."""
-    t = int(meta.cu_new[-1])
+def time_steps(backends: dict[str, AttentionBackend], metas: dict[str, AttentionMetadata],
+               layers: int, pool_layers: int, heads: int, kv_heads: int, dim: int,
+               dtype: torch.dtype, reps: int) -> dict[str, list[float]]:
+    """Seconds of plan() + `layers` forward() calls, the backends (each with its batch's pages)
+    interleaved rep by rep (a busy neighbour then slows each alike); the first rep warms caches
+    and is dropped."""
+    t = int(next(iter(metas.values())).cu_new[-1])
     g = torch.Generator().manual_seed(1)
     q = torch.randn(t, heads, dim, generator=g).to(dtype)
     k = torch.randn(t, kv_heads, dim, generator=g).to(dtype)
@@ -73,12 +84,24 @@ def time_steps(backends: dict[str, AttentionBackend], meta: AttentionMetadata, l
     for i in range(reps + 1):
         for name, backend in backends.items():
             t0 = time.perf_counter()
-            backend.plan(meta)
+            backend.plan(metas[name])
             for layer in range(layers):
                 backend.forward(q, k, v, layer % pool_layers)
             if i:
                 times[name].append(time.perf_counter() - t0)
     return times
+
+
+PAGE_ORDERS = ("random", "contiguous", "interleaved")
+
+
+def backend_spec(name: str, pages: str) -> tuple[str, str, str]:
+    """NAME[:LAYOUT[:PAGES]] -> (kernels, KV layout, page order); `pages` is the default."""
+    kernel, layout, order = (name.split(":") + ["", ""])[:3]
+    layout, order = layout or "token", order or pages
+    if layout not in ("token", "head") or order not in PAGE_ORDERS:
+        raise SystemExit(f"--backends {name}: want NAME[:token|head[:{'|'.join(PAGE_ORDERS)}]]")
+    return kernel, layout, order
 
 
 def parse_cases(text: str, sep: str) -> list[tuple[int, int]]:
@@ -98,8 +121,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         per_layer = KVPoolShape(1, pages, ps, kv_heads, dim).bytes_per_page(kv_dtype) * pages
         pool_layers = max(1, min(args.layers, int(args.pool_gib * 2**30 // per_layer)))
         names = args.backends.split(",")
+        specs = {n: backend_spec(n, args.pages) for n in names}
         pools = {}
-        for layout in {n.partition(":")[2] or "token" for n in names}:
+        for layout in {layout for _, layout, _ in specs.values()}:
             pools[layout] = KVPool(KVPoolShape(pool_layers, pages, ps, kv_heads, dim), kv_dtype,
                                    "cpu", head_major=layout == "head")
             for kc, vc in zip(pools[layout].k_cache, pools[layout].v_cache):
@@ -108,14 +132,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         cases = [("decode", f"{b}x{c}", [c - 1] * b, [1] * b) for b, c in decode]
         cases += [("extend", f"{n}+{p}", [p], [n]) for n, p in extend]
         for kind, label, starts, num_new in cases:
-            meta = batch_meta(starts, num_new, ps, pages, seed=len(rows),
-                              contiguous=args.pages == "contiguous")
+            metas = {n: batch_meta(starts, num_new, ps, pages, seed=len(rows), pages=order)
+                     for n, (_, _, order) in specs.items()}
             res: dict[str, Any] = {"kind": kind, "case": label, "dtype": str(dtype)[6:],
                                    "kv_dtype": str(kv_dtype)[6:], "layers": args.layers,
                                    "pool_layers": pool_layers, "pages": args.pages}
-            backends = {n: make_backend(n.partition(":")[0], pools[n.partition(":")[2] or "token"],
-                                        heads, dim, dtype) for n in names}
-            times = time_steps(backends, meta, args.layers, pool_layers, heads, kv_heads, dim,
+            backends = {n: make_backend(kernel, pools[layout], heads, dim, dtype)
+                        for n, (kernel, layout, _) in specs.items()}
+            times = time_steps(backends, metas, args.layers, pool_layers, heads, kv_heads, dim,
                                dtype, args.reps)
             for name in names:
                 res[f"{name}_ms"] = 1000 * statistics.median(times[name])
@@ -147,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--page-size", type=int, default=16)
     ap.add_argument("--pool-gib", type=float, default=1.5,
                     help="cap on the benchmark's KV pool (layers share it beyond)")
-    ap.add_argument("--pages", choices=("random", "contiguous"), default="random",
-                    help="each request's pages scattered over the pool, or consecutive")
+    ap.add_argument("--pages", choices=PAGE_ORDERS, default="random",
+                    help="each request's pages scattered over the pool, consecutive, or "
+                         "handed out one per request in turn (decode growth)")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--json", default=None)

@@ -34,15 +34,16 @@ class KVManager:
         """Pages a request could get now: free ones plus evictable cached ones."""
         return self.allocator.num_free + self.cache.evictable_pages
 
-    def alloc(self, n: int) -> np.ndarray | None:
-        """n pages, evicting cached ones if needed; None if there are not that many."""
+    def alloc(self, n: int, after: np.ndarray = _NO_PAGES) -> np.ndarray | None:
+        """n pages, evicting cached ones if needed; None if there are not that many. They
+        continue `after` (the pages they extend) where the pages behind it are free."""
         if n <= 0:
             return _NO_PAGES
         if self.allocator.num_free < n:
             self.allocator.free(self.cache.evict(n - self.allocator.num_free))
         if self.allocator.num_free < n:
             return None
-        return self.allocator.alloc(n)
+        return self.allocator.alloc(n, int(after[-1]) if len(after) else None)
 
     def match(self, r: Request) -> MatchResult:
         """r's longest cached prefix, leaving at least one token to compute."""
@@ -55,7 +56,7 @@ class KVManager:
     def grow(self, r: Request, num_new: int) -> bool:
         """Room for r's next num_new tokens; False when the pool cannot give it."""
         need = self.new_pages(r, num_new)
-        pages = self.alloc(need)
+        pages = self.alloc(need, r.pages)
         if pages is None:
             return False
         if need > 0:
@@ -68,7 +69,7 @@ class KVManager:
         False (and nothing held) when the pages are not there."""
         self.cache.lock(match.node)
         pages = self.alloc(pages_for(match.num_tokens + num_new, self.page_size)
-                           - len(match.pages))
+                           - len(match.pages), match.pages)
         if pages is None:
             self.cache.unlock(match.node)
             return False

@@ -384,3 +384,32 @@ def test_benchmarks_run(make_tiny_model, capsys: pytest.CaptureFixture[str]) -> 
                               "--case", "cpu:float32:bfloat16:none:flat:head"]) == 0
     out = capsys.readouterr().out
     assert "| bfloat16 token |" in out and "| bfloat16 head |" in out
+    # Page orders side by side in one run (each backend its own order).
+    assert bench_attention_cpu.main(["--decode", "3x40", "--extend", "", "--types",
+                                     "float32:bfloat16", "--reps", "1", "--layers", "2",
+                                     "--backends", "cpu:head:interleaved,cpu:head:contiguous,"
+                                     "cpu:head:random"]) == 0
+    assert "| decode | 3x40 | float32 | bfloat16 |" in capsys.readouterr().out
+
+
+def test_interleaved_pages_take_turns_between_requests() -> None:
+    from bench.bench_attention_cpu import batch_meta
+
+    meta = batch_meta([40, 40, 8], [1, 1, 1], 16, 16, pages="interleaved")
+    tables = [meta.page_table[i, : n].tolist() for i, n in enumerate([3, 3, 1])]
+    assert tables == [[0, 3, 5], [1, 4, 6], [2]]
+
+
+def test_long_decode_benchmark_runs_against_a_baseline_allocator(
+        make_tiny_model, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    """bench/bench_long_decode.py through the real scheduler, against another allocator file
+    (here this tree's own), with the runs of pages it reports."""
+    from bench import bench_long_decode
+    from radixrt.scheduler import page_allocator
+
+    assert bench_long_decode.main(["--model", str(make_tiny_model("llama")), "--batch", "3",
+                                   "--prompt", "8", "--new", "40", "--last", "4", "--rounds",
+                                   "2", "--baseline-allocator", page_allocator.__file__]) == 0
+    out = capsys.readouterr().out
+    assert "| this tree |" in out and "| baseline |" in out and "per round:" in out
+    assert "| 1 |" in out  # each request's pages one run
