@@ -98,8 +98,16 @@ def resolve_attention_backend(name: str, device: str, dtype: str) -> str:
     return "torch"
 
 
+# Where a GPU driver shows itself (NVIDIA, ROCm, WSL). Without any of them `auto` is the CPU
+# without importing torch, which takes ~3 s of the frontend's start-up before any child starts.
+_GPU_DRIVER_PATHS = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd",
+                     "/dev/dxg")
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
+        if not any(os.path.exists(p) for p in _GPU_DRIVER_PATHS):
+            return "cpu"
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"

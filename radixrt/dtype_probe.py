@@ -11,13 +11,13 @@ Nothing here imports torch until a probe has to run: the frontend reads the cach
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+
+from radixrt.json_cache import read_entries, write_entry
 
 CACHE_FILE = "dtype_probe.json"
 ROWS = (4, 64)  # a decode batch and a prefill chunk
@@ -97,14 +97,6 @@ def measure(shapes: list[tuple[int, int]], reps: int = 3) -> dict[str, float]:
     return out
 
 
-def _read(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def cpu_dtype(model_path: str | Path | None = None, cache_dir: Path | None = None) -> str:
     """float32 or bfloat16 for this CPU and model: cached, else measured and cached."""
     from radixrt.default_model import cache_root
@@ -112,28 +104,12 @@ def cpu_dtype(model_path: str | Path | None = None, cache_dir: Path | None = Non
     shapes = model_shapes(model_path)
     key = probe_key(shapes)
     file = (cache_dir or cache_root()) / CACHE_FILE
-    entry = _read(file).get(key)
+    entry = read_entries(file).get(key)
     if isinstance(entry, dict) and entry.get("dtype") in ("float32", "bfloat16"):
         return str(entry["dtype"])
     times = measure(shapes)
     choice = "bfloat16" if times["bfloat16"] < MARGIN * times["float32"] else "float32"
     entry = {"dtype": choice, "us": {k: round(v, 1) for k, v in times.items()},
              "rows": list(ROWS), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _write(file, key, entry)
+    write_entry(file, key, entry)  # two first starts at once may both measure
     return choice
-
-
-def _write(file: Path, key: str, entry: dict) -> None:
-    """Merge one entry into the cache file; atomic rename, so readers never see half a file.
-    (Two first starts at once may both measure; the last writer's verdict stays.)"""
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        data = _read(file)
-        data[key] = entry
-        fd, tmp = tempfile.mkstemp(prefix=".dtype_probe-", dir=file.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, file)
-    except OSError:
-        pass  # a read-only cache only costs a probe per start

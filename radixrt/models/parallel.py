@@ -77,6 +77,10 @@ class VocabParallelEmbedding(nn.Embedding):
         self.tp = tp
         self.vocab_start = tp.rank * (vocab_size // tp.size)
 
+    def reset_parameters(self) -> None:
+        """No random init: the loader sets every weight, and torch's normal_ on the meta
+        device imports torch._dynamo (~4 s of every start-up)."""
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
             return super().forward(ids)

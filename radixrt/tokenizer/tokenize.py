@@ -10,11 +10,15 @@ threads (the Rust tokenizer releases the GIL; templates render in a TemplateSand
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from importlib import metadata
+from pathlib import Path
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from radixrt.grammar.spec import check_spec
 from radixrt.ipc.messages import DecodeReq, EncodeReq, GenerateReq, TokenizeReq
+from radixrt.json_cache import read_entries, write_entry
 from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import InvalidRequestError
 from radixrt.tokenizer.template_sandbox import RenderedTooLong, RenderJob, TemplateSandbox
@@ -26,8 +30,43 @@ CHAT_ROLES = ("system", "user", "assistant", "tool", "developer")
 OWN_TEMPLATE_ARGS = frozenset({"tokenize", "conversation", "messages"})
 
 
-def load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(model_path)
+CLASS_CACHE_FILE = "tokenizer_classes.json"
+_TOKENIZER_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
+
+
+def load_tokenizer(model_path: str, cache_dir: Path | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer AutoTokenizer picks for `model_path`, loaded through its class directly
+    once AutoTokenizer has picked it: AutoTokenizer reads config.json through the model's
+    config class, whose imports (torch, torch.distributed) took ~5 s of the tokenizer
+    process's start-up. The choice is cached per model files and transformers version."""
+    import transformers
+
+    from radixrt.default_model import cache_root
+
+    file = (cache_dir or cache_root()) / CLASS_CACHE_FILE
+    key = _class_cache_key(Path(model_path))
+    cached = read_entries(file).get(key) if key else None
+    cls = getattr(transformers, cached, None) if isinstance(cached, str) else None
+    if isinstance(cls, type) and issubclass(cls, PreTrainedTokenizerBase):
+        return cls.from_pretrained(model_path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
+    name = type(tokenizer).__name__
+    if key and getattr(transformers, name, None) is type(tokenizer):  # not remote code
+        write_entry(file, key, name)
+    return tokenizer
+
+
+def _class_cache_key(path: Path) -> str | None:
+    """The files AutoTokenizer's choice depends on, and the transformers version; None when
+    they cannot be read."""
+    h = hashlib.sha256(metadata.version("transformers").encode())
+    try:
+        for name in _TOKENIZER_FILES:
+            f = path / name
+            h.update(name.encode() + (f.read_bytes() if f.is_file() else b"-"))
+    except OSError:
+        return None
+    return h.hexdigest()[:32]
 
 
 def normalize_messages(messages: list[dict]) -> list[dict]:
