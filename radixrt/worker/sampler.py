@@ -45,9 +45,20 @@ class Sampler:
     """Per-slot sampling state on the worker (penalties, bias, seeds) and the batched sampling
     of one step's logits rows, with logprobs when asked."""
 
-    def __init__(self, vocab_size: int, device: torch.device, seed: int = 0) -> None:
+    DRAWS = ("auto", "race", "cdf")
+
+    def __init__(self, vocab_size: int, device: torch.device, seed: int = 0,
+                 draw: str = "auto") -> None:
+        """draw: how a row's token is drawn from its probabilities. `race` (argmax of p / E,
+        E ~ Exp(1): no host sync, a noise draw per vocabulary entry), `cdf` (one uniform per
+        row against the running sum), `auto`: cdf on a CPU, race elsewhere."""
+        if draw not in self.DRAWS:
+            raise ValueError(f"draw must be one of {', '.join(self.DRAWS)}, not {draw!r}")
+        if draw == "cdf" and device.type != "cpu":
+            raise ValueError("draw='cdf' runs on a CPU only (it relies on an in-order cumsum)")
         self.vocab_size = vocab_size
         self.device = device
+        self.draw = draw if draw != "auto" else ("cdf" if device.type == "cpu" else "race")
         self.slots: dict[int, SlotState] = {}
         self.rng = torch.Generator(device=device)
         self.rng.manual_seed(seed)
@@ -145,16 +156,42 @@ class Sampler:
             rows = to_device(cut, torch.long, dev)
             probs[rows] = truncate_rows(probs[rows], [p.top_k for p in params],
                                         [p.top_p for p in params], [p.min_p for p in params])
-        # Exponential race: argmax(p / E) with E ~ Exp(1) samples from p.
-        noise = torch.empty_like(probs).exponential_(generator=self.rng)
-        for i, st in enumerate(states):
-            if not greedy[i] and st.params.seed is not None:
-                self._row_gen.manual_seed((st.params.seed * 1_000_003 + st.num_generated) % 2**63)
+        seeded = [i for i, st in enumerate(states) if not greedy[i] and st.params.seed is not None]
+        if self.draw == "cdf":
+            sampled = self._inverse_cdf(probs, states, seeded)
+        else:
+            # Exponential race: argmax(p / E) with E ~ Exp(1) samples from p; no host sync.
+            noise = torch.empty_like(probs).exponential_(generator=self.rng)
+            for i in seeded:
+                self._reseed_row(states[i])
                 noise[i].exponential_(generator=self._row_gen)
-        sampled = (probs / noise).argmax(dim=-1)
+            sampled = (probs / noise).argmax(dim=-1)
+        if not any(greedy):
+            return sampled
         greedy_ids = logits.argmax(dim=-1)
         mask = to_device(greedy, torch.bool, dev)
         return torch.where(mask, greedy_ids, sampled)
+
+    def _reseed_row(self, st: SlotState) -> None:
+        self._row_gen.manual_seed((st.params.seed * 1_000_003 + st.num_generated) % 2**63)
+
+    def _inverse_cdf(self, probs: torch.Tensor, states: list[SlotState],
+                     seeded: list[int]) -> torch.Tensor:
+        """One uniform per row against the row's running sum. On a CPU this is 0.5 ms for 16
+        rows of 49k where the exponential race (a noise draw per vocabulary entry) took 31 ms.
+        The CPU cumsum runs in order, so a zero-probability token (masked, truncated) has an
+        empty interval and is never drawn (a parallel scan on a GPU may not keep that)."""
+        cdf = probs.cumsum(dim=-1)
+        u = torch.rand(probs.shape[0], 1, generator=self.rng)
+        for i in seeded:
+            self._reseed_row(states[i])
+            u[i] = torch.rand(1, generator=self._row_gen)
+        total = cdf[:, -1:].contiguous()
+        ids = torch.searchsorted(cdf, u * total, right=True)
+        # u * total can round up to total: take the last token with mass (where cdf first
+        # reaches the total) instead of running off the end.
+        last = torch.searchsorted(cdf, total, right=False)
+        return torch.minimum(ids, last).squeeze(1)
 
     def _logprobs(self, raw: torch.Tensor, next_ids: torch.Tensor, states: list[SlotState],
                   rows: list[int], out: SampleOutput) -> SampleOutput:
@@ -185,6 +222,12 @@ class Sampler:
             self.penalties.advance([slots[i] for i in pen], pen, next_ids)
 
 
+# Candidate widths for top-p: the kept prefix is usually short, and a partial top-k of 256
+# entries of a 49k row is ~15x cheaper than sorting it (CPU, docs/benchmarks.md); a wider
+# try, then a full sort, when the candidates do not reach some row's top_p.
+TOP_P_WIDTHS = (256, 4096)
+
+
 def truncate_rows(p: torch.Tensor, top_k: list[int], top_p: list[float], min_p: list[float]
                   ) -> torch.Tensor:
     """Zero the tail of each probability row (min-p, then top-k, then top-p over what is left)
@@ -196,20 +239,57 @@ def truncate_rows(p: torch.Tensor, top_k: list[int], top_p: list[float], min_p: 
     if any(m > 0.0 for m in min_p):
         thr = to_device(min_p, p.dtype, dev)[:, None] * p.amax(-1, keepdim=True)
         p = torch.where(p < thr, torch.zeros_like(p), p)
-    if all(tp >= 1.0 for tp in top_p) and max(ks) < v:
-        vals, idx = p.topk(max(ks), dim=-1)  # top-k alone: no need to sort the whole row
-    else:
-        vals, idx = p.sort(dim=-1, descending=True)
+    finite = max((k for k in ks if k < v), default=0)
+    if all(tp >= 1.0 for tp in top_p):
+        if not finite:  # min-p alone
+            return p / p.sum(-1, keepdim=True)
+        vals, idx = p.topk(finite, dim=-1)  # top-k alone: no need to sort the whole row
+        out = _keep(p, vals, idx, ks, top_p, None)
+        assert out is not None
+        return out
+    for width in (*(w for w in TOP_P_WIDTHS if finite <= w < v), v):
+        if width < v:
+            vals, idx = p.topk(width, dim=-1)
+        else:
+            vals, idx = p.sort(dim=-1, descending=True)
+        # A row's top-p mass is of what its top-k leaves: the whole row when k is unlimited.
+        full = to_device([k == v for k in ks], torch.bool, dev)[:, None]
+        total = torch.where(full, p.sum(-1, keepdim=True), _top_k_mass(vals, ks))
+        out = _keep(p, vals, idx, ks, top_p, total)
+        if out is not None:
+            return out
+    raise AssertionError("a full sort always reaches top_p")
+
+
+def _top_k_mass(vals: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    rank = torch.arange(vals.shape[-1], device=vals.device)
+    k = to_device(ks, torch.long, vals.device)[:, None]
+    return torch.where(rank[None, :] < k, vals, torch.zeros_like(vals)).sum(-1, keepdim=True)
+
+
+def _keep(p: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, ks: list[int],
+          top_p: list[float], total: torch.Tensor | None) -> torch.Tensor | None:
+    """The rows cut to the sorted candidates (vals, idx) under top-k, then top-p of `total`;
+    None when the candidates do not reach some row's top_p (a wider set is needed). Rows with
+    neither limit keep p as it is."""
+    dev, v = p.device, p.shape[-1]
     rank = torch.arange(vals.shape[-1], device=dev)
     vals = torch.where(rank[None, :] < to_device(ks, torch.long, dev)[:, None], vals,
                        torch.zeros_like(vals))
-    if any(tp < 1.0 for tp in top_p):
-        normed = vals / vals.sum(-1, keepdim=True)
+    if total is not None:
+        normed = vals / total
         cum = normed.cumsum(-1)
         # The smallest prefix reaching top_p (compared in float64: 1e-46 is 0 in float32).
         tp = to_device(top_p, torch.float64, dev)[:, None]
-        keep = ((cum - normed).double() < tp) | (tp >= 1.0)
+        unlimited = tp >= 1.0
+        if vals.shape[-1] < v and not bool(((cum[:, -1:].double() >= tp) | unlimited).all()):
+            return None
+        keep = ((cum - normed).double() < tp) | unlimited
         keep[:, 0] = True
         vals = torch.where(keep, vals, torch.zeros_like(vals))
     out = torch.zeros_like(p).scatter_(-1, idx, vals)
+    if vals.shape[-1] < v:  # rows with no top-k and no top-p keep every token
+        untouched = to_device([k == v and tp >= 1.0 for k, tp in zip(ks, top_p)], torch.bool,
+                              dev)[:, None]
+        out = torch.where(untouched, p, out)
     return out / out.sum(-1, keepdim=True)

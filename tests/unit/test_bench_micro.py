@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import bench_detokenizer, bench_scheduler
+from bench import bench_detokenizer, bench_sampler, bench_scheduler
+from radixrt.worker import sampler
 
 
 def test_bench_scheduler_runs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,3 +24,11 @@ def test_bench_detokenizer_agrees_with_full_decode(default_model_dir: Path,
     assert bench_detokenizer.main(["--model", str(default_model_dir), "--lengths", "50,333",
                                    "--min-time", "0"]) == 0
     assert "| 333 |" in capsys.readouterr().out
+
+
+def test_bench_sampler_runs_against_a_baseline_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_sampler.main(["--batches", "1,3", "--vocab", "600", "--reps", "2",
+                               "--baseline-sampler", sampler.__file__]) == 0
+    out = capsys.readouterr().out
+    assert "| baseline ms | race ms | cdf ms |" in out
+    assert out.count("\n| 3 | ") == len(bench_sampler.SETTINGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,8 +15,9 @@ from radixrt.worker.sampler import Sampler, truncate_rows
 V = 50
 
 
-def sampler_with(*params: SamplingParams, eos: tuple[int, ...] = (2,), **kw) -> Sampler:
-    s = Sampler(V, torch.device("cpu"), seed=0)
+def sampler_with(*params: SamplingParams, eos: tuple[int, ...] = (2,), how: str = "auto",
+                 **kw) -> Sampler:
+    s = Sampler(V, torch.device("cpu"), seed=0, draw=how)
     for i, p in enumerate(params):
         s.add(NewSlot(i, p, eos_ids=eos, **kw))
     return s
@@ -26,8 +28,8 @@ def logits(rows: int = 1, seed: int = 0) -> torch.Tensor:
     return torch.randn(rows, V, generator=g) * 3
 
 
-def draw(p: SamplingParams, n: int, x: torch.Tensor) -> list[int]:
-    s = sampler_with(p)
+def draw(p: SamplingParams, n: int, x: torch.Tensor, how: str = "auto") -> list[int]:
+    s = sampler_with(p, how=how)
     return [int(s.sample(x, [0]).next_ids[0]) for _ in range(n)]
 
 
@@ -37,34 +39,42 @@ def test_greedy_is_argmax() -> None:
     assert s.sample(x, [0, 1, 2]).next_ids.tolist() == x.argmax(-1).tolist()
 
 
-def test_same_seed_same_tokens_regardless_of_batch() -> None:
+HOW = pytest.mark.parametrize("how", ["race", "cdf"])  # both draws run on a CPU
+
+
+@HOW
+def test_same_seed_same_tokens_regardless_of_batch(how: str) -> None:
     x = logits(1)
     p = SamplingParams(temperature=1.5, seed=42)
-    alone = draw(p, 20, x)
-    s = sampler_with(SamplingParams(temperature=1.0), p)  # slot 1 shares the batch
+    alone = draw(p, 20, x, how)
+    s = sampler_with(SamplingParams(temperature=1.0), p, how=how)  # slot 1 shares the batch
     together = [int(s.sample(torch.cat([x, x]), [0, 1]).next_ids[1]) for _ in range(20)]
     assert alone == together
-    assert draw(SamplingParams(temperature=1.5, seed=43), 20, x) != alone
+    assert draw(SamplingParams(temperature=1.5, seed=43), 20, x, how) != alone
     assert len(set(alone)) > 1  # it does sample
 
 
-def test_top_k_top_p_min_p_restrict_support() -> None:
+@HOW
+def test_top_k_top_p_min_p_restrict_support(how: str) -> None:
     x = logits(1, seed=1)
     order = x[0].argsort(descending=True).tolist()
     top3 = set(order[:3])
-    assert set(draw(SamplingParams(temperature=1, top_k=3, seed=1), 200, x)) <= top3
-    assert draw(SamplingParams(temperature=1, top_k=1, seed=1), 5, x) == [order[0]] * 5
+    assert set(draw(SamplingParams(temperature=1, top_k=3, seed=1), 200, x, how)) <= top3
+    assert draw(SamplingParams(temperature=1, top_k=1, seed=1), 5, x, how) == [order[0]] * 5
     probs = torch.softmax(x[0], -1)
     sorted_p = probs[order]
     k = int((sorted_p.cumsum(0) - sorted_p < 0.5).sum())
-    assert set(draw(SamplingParams(temperature=1, top_p=0.5, seed=2), 200, x)) <= set(order[:k])
+    assert set(draw(SamplingParams(temperature=1, top_p=0.5, seed=2), 200, x, how)) \
+        <= set(order[:k])
     allowed = {i for i in range(V) if probs[i] >= 0.3 * probs.max()}
-    assert set(draw(SamplingParams(temperature=1, min_p=0.3, seed=3), 200, x)) <= allowed
+    assert set(draw(SamplingParams(temperature=1, min_p=0.3, seed=3), 200, x, how)) <= allowed
 
 
-def test_sampling_follows_the_distribution() -> None:
+@HOW
+def test_sampling_follows_the_distribution(how: str) -> None:
     x = torch.log(torch.tensor([[0.7, 0.2, 0.1] + [1e-9] * (V - 3)]))
-    counts = np.bincount(draw(SamplingParams(temperature=1.0, seed=5), 2000, x), minlength=V)
+    counts = np.bincount(draw(SamplingParams(temperature=1.0, seed=5), 2000, x, how),
+                         minlength=V)
     assert abs(counts[0] / 2000 - 0.7) < 0.05 and abs(counts[1] / 2000 - 0.2) < 0.05
 
 
@@ -208,3 +218,51 @@ def test_batched_processors_match_each_row_alone(params, seed, steps) -> None:  
         out = s.sample(x, slots)
         for r, i in enumerate(slots):
             generated[i].append(int(out.next_ids[r]))
+
+
+@HOW
+def test_zero_probability_tokens_are_never_drawn(how: str) -> None:
+    """Masked (-inf) tokens between and around likely ones, over many draws in a batch of
+    rows: neither draw gives them anything, and the rest follow the row."""
+    x = torch.full((4, V), float("-inf"))
+    allowed = [0, 7, 8, 30, V - 2]
+    x[:, allowed] = torch.tensor([0.0, 1.0, -1.0, 2.0, 0.5])
+    s = sampler_with(*(SamplingParams(temperature=1.0),) * 4, how=how)
+    ids = np.concatenate([s.sample(x, [0, 1, 2, 3]).next_ids.numpy() for _ in range(1500)])
+    counts = np.bincount(ids, minlength=V)
+    assert set(np.flatnonzero(counts)) == set(allowed)
+    p = torch.softmax(x[0], -1).numpy()
+    assert np.abs(counts / len(ids) - p).max() < 0.03
+
+
+def test_draw_is_checked() -> None:
+    assert Sampler(V, torch.device("cpu")).draw == "cdf"
+    with pytest.raises(ValueError, match="draw must be one of"):
+        Sampler(V, torch.device("cpu"), draw="gumbel")
+    with pytest.raises(ValueError, match="CPU only"):
+        Sampler(V, torch.device("meta"), draw="cdf")
+
+
+def test_wide_rows_truncate_as_a_full_sort_would() -> None:
+    """Rows wider than the top-p candidate sets: peaked rows are cut from the first 256
+    candidates, flatter ones need the 4096 set or the full sort; rows with no limit, min-p
+    alone or a large top-k share the batch. Each row equals the plain reference."""
+    v = 6000
+    g = torch.Generator().manual_seed(3)
+    scales = [6.0, 6.0, 1.5, 0.05, 6.0, 1.5, 0.05, 6.0]
+    params = [(0, 0.9, 0.0), (50, 0.9, 0.0), (0, 0.9, 0.0), (0, 0.9, 0.0), (0, 1.0, 0.0),
+              (0, 1.0, 0.05), (5000, 0.95, 0.0), (200, 0.8, 0.0)]
+    x = torch.softmax(torch.randn(len(scales), v, generator=g)
+                      * torch.tensor(scales)[:, None], dim=-1)
+    # Peaked rows only (the 256 candidates), with the medium ones (4096), then all (a sort).
+    for rows in ([0, 1, 4, 7], [0, 1, 2, 4, 5, 7], list(range(len(params)))):
+        sub = [params[i] for i in rows]
+        got = truncate_rows(x[rows].clone(), *(list(c) for c in zip(*sub)))
+        for j, (i, (k, p, m)) in enumerate(zip(rows, sub)):
+            want = one_row_reference(x[i].clone(), k, p, m)
+            assert torch.equal(got[j] > 0, want > 0), (i, k, p, m)
+            torch.testing.assert_close(got[j], want, rtol=1e-4, atol=1e-7)
+    # Top-k alone beside a row with no limit: that row keeps every token.
+    got = truncate_rows(x[:2].clone(), [5, 0], [1.0, 1.0], [0.0, 0.0])
+    assert int((got[0] > 0).sum()) == 5
+    torch.testing.assert_close(got[1], x[1] / x[1].sum())
