@@ -5,7 +5,9 @@ process (medians):
     python -m bench.bench_sampler --batches 1,4,16 --vocab 49152 --reps 30
 
 Settings: `greedy` (temperature 0), `temp` (temperature 0.7), `top_p` (0.7 with top-p 0.9),
-`seeded` (0.7, a seed per request). Draws: `race` (argmax of p / E, a noise draw per
+`seeded` (0.7, a seed per request), `penalties` (0.7, frequency 0.3 and presence 0.5),
+`repetition` (0.7, repetition 1.1); each request has a 500-token prompt and 300 tokens
+generated before (a resumed request), for the penalties to count. Draws: `race` (argmax of p / E, a noise draw per
 vocabulary entry) and `cdf` (one uniform per row against the running sum; the CPU default).
 `--baseline-sampler FILE` adds another sampler.py (say, from a git worktree of an older
 commit) as a `baseline` column, with its own defaults:
@@ -21,8 +23,11 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 
 from radixrt.ipc.messages import NewSlot
@@ -34,16 +39,32 @@ SETTINGS = {
     "temp": {"temperature": 0.7},
     "top_p": {"temperature": 0.7, "top_p": 0.9},
     "seeded": {"temperature": 0.7, "seed": 7},
+    "penalties": {"temperature": 0.7, "frequency_penalty": 0.3, "presence_penalty": 0.5},
+    "repetition": {"temperature": 0.7, "repetition_penalty": 1.1},
 }
 
 
-def load_sampler_class(file: str) -> type:
-    spec = importlib.util.spec_from_file_location("baseline_sampler", file)
+def _load(name: str, file: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
+    sys.modules[name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
-    return module.Sampler
+    return module
+
+
+def load_sampler_class(file: str) -> type:
+    """The Sampler of another sampler.py, with the penalties.py beside it (the two change
+    together)."""
+    penalties = Path(file).with_name("penalties.py")
+    ours = sys.modules.get("radixrt.worker.penalties")
+    if penalties.is_file():
+        sys.modules["radixrt.worker.penalties"] = _load("baseline_penalties", penalties)
+    try:
+        return _load("baseline_sampler", Path(file)).Sampler
+    finally:
+        if ours is not None:
+            sys.modules["radixrt.worker.penalties"] = ours
 
 
 def make_sampler(vocab: int, batch: int, setting: str, draw: str,
@@ -51,8 +72,11 @@ def make_sampler(vocab: int, batch: int, setting: str, draw: str,
     cpu = torch.device("cpu")
     s = baseline(vocab, cpu, 0) if draw == "baseline" and baseline else \
         Sampler(vocab, cpu, seed=0, draw=draw)
+    rng = np.random.default_rng(batch)
     for slot in range(batch):
-        s.add(NewSlot(slot, SamplingParams(**SETTINGS[setting]), eos_ids=(0,)))
+        s.add(NewSlot(slot, SamplingParams(**SETTINGS[setting]), eos_ids=(0,),
+                      prompt_ids=rng.integers(0, vocab, 500).astype(np.int32),
+                      output_ids=rng.integers(0, vocab, 300).astype(np.int32)))
     return s
 
 

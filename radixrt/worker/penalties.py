@@ -1,11 +1,13 @@
 """Penalties, logit bias and min-tokens bans for all rows of a step in batched tensor ops.
 
-Generated-token counts (frequency and presence penalties) and the seen set (repetition
-penalty: prompt or generated tokens) live in one [rows, vocab] matrix each, one row per
-request that uses penalties. A step gathers its rows, applies every penalty at once and adds
-the sampled tokens with one scatter on the device: no per-row loop, and the sampled ids are
-never read on the host (which would wait for the step in flight). Host-side inputs (row
-numbers, per-row parameters, bias entries) go up through pinned, non-blocking copies.
+Generated-token counts, the frequency and presence penalties they come to (kept up to date
+as tokens are sampled, so a step subtracts one matrix instead of recomputing it from the
+counts over the whole vocabulary) and the seen set (repetition penalty: prompt or generated
+tokens) live in one [rows, vocab] matrix each, one row per request that uses penalties. A
+step gathers its rows, applies every penalty at once and adds the sampled tokens with
+scatters on the device: no per-row loop, and the sampled ids are never read on the host
+(which would wait for the step in flight). Host-side inputs (row numbers, per-row
+parameters, bias entries) go up through pinned, non-blocking copies.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ class PenaltyRows:
         self.vocab_size = vocab_size
         self.device = device
         self.counts = torch.zeros(0, vocab_size, dtype=torch.float32, device=device)
+        # frequency * count + presence * (count > 0), per row
+        self.offset = torch.zeros(0, vocab_size, dtype=torch.float32, device=device)
         self.seen = torch.zeros(0, vocab_size, dtype=torch.bool, device=device)
+        self.params = np.zeros((0, 2), np.float32)  # per row: frequency, presence
         self.row_of: dict[int, int] = {}  # slot -> row
         self.free: list[int] = []
 
@@ -32,22 +37,28 @@ class PenaltyRows:
         more = max(4, n)  # doubling: few reallocations however many requests come
         dev, V = self.device, self.vocab_size
         self.counts = torch.cat([self.counts, torch.zeros(more, V, device=dev)])
+        self.offset = torch.cat([self.offset, torch.zeros(more, V, device=dev)])
         self.seen = torch.cat([self.seen, torch.zeros(more, V, dtype=torch.bool, device=dev)])
+        self.params = np.concatenate([self.params, np.zeros((more, 2), np.float32)])
         self.free.extend(range(n + more - 1, n - 1, -1))
 
-    def add(self, slot: int, generated: np.ndarray, prompt: np.ndarray | None) -> None:
-        """Register `slot` with the tokens it already generated (a resumed request) and, for
-        the repetition penalty, its prompt."""
+    def add(self, slot: int, generated: np.ndarray, prompt: np.ndarray | None,
+            frequency: float = 0.0, presence: float = 0.0) -> None:
+        """Register `slot` with its frequency and presence penalties, the tokens it already
+        generated (a resumed request) and, for the repetition penalty, its prompt."""
         if not self.free:
             self._grow()
         row = self.free.pop()
         self.row_of[slot] = row
+        self.params[row] = (frequency, presence)
         self.counts[row].zero_()
         self.seen[row].zero_()
         if len(generated):
             ids = to_device(generated, torch.long, self.device)
             self.counts[row].index_add_(0, ids, torch.ones(len(generated), device=self.device))
             self.seen[row, ids] = True
+        c = self.counts[row]
+        torch.mul(c, frequency, out=self.offset[row]).add_((c > 0).float(), alpha=presence)
         if prompt is not None and len(prompt):
             self.seen[row, to_device(prompt, torch.long, self.device)] = True
 
@@ -57,28 +68,34 @@ class PenaltyRows:
             self.free.append(row)
 
     def apply(self, logits: torch.Tensor, positions: list[int], slots: list[int],
-              repetition: list[float], frequency: list[float], presence: list[float]) -> None:
+              repetition: list[float]) -> None:
         """Penalise logits rows `positions` (those of `slots`) in place."""
         dev = logits.device
-        pos = to_device(positions, torch.long, dev)
-        rows = to_device([self.row_of[s] for s in slots], torch.long, dev)
-        params = to_device(np.array([repetition, frequency, presence], np.float32).T,
-                           torch.float32, dev)  # [R, 3]
-        rep, freq, pres = params[:, 0:1], params[:, 1:2], params[:, 2:3]
-        x = logits[pos]
-        counts = self.counts[rows]
+        row_ids = [self.row_of[s] for s in slots]
+        rows = to_device(row_ids, torch.long, dev)
+        every_row = positions == list(range(logits.shape[0]))
+        # Every row penalised (the usual case): work on the logits in place, no gather.
+        x = logits if every_row else logits[to_device(positions, torch.long, dev)]
         if any(r != 1.0 for r in repetition):
+            rep = to_device(repetition, torch.float32, dev)[:, None]
             penalised = torch.where(x > 0, x / rep, x * rep)
-            x = torch.where(self.seen[rows], penalised, x)
-        x = x - freq * counts - pres * (counts > 0).float()
-        logits[pos] = x
+            x.copy_(torch.where(self.seen[rows], penalised, x))
+        if self.params[row_ids].any():
+            x.sub_(self.offset[rows])
+        if not every_row:
+            logits[to_device(positions, torch.long, dev)] = x
 
     def advance(self, slots: list[int], positions: list[int], next_ids: torch.Tensor) -> None:
-        """Count the tokens sampled at `positions` for `slots` (all on the device)."""
+        """Count the tokens sampled at `positions` for `slots` (all on the device) and add
+        their frequency penalty, and the presence penalty where a token is new."""
         dev = next_ids.device
-        rows = to_device([self.row_of[s] for s in slots], torch.long, dev)
+        row_ids = [self.row_of[s] for s in slots]
+        rows = to_device(row_ids, torch.long, dev)
         ids = next_ids[to_device(positions, torch.long, dev)]
-        self.counts.index_put_((rows, ids), torch.ones(len(slots), device=dev), accumulate=True)
+        params = to_device(self.params[row_ids], torch.float32, dev)  # [R, 2]
+        new = self.counts[rows, ids] == 0
+        self.offset[rows, ids] += params[:, 0] + params[:, 1] * new.float()
+        self.counts[rows, ids] += 1.0
         self.seen[rows, ids] = True
 
 

@@ -73,7 +73,8 @@ class Sampler:
         st.num_generated = len(prev)
         if p.needs_penalties:
             prompt = new.prompt_ids if p.repetition_penalty != 1.0 else None
-            self.penalties.add(new.slot, np.asarray(prev), prompt)
+            self.penalties.add(new.slot, np.asarray(prev), prompt, p.frequency_penalty,
+                               p.presence_penalty)
         if p.logit_bias:
             st.bias_ids = np.array([int(t) for t in p.logit_bias], dtype=np.int64)
             st.bias_vals = np.array(list(p.logit_bias.values()), dtype=np.float32)
@@ -127,9 +128,7 @@ class Sampler:
         if pen:
             ps = [states[i].params for i in pen]
             self.penalties.apply(logits, pen, [slots[i] for i in pen],
-                                 [p.repetition_penalty for p in ps],
-                                 [p.frequency_penalty for p in ps],
-                                 [p.presence_penalty for p in ps])
+                                 [p.repetition_penalty for p in ps])
         bias = [i for i, st in enumerate(states) if st.bias_ids is not None]
         if bias:
             apply_entries(logits, bias, [states[i].bias_ids for i in bias],  # type: ignore[misc]
