@@ -35,11 +35,11 @@ from bench.workloads import TextSource
 
 
 async def stream_times(c: httpx.AsyncClient, url: str, model: str, prompt: str,
-                       max_tokens: int) -> list[float]:
+                       max_tokens: int, sampling: dict | None = None) -> list[float]:
     """perf_counter() arrival time of every content chunk."""
     times: list[float] = []
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
-            "ignore_eos": True, "stream": True}
+            "ignore_eos": True, "stream": True, **(sampling or {})}
     async with c.stream("POST", f"{url}/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
@@ -51,7 +51,7 @@ async def stream_times(c: httpx.AsyncClient, url: str, model: str, prompt: str,
 
 
 async def probe(url: str, contexts: list[int], batches: list[int], steps: int,
-                tokenizer: Any) -> list[dict[str, Any]]:
+                tokenizer: Any, sampling: dict | None = None) -> list[dict[str, Any]]:
     src, rng = TextSource(tokenizer), random.Random(7)
     rows = []
     async with httpx.AsyncClient(timeout=900) as c:
@@ -63,8 +63,8 @@ async def probe(url: str, contexts: list[int], batches: list[int], steps: int,
             prefill_ms = 1000 * (time.perf_counter() - t0)
             for b in batches:
                 prompts = [src.text(rng, ctx) for _ in range(b)]
-                res = await asyncio.gather(*(stream_times(c, url, model, p, steps + 1)
-                                             for p in prompts))
+                res = await asyncio.gather(*(stream_times(c, url, model, p, steps + 1,
+                                                          sampling) for p in prompts))
                 # From the moment the last request got its first token, all b decode together.
                 start, end = max(r[0] for r in res), max(r[-1] for r in res)
                 n = min(sum(1 for t in r if t > start) for r in res)
@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--steps", type=int, default=48, help="decode steps per measurement")
     ap.add_argument("--tokenizer", default=None, help="HF tokenizer dir (default: radixrt's)")
+    ap.add_argument("--sampling", type=json.loads, default=None, metavar="JSON",
+                    help='server: request fields over greedy, e.g. \'{"temperature": 0.7, '
+                         '"top_p": 0.9}\'')
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.in_process:
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = asyncio.run(probe(normalize_base_url(args.base_url),
                                  [int(x) for x in args.contexts.split(",")],
                                  [int(x) for x in args.batch_sizes.split(",")], args.steps,
-                                 load_tokenizer(args.tokenizer)))
+                                 load_tokenizer(args.tokenizer), args.sampling))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -410,3 +410,15 @@ def test_invalid_grammar_is_400(server: ServerProcess, path: str, body: dict, pa
         r = httpx.post(f"{server.url}{path}", json={**body, "stream": stream}, timeout=30)
         assert r.status_code == 400, r.text
         assert error_of(r)["param"] == param, r.text
+
+
+def test_decode_probe_with_sampling_fields(server: ServerProcess, tiny_llama: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/bench_decode.py against this server, its requests carrying --sampling fields
+    (a field the server refused would fail the probe with a 400)."""
+    from bench import bench_decode
+
+    assert bench_decode.main(["--base-url", server.url, "--contexts", "16", "--batch-sizes",
+                              "2", "--steps", "3", "--tokenizer", str(tiny_llama),
+                              "--sampling", '{"temperature": 0.7, "top_p": 0.9, "seed": 1}']) == 0
+    assert "| 16 | 2 |" in capsys.readouterr().out
