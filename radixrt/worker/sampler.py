@@ -221,9 +221,11 @@ class Sampler:
             self.penalties.advance([slots[i] for i in pen], pen, next_ids)
 
 
-# Candidate widths for top-p: the kept prefix is usually short, and a partial top-k of 256
-# entries of a 49k row is ~15x cheaper than sorting it (CPU, docs/benchmarks.md); a wider
-# try, then a full sort, when the candidates do not reach some row's top_p.
+# Candidate widths for top-p on a CPU: the kept prefix is usually short, and a partial top-k
+# of 256 entries of a 49k row is ~15x cheaper than sorting it (docs/benchmarks.md); a wider
+# try, then a full sort, when the candidates do not reach some row's top_p. Knowing that
+# reads a tensor on the host, so on CUDA (where the sort is cheap, and a host read would
+# make the launched step wait for the one in flight) it is the full sort at once.
 TOP_P_WIDTHS = (256, 4096)
 
 
@@ -246,7 +248,8 @@ def truncate_rows(p: torch.Tensor, top_k: list[int], top_p: list[float], min_p: 
         out = _keep(p, vals, idx, ks, top_p, None)
         assert out is not None
         return out
-    for width in (*(w for w in TOP_P_WIDTHS if finite <= w < v), v):
+    widths = TOP_P_WIDTHS if dev.type == "cpu" else ()
+    for width in (*(w for w in widths if finite <= w < v), v):
         if width < v:
             vals, idx = p.topk(width, dim=-1)
         else:
