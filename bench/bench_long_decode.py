@@ -15,7 +15,6 @@ noisy machine slows both alike:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import json
 import random
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.baseline import load_source
 from radixrt.config import build_engine_config
 from radixrt.scheduler.page_allocator import PageAllocator
 from radixrt.testing.local_engine import LocalEngine
@@ -34,11 +34,7 @@ from radixrt.worker.model_runner import ModelRunner
 def load_allocator(file: str) -> type:
     """The PageAllocator class of another page_allocator.py; an allocator without the `after`
     hint takes and ignores it."""
-    spec = importlib.util.spec_from_file_location("baseline_page_allocator", file)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
+    module = load_source("baseline_page_allocator", file)
     takes_hint = "after" in inspect.signature(module.PageAllocator.alloc).parameters
 
     class Baseline(module.PageAllocator):  # type: ignore[name-defined, misc]

@@ -18,18 +18,17 @@ commit) as a `baseline` column, with its own defaults:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.baseline import load_source
 from radixrt.ipc.messages import NewSlot
 from radixrt.sampling_params import SamplingParams
 from radixrt.worker.sampler import Sampler
@@ -44,24 +43,15 @@ SETTINGS = {
 }
 
 
-def _load(name: str, file: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, file)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def load_sampler_class(file: str) -> type:
     """The Sampler of another sampler.py, with the penalties.py beside it (the two change
     together)."""
     penalties = Path(file).with_name("penalties.py")
     ours = sys.modules.get("radixrt.worker.penalties")
     if penalties.is_file():
-        sys.modules["radixrt.worker.penalties"] = _load("baseline_penalties", penalties)
+        sys.modules["radixrt.worker.penalties"] = load_source("baseline_penalties", penalties)
     try:
-        return _load("baseline_sampler", Path(file)).Sampler
+        return load_source("baseline_sampler", file).Sampler
     finally:
         if ours is not None:
             sys.modules["radixrt.worker.penalties"] = ours
