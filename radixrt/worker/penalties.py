@@ -1,9 +1,10 @@
 """Penalties, logit bias and min-tokens bans for all rows of a step in batched tensor ops.
 
-Generated-token counts, the frequency and presence penalties they come to (kept up to date
-as tokens are sampled, so a step subtracts one matrix instead of recomputing it from the
-counts over the whole vocabulary) and the seen set (repetition penalty: prompt or generated
-tokens) live in one [rows, vocab] matrix each, one row per request that uses penalties. A
+The frequency and presence penalties a request's generated tokens come to (kept up to date
+as tokens are sampled, so a step subtracts one matrix instead of recomputing it from counts
+over the whole vocabulary), which tokens it has generated (a token's presence penalty
+applies once) and the seen set (repetition penalty: prompt or generated tokens) live in one
+[rows, vocab] matrix each, one row per request that uses penalties. A
 step gathers its rows, applies every penalty at once and adds the sampled tokens with
 scatters on the device: no per-row loop, and the sampled ids are never read on the host
 (which would wait for the step in flight). Host-side inputs (row numbers, per-row
@@ -19,12 +20,12 @@ from radixrt.attention.staging import to_device
 
 
 class PenaltyRows:
-    """The counts and seen matrices of the requests that use penalties (see module doc)."""
+    """The penalty matrices of the requests that use penalties (see module doc)."""
 
     def __init__(self, vocab_size: int, device: torch.device) -> None:
         self.vocab_size = vocab_size
         self.device = device
-        self.counts = torch.zeros(0, vocab_size, dtype=torch.float32, device=device)
+        self.generated = torch.zeros(0, vocab_size, dtype=torch.bool, device=device)
         # frequency * count + presence * (count > 0), per row
         self.offset = torch.zeros(0, vocab_size, dtype=torch.float32, device=device)
         self.seen = torch.zeros(0, vocab_size, dtype=torch.bool, device=device)
@@ -33,10 +34,11 @@ class PenaltyRows:
         self.free: list[int] = []
 
     def _grow(self) -> None:
-        n = self.counts.shape[0]
+        n = self.generated.shape[0]
         more = max(4, n)  # doubling: few reallocations however many requests come
         dev, V = self.device, self.vocab_size
-        self.counts = torch.cat([self.counts, torch.zeros(more, V, device=dev)])
+        self.generated = torch.cat([self.generated,
+                                    torch.zeros(more, V, dtype=torch.bool, device=dev)])
         self.offset = torch.cat([self.offset, torch.zeros(more, V, device=dev)])
         self.seen = torch.cat([self.seen, torch.zeros(more, V, dtype=torch.bool, device=dev)])
         self.params = np.concatenate([self.params, np.zeros((more, 2), np.float32)])
@@ -51,14 +53,16 @@ class PenaltyRows:
         row = self.free.pop()
         self.row_of[slot] = row
         self.params[row] = (frequency, presence)
-        self.counts[row].zero_()
+        self.offset[row].zero_()
+        self.generated[row].zero_()
         self.seen[row].zero_()
         if len(generated):
             ids = to_device(generated, torch.long, self.device)
-            self.counts[row].index_add_(0, ids, torch.ones(len(generated), device=self.device))
+            counts = torch.bincount(ids, minlength=self.vocab_size).float()
+            torch.mul(counts, frequency, out=self.offset[row])
+            self.offset[row].add_((counts > 0).float(), alpha=presence)
+            self.generated[row, ids] = True
             self.seen[row, ids] = True
-        c = self.counts[row]
-        torch.mul(c, frequency, out=self.offset[row]).add_((c > 0).float(), alpha=presence)
         if prompt is not None and len(prompt):
             self.seen[row, to_device(prompt, torch.long, self.device)] = True
 
@@ -73,17 +77,18 @@ class PenaltyRows:
         dev = logits.device
         row_ids = [self.row_of[s] for s in slots]
         rows = to_device(row_ids, torch.long, dev)
-        every_row = positions == list(range(logits.shape[0]))
         # Every row penalised (the usual case): work on the logits in place, no gather.
-        x = logits if every_row else logits[to_device(positions, torch.long, dev)]
+        pos = None if positions == list(range(logits.shape[0])) else \
+            to_device(positions, torch.long, dev)
+        x = logits if pos is None else logits[pos]
         if any(r != 1.0 for r in repetition):
             rep = to_device(repetition, torch.float32, dev)[:, None]
             penalised = torch.where(x > 0, x / rep, x * rep)
             x.copy_(torch.where(self.seen[rows], penalised, x))
         if self.params[row_ids].any():
             x.sub_(self.offset[rows])
-        if not every_row:
-            logits[to_device(positions, torch.long, dev)] = x
+        if pos is not None:
+            logits[pos] = x
 
     def advance(self, slots: list[int], positions: list[int], next_ids: torch.Tensor) -> None:
         """Count the tokens sampled at `positions` for `slots` (all on the device) and add
@@ -93,9 +98,9 @@ class PenaltyRows:
         rows = to_device(row_ids, torch.long, dev)
         ids = next_ids[to_device(positions, torch.long, dev)]
         params = to_device(self.params[row_ids], torch.float32, dev)  # [R, 2]
-        new = self.counts[rows, ids] == 0
+        new = ~self.generated[rows, ids]
         self.offset[rows, ids] += params[:, 0] + params[:, 1] * new.float()
-        self.counts[rows, ids] += 1.0
+        self.generated[rows, ids] = True
         self.seen[rows, ids] = True
 
 
