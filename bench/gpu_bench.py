@@ -430,14 +430,19 @@ class Bench:
         self.results["decode"] = rows
         self.bandwidth(rows)
 
-    def bandwidth(self, rows: list[dict[str, Any]]) -> None:
+    def step_bytes(self) -> tuple[int, int]:
+        """(weight bytes a decode step reads, KV bytes per cached token)."""
         f = self.fields
-        big = max(rows, key=lambda x: (x["batch"], x["cuda_graphs"]))
-        one = [x for x in rows if x["batch"] == 1 and x["cuda_graphs"] == big["cuda_graphs"]]
         elem = torch.empty((), dtype=self.dtype).element_size()
         # Every weight is read once per step except the embedding table (B rows gathered).
         weight_bytes = (count_params(f) - f["vocab_size"] * f["hidden_size"]) * elem
         kv_per_token = 2 * f["num_hidden_layers"] * f["num_key_value_heads"] * f["head_dim"] * elem
+        return weight_bytes, kv_per_token
+
+    def bandwidth(self, rows: list[dict[str, Any]]) -> None:
+        big = max(rows, key=lambda x: (x["batch"], x["cuda_graphs"]))
+        one = [x for x in rows if x["batch"] == 1 and x["cuda_graphs"] == big["cuda_graphs"]]
+        weight_bytes, kv_per_token = self.step_bytes()
         kv_bytes = big["batch"] * big["mean_context"] * kv_per_token
         achieved = (weight_bytes + kv_bytes) / (big["step_ms"] / 1e3)
         peak = card_bandwidth(self.results["device"])
@@ -624,6 +629,48 @@ class Bench:
         say(f"   decode bs=1: {times[True]:.2f} ms/step with the GEMV, {times[False]:.2f} "
             "without")
 
+    def decode_kernels(self) -> None:
+        """The decode step with each FlashInfer decode kernel (fa2 / fa3 tensor cores, CUDA
+        cores; attention/flashinfer_backend.py DECODE_KERNELS), graphs recaptured each time, at
+        batch 1 and the largest batch, with the bandwidth each reaches. The runner's own
+        backend (the default) is put back afterwards."""
+        from radixrt.attention.flashinfer_backend import FlashInferAttentionBackend
+
+        a, r = self.args, self.runner
+        old = r.attn
+        peak = card_bandwidth(self.results["device"])
+        weight_bytes, kv_per_token = self.step_bytes()
+        # recaptured_step_ms: 3 warm-up + 32 timed steps from decode_context on.
+        ctx = a.decode_context + 3 + 16
+        batches = sorted({1, max(a.decode_batches)})
+        rows = []
+        try:
+            for kernel in ("fa2", "fa3", "cuda-cores"):
+                row: dict[str, Any] = {"kernel": kernel}
+                try:
+                    r.attn = FlashInferAttentionBackend(r.pool, r.model_cfg, r.config,
+                                                        decode_kernel=kernel,
+                                                        workspace=old.workspace)
+                    times = self.recaptured_step_ms(batches)
+                except Exception as e:  # a kernel that does not build or run here
+                    row["error"] = f"{type(e).__name__}: {e}"[:300]
+                    say(f"   decode kernel {kernel}: {row['error']}")
+                    rows.append(row)
+                    continue
+                for B, ms in times.items():
+                    row[f"bs{B}_step_ms"] = round(ms, 3)
+                    if peak:
+                        read = weight_bytes + B * ctx * kv_per_token
+                        row[f"bs{B}_fraction_of_peak"] = round(read / (ms / 1e3) / peak, 3)
+                rows.append(row)
+                say(f"   decode kernel {kernel}: " + ", ".join(
+                    f"bs={B} {ms:.2f} ms/step" for B, ms in times.items()))
+        finally:
+            r.attn = old
+            self.recaptured_step_ms([1])  # graphs over the runner's own backend again
+        self.results["decode_kernels"] = {"default": old.decode_kernel, "context": ctx,
+                                          "rows": rows}
+
     # -- 4. shared prefix
     def shared_prefix(self) -> None:
         a = self.args
@@ -803,6 +850,8 @@ class Bench:
                 self.section("prefill_fa3", 30 if big else 1, self.prefill_fa3)
             self.section("decode_unfused", 20 if big else 1, self.decode_unfused)
             self.section("decode_gemv", 15 if big else 1, self.decode_gemv)
+            if not a.torch_attention:
+                self.section("decode_kernels", 30 if big else 1, self.decode_kernels)
         if not a.skip_overlap:
             self.section("overlap", 120 if big else 1, self.overlap)
         if not a.skip_transformers:
@@ -861,6 +910,19 @@ def markdown(r: dict[str, Any]) -> str:
         for d in r["decode_unfused"]:
             lines.append(f"| {d['batch']} | {d.get('fused_step_ms', '-')} | "
                          f"{d['unfused_step_ms']} | {d.get('speedup', '-')} |")
+        lines.append("")
+    if "decode_kernels" in r:
+        dk = r["decode_kernels"]
+        sizes = sorted({int(k[2:].split("_")[0]) for row in dk["rows"] for k in row
+                        if k.endswith("_step_ms")})
+        lines += [f"## Decode step by FlashInfer decode kernel (graphs recaptured, context "
+                  f"~{dk['context']}; the server's default: {dk['default']})", "",
+                  "| kernel | " + " | ".join(f"bs {b} ms/step | bs {b} of peak" for b in sizes)
+                  + " |", "|---|" + "---|---|" * len(sizes)]
+        for row in dk["rows"]:
+            cells = " | ".join(f"{row.get(f'bs{b}_step_ms', '-')} | "
+                               f"{row.get(f'bs{b}_fraction_of_peak', '-')}" for b in sizes)
+            lines.append(f"| {row['kernel']} | " + (row.get("error") or cells) + " |")
         lines.append("")
     if "decode_gemv" in r:
         g = r["decode_gemv"]

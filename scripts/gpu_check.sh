@@ -2,7 +2,8 @@
 # The GPU check, run on a lent GPU machine (offline) from a checkout that carries gpu_bundle/
 # (built here by scripts/prepare_gpu_bundle.sh):
 #   1. installs gpu_bundle into .gpu_cache/site (once per bundle; PYTHONPATH, no pip index)
-#   2. warms FlashInfer's JIT cache (attention at both head dims, the fused ops, fa3 prefill),
+#   2. warms FlashInfer's JIT cache (attention at both head dims, CUDA-core decode and fa3
+#      prefill + decode at the 8B head shape, the fused ops),
 #      module builds in parallel, and prints the time;
 #      the cache lives in .gpu_cache/ (FLASHINFER_WORKSPACE_BASE), so a rerun on the same warm
 #      machine loads the compiled kernels instead of building them
@@ -125,9 +126,15 @@ ok=g._load_kernel() is not None; [g.gemv(x, w, c) for c in g.CONFIGS if ok]; \
 torch.cuda.synchronize(); print('jit triton gemv: %.1f s%s' % (time.time()-t, '' if ok else \
  ' (no triton)'))" > "$CACHE/jit_gemv.log" 2>&1 &
 pids+=($!)
-RADIXRT_FLASHINFER_PREFILL_BACKEND=fa3 timeout 180 $PY -c "from radixrt.attention.flashinfer_backend \
-import warmup_kernels as w; import time; t=time.time(); w(32, 8, 128, which='prefill'); \
-print('jit fa3 prefill: %.1f s' % (time.time()-t))" > "$CACHE/jit_fa3.log" 2>&1 &
+# The CUDA-core decode kernel at the 8B shape (its default there is tensor cores): the
+# benchmark's decode_kernels section and tests/gpu compare it with fa2 and fa3.
+RADIXRT_FLASHINFER_DECODE_KERNEL=cuda-cores $PY -c "from radixrt.attention.flashinfer_backend \
+import warmup_kernels as w; import time; t=time.time(); w(32, 8, 128, which='decode'); \
+print('jit cuda-core decode 128: %.1f s' % (time.time()-t))" > "$CACHE/jit_cc.log" 2>&1 &
+pids+=($!)
+RADIXRT_FLASHINFER_PREFILL_BACKEND=fa3 RADIXRT_FLASHINFER_DECODE_KERNEL=fa3 timeout 180 $PY -c "from radixrt.attention.flashinfer_backend \
+import warmup_kernels as w; import time; t=time.time(); w(32, 8, 128, which='both'); \
+print('jit fa3 prefill + decode: %.1f s' % (time.time()-t))" > "$CACHE/jit_fa3.log" 2>&1 &
 fa3_pid=$!
 jit_rc=0
 for p in "${pids[@]}"; do wait "$p" || jit_rc=1; done

@@ -36,6 +36,12 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 # and it takes any head_dim; prefill time is dominated by the matmuls, not attention.
 PREFILL_BACKEND_ENV = "RADIXRT_FLASHINFER_PREFILL_BACKEND"
 DEFAULT_PREFILL_BACKEND = "fa2"
+# The kernel of decode-only steps. auto: tensor cores (fa2) where a KV head serves >= 4 query
+# heads, else the CUDA-core decode kernel. fa3 runs tensor-core decode through the Hopper
+# kernels. Which is fastest depends on card, batch and GQA group: bench/gpu_bench.py's
+# decode_kernels section times them all in one run.
+DECODE_KERNEL_ENV = "RADIXRT_FLASHINFER_DECODE_KERNEL"
+DECODE_KERNELS = ("auto", "fa2", "fa3", "cuda-cores")
 
 
 def import_flashinfer() -> ModuleType:
@@ -53,6 +59,19 @@ def import_flashinfer() -> ModuleType:
 def use_tensor_cores(num_qo_heads: int, num_kv_heads: int) -> bool:
     """Tensor-core decode pays off once a KV head serves >= 4 query heads (as SGLang picks)."""
     return num_qo_heads // num_kv_heads >= 4
+
+
+def decode_wrapper_kwargs(kernel: str, num_qo_heads: int, num_kv_heads: int
+                          ) -> dict[str, Any]:
+    """BatchDecodeWithPagedKVCacheWrapper's kernel arguments for a DECODE_KERNELS name."""
+    if kernel not in DECODE_KERNELS:
+        raise ValueError(f"unknown FlashInfer decode kernel {kernel!r} ({DECODE_KERNEL_ENV}); "
+                         f"choose one of {', '.join(DECODE_KERNELS)}")
+    if kernel == "auto":
+        kernel = "fa2" if use_tensor_cores(num_qo_heads, num_kv_heads) else "cuda-cores"
+    if kernel == "cuda-cores":
+        return {"use_tensor_cores": False}
+    return {"use_tensor_cores": True, "backend": kernel}
 
 
 class PagedKVInputs(NamedTuple):
@@ -90,7 +109,7 @@ class FlashInferAttentionBackend(AttentionBackend):
     and reading the KV pool in place (see the module docstring)."""
 
     def __init__(self, pool: KVPool, model_cfg: ModelConfig, config: EngineConfig | None = None,
-                 *, prefill_backend: str | None = None,
+                 *, prefill_backend: str | None = None, decode_kernel: str | None = None,
                  workspace: torch.Tensor | None = None) -> None:
         self.fi = import_flashinfer()
         if pool.head_major:
@@ -109,13 +128,15 @@ class FlashInferAttentionBackend(AttentionBackend):
         self.page_size = pool.shape.page_size
         self.dtype = pool.dtype
         self.sm_scale = self.head_dim**-0.5
-        self.use_tensor_cores = use_tensor_cores(self.num_qo_heads, self.num_kv_heads)
+        self.decode_kernel = decode_kernel or os.environ.get(DECODE_KERNEL_ENV, "auto")
+        self.decode_kwargs = decode_wrapper_kwargs(self.decode_kernel, self.num_qo_heads,
+                                                   self.num_kv_heads)
         # FlashInfer wants the workspace zeroed before its first use.
         self.workspace = (workspace if workspace is not None else
                           torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=pool.device))
         backend = prefill_backend or os.environ.get(PREFILL_BACKEND_ENV, DEFAULT_PREFILL_BACKEND)
         self.decode_wrapper = self.fi.BatchDecodeWithPagedKVCacheWrapper(
-            self.workspace, "NHD", use_tensor_cores=self.use_tensor_cores)
+            self.workspace, "NHD", **self.decode_kwargs)
         self.prefill_wrapper = self.fi.BatchPrefillWithPagedKVCacheWrapper(
             self.workspace, "NHD", backend=backend)
         self.meta: AttentionMetadata | None = None
@@ -141,8 +162,8 @@ class FlashInferAttentionBackend(AttentionBackend):
             assert self._graph_bufs is not None, "init_capture() must run first"
             indptr, indices, last = self._graph_bufs
             self._graph_wrappers[bs] = self.fi.BatchDecodeWithPagedKVCacheWrapper(
-                self.workspace, "NHD", use_cuda_graph=True,
-                use_tensor_cores=self.use_tensor_cores, paged_kv_indptr_buffer=indptr[: bs + 1],
+                self.workspace, "NHD", use_cuda_graph=True, **self.decode_kwargs,
+                paged_kv_indptr_buffer=indptr[: bs + 1],
                 paged_kv_indices_buffer=indices, paged_kv_last_page_len_buffer=last[:bs])
         return self._graph_wrappers[bs]
 

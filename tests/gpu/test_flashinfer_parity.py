@@ -133,6 +133,19 @@ def test_tiny_models(make_tiny_model, name: str, page_size: int) -> None:
     run_scenario(path, page_size, vocab=49152)
 
 
+@pytest.mark.parametrize("kernel", ["fa2", "fa3", "cuda-cores"])
+def test_each_decode_kernel(make_tiny_model, monkeypatch: pytest.MonkeyPatch,
+                            kernel: str) -> None:
+    """Every FlashInfer decode kernel the server can be told to use (DECODE_KERNEL_ENV), eager
+    and under CUDA graphs, against the torch backend. head_dim 128 and a GQA group of 4: the
+    Llama-3-8B head shape, whose modules gpu_check.sh builds before the tests."""
+    from radixrt.attention.flashinfer_backend import DECODE_KERNEL_ENV
+
+    monkeypatch.setenv(DECODE_KERNEL_ENV, kernel)
+    path = make_tiny_model("llama", head_dim=128, num_attention_heads=8, num_key_value_heads=2)
+    run_scenario(path, 16, vocab=49152)
+
+
 def test_default_model(default_model_weights: Path) -> None:
     run_scenario(default_model_weights, 16, vocab=49152)
 

@@ -229,8 +229,11 @@ class _FakeDecode(_FakeWrapper):
                  use_cuda_graph: bool = False, use_tensor_cores: bool = False,
                  paged_kv_indptr_buffer: torch.Tensor | None = None,
                  paged_kv_indices_buffer: torch.Tensor | None = None,
-                 paged_kv_last_page_len_buffer: torch.Tensor | None = None) -> None:
-        super().__init__(workspace, kv_layout, use_tensor_cores=use_tensor_cores)
+                 paged_kv_last_page_len_buffer: torch.Tensor | None = None,
+                 backend: str = "auto") -> None:
+        assert backend in ("auto", "fa2", "fa3")
+        super().__init__(workspace, kv_layout, use_tensor_cores=use_tensor_cores,
+                         backend=backend)
         self.bufs = None
         if use_cuda_graph:  # FlashInfer's checks on the fixed buffers
             assert paged_kv_indptr_buffer is not None and paged_kv_indices_buffer is not None
@@ -299,6 +302,7 @@ def test_backend_matches_torch_backend(fake_flashinfer: types.ModuleType, ps: in
     fi = FlashInferAttentionBackend(pools[0], cfg, None)  # type: ignore[arg-type]
     ref = TorchAttentionBackend(pools[1], num_heads=hq, head_dim=D)
     assert fi.decode_wrapper.kw["use_tensor_cores"] == (hq // hkv >= 4)
+    assert fi.decode_wrapper.kw["backend"] == ("fa2" if hq // hkv >= 4 else "auto")
     for trial in range(6):
         batch, table = random_batch(rng, ps, max_pages, n_slots, decode=trial % 2 == 0)
         meta = runner_metadata(batch, table, ps)
@@ -352,6 +356,47 @@ def test_tensor_core_rule() -> None:
     assert not use_tensor_cores(9, 3)  # SmolLM2: group 3
     assert use_tensor_cores(32, 8)  # Llama-3-8B: group 4
     assert not use_tensor_cores(4, 4)
+
+
+@pytest.mark.parametrize(("kernel", "expect"), [
+    ("fa2", {"use_tensor_cores": True, "backend": "fa2"}),
+    ("fa3", {"use_tensor_cores": True, "backend": "fa3"}),
+    ("cuda-cores", {"use_tensor_cores": False, "backend": "auto"}),
+])
+def test_decode_kernel_choice_reaches_eager_and_graph_wrappers(
+        fake_flashinfer: types.ModuleType, monkeypatch: pytest.MonkeyPatch, kernel: str,
+        expect: dict[str, Any]) -> None:
+    from radixrt.attention.flashinfer_backend import (
+        DECODE_KERNEL_ENV,
+        FlashInferAttentionBackend,
+    )
+
+    pool = KVPool(KVPoolShape(1, 8, 16, 2, 8), torch.bfloat16, "cpu")
+    cfg = SimpleNamespace(num_heads=8)
+    monkeypatch.setenv(DECODE_KERNEL_ENV, kernel)
+    fi = FlashInferAttentionBackend(pool, cfg, None)  # type: ignore[arg-type]
+    monkeypatch.delenv(DECODE_KERNEL_ENV)
+    fi.init_capture(max_batch_size=2, max_pages_per_req=2)
+    wrappers = [fi.decode_wrapper, fi._graph_wrapper(2)]
+    for w in wrappers:
+        assert {k: w.kw[k] for k in expect} == expect
+    # The argument wins over the environment.
+    monkeypatch.setenv(DECODE_KERNEL_ENV, "fa3")
+    fi = FlashInferAttentionBackend(pool, cfg, None, decode_kernel="cuda-cores")  # type: ignore[arg-type]
+    assert fi.decode_wrapper.kw["use_tensor_cores"] is False
+
+
+def test_unknown_decode_kernel_is_refused_with_the_choices(
+        fake_flashinfer: types.ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    from radixrt.attention.flashinfer_backend import (
+        DECODE_KERNEL_ENV,
+        FlashInferAttentionBackend,
+    )
+
+    pool = KVPool(KVPoolShape(1, 8, 16, 2, 8), torch.bfloat16, "cpu")
+    monkeypatch.setenv(DECODE_KERNEL_ENV, "fa4")
+    with pytest.raises(ValueError, match="fa4.*auto, fa2, fa3, cuda-cores"):
+        FlashInferAttentionBackend(pool, SimpleNamespace(num_heads=8), None)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- CUDA-graph helpers

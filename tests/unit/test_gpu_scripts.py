@@ -251,3 +251,25 @@ def test_gemm_probe_plumbing_on_cpu() -> None:
                          "check": {}, "setup": {}, "skipped": [], "errors": {},
                          "model": {"params": 1e6, "num_hidden_layers": 1, "dtype": "float32"}})
     assert "## The step's GEMMs alone" in md and "\n".join(table) in md
+
+
+def test_decode_kernels_table_lists_each_kernel_and_its_error() -> None:
+    """The decode_kernels section's rows (a CUDA-only section) render one line per kernel, a
+    kernel that failed with its error in place of the timings."""
+    rows = [{"kernel": "fa2", "bs1_step_ms": 5.1, "bs1_fraction_of_peak": 0.62,
+             "bs128_step_ms": 10.6, "bs128_fraction_of_peak": 0.64},
+            {"kernel": "fa3", "error": "RuntimeError: no sm90 build"},
+            {"kernel": "cuda-cores", "bs1_step_ms": 4.9, "bs1_fraction_of_peak": 0.65,
+             "bs128_step_ms": 12.0, "bs128_fraction_of_peak": 0.57}]
+    md = bench.markdown({"device": "cpu", "preset": "tiny", "torch": "x", "check": {},
+                         "setup": {}, "skipped": [], "errors": {},
+                         "decode_kernels": {"default": "auto", "context": 1043, "rows": rows},
+                         "model": {"params": 1e6, "num_hidden_layers": 1, "dtype": "float32"}})
+    lines = md.splitlines()
+    head = lines.index(next(x for x in lines if x.startswith("## Decode step by FlashInfer")))
+    assert "default: auto" in lines[head]
+    assert lines[head + 2] == ("| kernel | bs 1 ms/step | bs 1 of peak | bs 128 ms/step | "
+                               "bs 128 of peak |")
+    assert lines[head + 4] == "| fa2 | 5.1 | 0.62 | 10.6 | 0.64 |"
+    assert lines[head + 5] == "| fa3 | RuntimeError: no sm90 build |"
+    assert lines[head + 6] == "| cuda-cores | 4.9 | 0.65 | 12.0 | 0.57 |"
