@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from radixrt.attention.base import AttentionBackend
-from radixrt.models import fused_cuda
+from radixrt.models import gemv_cuda
 from radixrt.models.config import ModelConfig, kv_head_start, shard_config
 from radixrt.models.cpu_flat import flat_layers
 from radixrt.models.layers import RMSNorm, RotaryEmbedding
@@ -74,7 +74,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tp.all_reduce(self.down_proj(fused_cuda.silu_and_mul(self.gate_up_proj(x))))
+        return self.tp.all_reduce(gemv_cuda.down_from_gate_up(self.down_proj,
+                                                              self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):

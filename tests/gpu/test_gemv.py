@@ -31,6 +31,19 @@ def test_gemv_matches_linear_in_every_config(n: int, k: int) -> None:
         assert rel_err(y, ref) < 1e-2, cfg
 
 
+@pytest.mark.parametrize(("n", "k"), [(4096, 14336), (576, 1536)])
+def test_fused_silu_mul_matches_activation_then_linear(n: int, k: int) -> None:
+    from radixrt.models import fused_cuda
+
+    w = torch.randn(n, k, device=DEV, dtype=torch.bfloat16) / k**0.5
+    gate_up = torch.randn(1, 2 * k, device=DEV, dtype=torch.bfloat16)
+    ref = F.linear(fused_cuda.silu_and_mul(gate_up).float(), w.float())
+    for cfg in gemv_cuda.CONFIGS:
+        y = gemv_cuda.gemv(gate_up, w, cfg, silu_mul=True)
+        assert y.shape == (1, n) and y.dtype == torch.bfloat16
+        assert rel_err(y, ref) < 1e-2, cfg
+
+
 def test_install_swaps_only_what_it_reports_and_keeps_outputs(make_tiny_model) -> None:
     from radixrt.config import EngineConfig
     from radixrt.testing.batches import batch_from_chunks
@@ -61,11 +74,16 @@ def test_install_swaps_only_what_it_reports_and_keeps_outputs(make_tiny_model) -
     forced._apply_updates(prompt)
     forced.forward(prompt)
     step = batch_from_chunks([0], [4], [[17]], {})
-    logits = []
-    for on in (True, False):
-        gemv_cuda.enabled = on
-        try:
-            logits.append(forced.forward(step).float())
-        finally:
-            gemv_cuda.enabled = True
-    assert rel_err(logits[0], logits[1]) < 2e-2
+    # As installed, then with every down projection taking gate_up in one kernel.
+    for fused in (None, True):
+        if fused:
+            for layer in forced.model.layers:
+                layer.mlp.down_proj.silu_mul = True
+        logits = []
+        for on in (True, False):
+            gemv_cuda.enabled = on
+            try:
+                logits.append(forced.forward(step).float())
+            finally:
+                gemv_cuda.enabled = True
+        assert rel_err(logits[0], logits[1]) < 2e-2, fused

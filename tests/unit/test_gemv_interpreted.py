@@ -1,0 +1,22 @@
+"""The CUDA GEMV kernels' arithmetic on a CPU: gemv_interpreted_cases.py in a fresh pytest
+under Triton's interpreter (see that file for why a fresh process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_gemv_kernels_under_the_triton_interpreter() -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "",
+         str(HERE / "gemv_interpreted_cases.py")],
+        cwd=HERE.parents[1], env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "10 passed" in out, out[-2000:]
