@@ -118,13 +118,14 @@ $PY -c "from radixrt.models.fused_cuda import verify; import time, torch; t=time
 print(verify(torch.device('cuda'), torch.bfloat16, 4096, 128, 32, 8, 14336)); \
 print('jit fused ops: %.1f s' % (time.time()-t))" > "$CACHE/jit_fused.log" 2>&1 &
 pids+=($!)
-# The one-token Triton GEMV's block configs, plain and with SiLU-and-mul fused
-# (models/gemv_cuda.py); no triton: says so.
+# The one-token Triton GEMV's block configs, plain and with each prologue fused
+# (SiLU-and-mul, add + RMSNorm, RMSNorm; models/gemv_cuda.py); no triton: says so.
 $PY -c "import time, torch; from radixrt.models import gemv_cuda as g; t=time.time(); \
 x=torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16); \
 w=torch.randn(4096, 4096, device='cuda', dtype=torch.bfloat16); \
 ok=g._load_kernel() is not None; [g.gemv(x, w, c) for c in g.CONFIGS if ok]; \
 [g.gemv(x.repeat(1, 2), w, c, silu_mul=True) for c in g.CONFIGS if ok]; \
+[g.gemv_rms_norm(x, r, w[0], 1e-5, w, c) for c in g.CONFIGS for r in (None, x) if ok]; \
 torch.cuda.synchronize(); print('jit triton gemv: %.1f s%s' % (time.time()-t, '' if ok else \
  ' (no triton)'))" > "$CACHE/jit_gemv.log" 2>&1 &
 pids+=($!)

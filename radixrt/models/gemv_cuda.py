@@ -12,10 +12,16 @@ where the best config is faster by MIN_GAIN and agrees with F.linear. Everything
 every batch of more than one token, stays F.linear. RADIXRT_GEMV=0 turns it off; without
 triton it is off.
 
-The down projection may also take the gate_up projection's output as it is and apply
-SiLU-and-mul as it loads it (`silu_mul`): that saves the activation's kernel, a few
-microseconds in each of the step's layers (~0.15 ms of the H200's 5 ms batch-1 step). install
-times that variant beside the others, the activation included in every timing.
+A GEMV may also apply what comes before the projection as it loads its input (a prologue),
+which saves that op's own kernel, a few microseconds in each layer of a step whose GPU time
+is ~5 ms on the H200 at batch 1 (docs/benchmarks.md):
+- "silu_mul": a down projection takes the gate_up output [gate | up] as it is;
+- "rms_norm": qkv, gate_up and lm_head take the residual stream and the layer's input (or,
+  for the first layer, the embedding) and apply the residual add and the RMSNorm before
+  them: the sum of squares accumulates as the input streams through, and the row's scale
+  is applied to the dot products at the end. One program also writes the new residual.
+install times those variants beside the others, with the prologue's own op in every
+timing, so a fused GEMV is used only where it measures fastest.
 """
 
 from __future__ import annotations
@@ -52,84 +58,138 @@ def _load_kernel() -> Any:
         return None
 
     @triton.jit
-    def gemv(x_ptr, w_ptr, y_ptr, N, K, stride_w,  # noqa: ANN001
-             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SILU_MUL: tl.constexpr):
+    def gemv(x_ptr, w_ptr, y_ptr, r_ptr, g_ptr, s_ptr, N, K, stride_w, eps,  # noqa: ANN001
+             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SILU_MUL: tl.constexpr,
+             NORM: tl.constexpr, ADD: tl.constexpr):
         # SILU_MUL: x_ptr holds [gate (K) | up (K)]; the input is silu(gate) * up, rounded to
         # the activation dtype as the separate kernel's output would be.
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        # NORM: the input is rms_norm(x) * g (g at g_ptr); ADD: x + r (r at r_ptr) first, that
+        # sum rounded as the residual stream stores it, and program 0 writes it to s_ptr.
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             col_ok = cols < K
             x = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
             if SILU_MUL:
                 up = tl.load(x_ptr + K + cols, mask=col_ok, other=0.0).to(tl.float32)
-                x = (x * tl.sigmoid(x) * up).to(x_ptr.dtype.element_ty).to(tl.float32)
+                x = (x * tl.sigmoid(x) * up).to(x_ptr.dtype.element_ty,
+                                                   fp_downcast_rounding="rtne").to(tl.float32)
+            if NORM:
+                if ADD:
+                    r = tl.load(r_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+                    x = (x + r).to(x_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+                    if pid == 0:
+                        tl.store(s_ptr + cols, x, mask=col_ok)
+                    x = x.to(tl.float32)
+                sq += x * x
+                x = x * tl.load(g_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
             w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :],
                         mask=row_ok[:, None] & col_ok[None, :], other=0.0,
                         eviction_policy="evict_first")
             acc += w.to(tl.float32) * x[None, :]
-        tl.store(y_ptr + rows, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=row_ok)
+        y = tl.sum(acc, axis=1)
+        if NORM:
+            y = y * tl.rsqrt(tl.sum(sq, axis=0) / K + eps)
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
     _kernel = (triton, gemv)
     return _kernel
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int], *,
+            silu_mul: bool = False, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+            residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    loaded = _load_kernel()
+    if loaded is None:
+        raise RuntimeError("the Triton GEMV needs the triton package")
+    triton, kernel = loaded
+    n, k = weight.shape
+    if x.shape != (1, 2 * k if silu_mul else k):
+        raise ValueError(f"GEMV input of shape {tuple(x.shape)} for a weight of {k} columns"
+                         + (" (silu_mul: gate and up, twice that)" if silu_mul else ""))
+    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype):
+        raise ValueError(f"residual {tuple(residual.shape)} {residual.dtype} for an input "
+                         f"{tuple(x.shape)} {x.dtype}")
+    block_n, block_k, warps = config
+    x = x.contiguous()
+    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    summed = torch.empty_like(x) if residual is not None else None
+    # Unused pointer arguments get x: the kernel reads them only under their flags.
+    kernel[(triton.cdiv(n, block_n),)](
+        x, weight, y, residual.contiguous() if residual is not None else x,
+        norm_weight if norm_weight is not None else x, summed if summed is not None else x,
+        n, k, weight.stride(0), eps, BLOCK_N=block_n, BLOCK_K=block_k, SILU_MUL=silu_mul,
+        NORM=norm_weight is not None, ADD=residual is not None, num_warps=warps)
+    return y, summed
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int],
          silu_mul: bool = False) -> torch.Tensor:
     """x [1, K] @ weight[N, K]^T -> [1, N] (fp32 accumulation), one program per BLOCK_N rows.
     silu_mul: x is [1, 2K], gate then up, and the product is silu(gate) * up @ weight^T."""
-    loaded = _load_kernel()
-    if loaded is None:
-        raise RuntimeError("the Triton GEMV needs the triton package")
-    triton, kernel = loaded
-    n, k = weight.shape
-    if x.shape[-1] != (2 * k if silu_mul else k):
-        raise ValueError(f"GEMV input of width {x.shape[-1]} for a weight of {k} columns"
-                         + (" (silu_mul: gate and up, twice that)" if silu_mul else ""))
-    block_n, block_k, warps = config
-    x = x.contiguous()
-    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    kernel[(triton.cdiv(n, block_n),)](x, weight, y, n, k, weight.stride(0),
-                                       BLOCK_N=block_n, BLOCK_K=block_k, SILU_MUL=silu_mul,
-                                       num_warps=warps)
-    return y
+    return _launch(x, weight, config, silu_mul=silu_mul)[0]
+
+
+def gemv_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
+                  eps: float, weight: torch.Tensor, config: tuple[int, int, int]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(residual + x) * norm_weight @ weight^T, residual + x) for one token; without
+    a residual, (rms_norm(x) * norm_weight @ weight^T, x). Neither input is changed."""
+    y, summed = _launch(x, weight, config, norm_weight=norm_weight, eps=eps, residual=residual)
+    return y, summed if summed is not None else x
+
+
+PROLOGUES = ("silu_mul", "rms_norm")
 
 
 class GemvLinear(nn.Module):
     """A bias-free nn.Linear whose one-token calls run the GEMV (same weight Parameter, same
-    state-dict names). silu_mul: it is a down projection that takes the gate_up output
-    through forward_gate_up in one kernel."""
+    state-dict names). prologue: the op before it that its GEMV applies too, when the model
+    calls it through down_from_gate_up ("silu_mul") or norm_linear ("rms_norm")."""
 
     def __init__(self, linear: nn.Linear, config: tuple[int, int, int],
-                 silu_mul: bool = False) -> None:
+                 prologue: str | None = None) -> None:
         super().__init__()
+        if prologue not in (None, *PROLOGUES):
+            raise ValueError(f"unknown GEMV prologue {prologue!r}")
         self.weight = linear.weight
         self.config = config
-        self.silu_mul = silu_mul
+        self.prologue = prologue
 
-    def _one_token(self, x: torch.Tensor) -> bool:
+    def one_token(self, x: torch.Tensor) -> bool:
         return enabled and x.dim() == 2 and x.shape[0] == 1 and x.dtype == self.weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._one_token(x):
+        if self.one_token(x):
             return gemv(x, self.weight, self.config)
         return F.linear(x, self.weight)
 
-    def forward_gate_up(self, gate_up: torch.Tensor) -> torch.Tensor:
-        """down(silu(gate) * up) from the gate_up projection's output [T, 2K]."""
-        if self.silu_mul and self._one_token(gate_up):
-            return gemv(gate_up, self.weight, self.config, silu_mul=True)
-        return self(fused_cuda.silu_and_mul(gate_up))
-
 
 def down_from_gate_up(down: nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
-    """An MLP's down projection of silu(gate) * up, fused into a one-token GEMV where install
-    chose that for this module."""
-    if isinstance(down, GemvLinear):
-        return down.forward_gate_up(gate_up)
+    """An MLP's down projection of silu(gate) * up from the gate_up output [T, 2K], in one
+    kernel where install chose that for this module."""
+    if isinstance(down, GemvLinear) and down.prologue == "silu_mul" and down.one_token(gate_up):
+        return gemv(gate_up, down.weight, down.config, silu_mul=True)
     return down(fused_cuda.silu_and_mul(gate_up))
+
+
+def norm_linear(norm: nn.Module, linear: nn.Module, x: torch.Tensor,
+                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(linear(norm(residual + x)), residual + x), or (linear(norm(x)), x) without a residual:
+    the residual stream's add, an RMSNorm (weight, eps) and the projection after it, in one
+    kernel where install chose that for `linear`. As norm.add_forward, may update `x` and
+    `residual` in place."""
+    if (isinstance(linear, GemvLinear) and linear.prologue == "rms_norm" and linear.one_token(x)
+            and (residual is None or residual.shape == x.shape)):
+        return gemv_rms_norm(x, residual, norm.weight, norm.eps, linear.weight, linear.config)
+    if residual is None:
+        return linear(norm(x)), x
+    h, residual = norm.add_forward(x, residual)
+    return linear(h), residual
 
 
 def _projections(model: nn.Module) -> dict[str, list[tuple[nn.Module, str, nn.Linear]]]:
@@ -172,17 +232,19 @@ def time_calls(fn: Any, weights: list[torch.Tensor], graphs: bool, reps: int = 3
     return start.elapsed_time(end) / 1e3 / (reps * len(weights))
 
 
-def _takes_gate_up(parent: nn.Module, name: str, linear: nn.Linear) -> bool:
-    """True for an MLP's down projection fed silu(gate) * up from a gate_up projection."""
-    gate_up = getattr(parent, "gate_up_proj", None)
-    return (name == "down_proj" and isinstance(gate_up, nn.Module)
-            and getattr(gate_up, "weight", None) is not None
-            and gate_up.weight.shape[0] == 2 * linear.weight.shape[1])
-
-
-# A candidate: (block config, fused SiLU-and-mul); BLAS is F.linear.
+# A candidate: (block config, with the role's prologue fused); BLAS is F.linear.
 Candidate = tuple[tuple[int, int, int] | None, bool]
 BLAS: Candidate = (None, False)
+
+
+def _prologue_of(members: list[tuple[nn.Module, str, nn.Linear]],
+                 prologues: dict[nn.Module, tuple[str, nn.Module | None]]
+                 ) -> tuple[str, nn.Module | None] | tuple[None, None]:
+    """The prologue every member of a role shares (the first member's norm), else none."""
+    kinds = {prologues.get(m, (None, None))[0] for _, _, m in members}
+    if len(kinds) != 1 or None in kinds:
+        return None, None
+    return prologues[members[0][2]]
 
 
 @torch.inference_mode()
@@ -190,11 +252,13 @@ def install(model: nn.Module, device: torch.device, graphs: bool = True,
             min_gain: float = MIN_GAIN) -> dict[str, str]:
     """Swap the projections whose one-token GEMV beats F.linear by min_gain (see the module
     docstring), timed as the decode steps will run: replayed from CUDA graphs when `graphs`.
+    The model's linear_prologues() says which op comes before which projection.
     Returns projection -> what it runs and why, for the log."""
     if device.type != "cuda" or os.environ.get(ENV, "1") == "0":
         return {}
     if _load_kernel() is None:
         return {"all": "F.linear (no triton)"}
+    prologues = model.linear_prologues() if hasattr(model, "linear_prologues") else {}
     status: dict[str, str] = {}
     for role, members in _projections(model).items():
         weights = [m.weight for _, _, m in members]
@@ -206,42 +270,63 @@ def install(model: nn.Module, device: torch.device, graphs: bool = True,
         if w0.numel() >= 2**31 or any(w.stride(1) != 1 for w in weights):
             status[role] = "F.linear (weights over 2^31 elements or rows not packed)"
             continue
-        gate_up = all(_takes_gate_up(*m) for m in members)
-        # What the layer is handed: for a down projection, the gate_up output (every candidate
-        # then pays for the activation, fused or as its own kernel).
-        x = torch.randn(1, w0.shape[1] * (2 if gate_up else 1), device=device, dtype=w0.dtype)
+        kind, norm = _prologue_of(members, prologues)
+        k = w0.shape[1]
+        # What the layer is handed, and the op before it: every candidate pays for that op,
+        # fused or as its own kernel. The norm's add works in place, as in the model.
+        x = torch.randn(1, 2 * k if kind == "silu_mul" else k, device=device, dtype=w0.dtype)
+        r = torch.randn_like(x)
+        start = (x.clone(), r.clone())
 
-        def call(w: torch.Tensor, cand: Candidate, x: torch.Tensor = x,
-                 gate_up: bool = gate_up) -> torch.Tensor:
+        def call(w: torch.Tensor, cand: Candidate, x: torch.Tensor = x, r: torch.Tensor = r,
+                 kind: str | None = kind, norm: nn.Module | None = norm) -> torch.Tensor:
             cfg, fused = cand
-            if fused:
-                assert cfg is not None
-                return gemv(x, w, cfg, silu_mul=True)
-            h = fused_cuda.silu_and_mul(x) if gate_up else x
+            if kind == "silu_mul":
+                if fused and cfg is not None:
+                    return gemv(x, w, cfg, silu_mul=True)
+                h = fused_cuda.silu_and_mul(x)
+            elif kind == "rms_norm":
+                assert norm is not None
+                if fused and cfg is not None:
+                    return gemv_rms_norm(x, r, norm.weight, norm.eps, w, cfg)[0]
+                h = fused_cuda.add_rms_norm(x, r, norm.weight, norm.eps)[0]
+            else:
+                h = x
             return F.linear(h, w) if cfg is None else gemv(h, w, cfg)
 
-        cands: list[Candidate] = [(cfg, fused) for fused in ((False, True) if gate_up
-                                                              else (False,))
+        def fresh(x: torch.Tensor = x, r: torch.Tensor = r,
+                  start: tuple[torch.Tensor, torch.Tensor] = start) -> None:
+            x.copy_(start[0])
+            r.copy_(start[1])
+
+        cands: list[Candidate] = [(cfg, fused) for fused in ((False, True) if kind else (False,))
                                   for cfg in CONFIGS]
         try:
+            fresh()
             ref = call(w0, BLAS).float()
             base = time_calls(lambda w: call(w, BLAS), weights, graphs)
             best: tuple[float, Candidate] | None = None
             for cand in cands:
+                fresh()
                 got = call(w0, cand).float()
                 err = float((got - ref).norm() / ref.norm().clamp_min(1e-12))
                 if err > 1e-2:
-                    raise RuntimeError(f"{describe(cand)} disagrees with F.linear "
+                    raise RuntimeError(f"{describe(cand, kind)} disagrees with F.linear "
                                        f"(rel err {err:.1e})")
                 t = time_calls(lambda w, cand=cand: call(w, cand), weights, graphs)
                 if best is None or t < best[0]:
                     best = (t, cand)
+            assert best is not None
+            t, cand = best
+            if kind == "rms_norm" and cand[1]:
+                # The first layer's norm has no residual to add: its own specialisation,
+                # compiled now rather than while a graph is being captured.
+                assert cand[0] is not None and norm is not None
+                gemv_rms_norm(x, None, norm.weight, norm.eps, w0, cand[0])
         except Exception as e:  # a failed build or launch: keep cuBLAS
             status[role] = f"F.linear (GEMV failed: {type(e).__name__}: {e})"
             logger.warning("one-token GEMV for %s switched off: %s", role, e)
             continue
-        assert best is not None
-        t, cand = best
         # The best of several noisy timings is biased low: the winner is timed afresh and meets
         # F.linear's faster of two timings, so a noise win does not swap in the GEMV.
         base = min(base, time_calls(lambda w: call(w, BLAS), weights, graphs))
@@ -251,15 +336,17 @@ def install(model: nn.Module, device: torch.device, graphs: bool = True,
             cfg, fused = cand
             assert cfg is not None
             for parent, name, module in members:
-                setattr(parent, name, GemvLinear(module, cfg, silu_mul=fused))
-            status[role] = (f"{describe(cand)} {t * 1e6:.1f} us vs F.linear {base * 1e6:.1f} us "
-                            f"({shape})")
+                setattr(parent, name, GemvLinear(module, cfg, kind if fused else None))
+            status[role] = (f"{describe(cand, kind)} {t * 1e6:.1f} us vs F.linear "
+                            f"{base * 1e6:.1f} us ({shape})")
         else:
-            status[role] = (f"F.linear {base * 1e6:.1f} us vs {describe(cand)} {t * 1e6:.1f} us "
-                            f"({shape})")
+            status[role] = (f"F.linear {base * 1e6:.1f} us vs {describe(cand, kind)} "
+                            f"{t * 1e6:.1f} us ({shape})")
     return status
 
 
-def describe(cand: Candidate) -> str:
+def describe(cand: Candidate, kind: str | None) -> str:
     cfg, fused = cand
-    return "F.linear" if cfg is None else f"gemv{'+silu_mul' if fused else ''} {cfg}"
+    if cfg is None:
+        return "F.linear" + (f" after {kind}" if kind else "")
+    return f"gemv{'+' + str(kind) if fused else ''} {cfg}"

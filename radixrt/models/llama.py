@@ -54,8 +54,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
                 attn: AttentionBackend) -> torch.Tensor:
-        t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        return self.attend(self.qkv_proj(x), positions, rope, attn)
+
+    def attend(self, qkv: torch.Tensor, positions: torch.Tensor, rope: RotaryEmbedding,
+               attn: AttentionBackend) -> torch.Tensor:
+        """Everything after the qkv projection (its output [T, q + 2 kv])."""
+        t = qkv.shape[0]
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
         v = v.view(t, self.num_kv_heads, self.head_dim)
@@ -74,8 +79,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tp.all_reduce(gemv_cuda.down_from_gate_up(self.down_proj,
-                                                              self.gate_up_proj(x)))
+        return self.down(self.gate_up_proj(x))
+
+    def down(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """Everything after the gate_up projection (its output [T, 2 * intermediate])."""
+        return self.tp.all_reduce(gemv_cuda.down_from_gate_up(self.down_proj, gate_up))
 
 
 class DecoderLayer(nn.Module):
@@ -91,14 +99,14 @@ class DecoderLayer(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(this layer's MLP output, the residual stream before it): the caller adds them, so
         each residual add fuses with the norm that follows it."""
-        if residual is None:
-            residual = x
-            h = self.input_layernorm(x)
-        else:
-            h, residual = self.input_layernorm.add_forward(x, residual)
-        h = self.self_attn(h, positions, rope, attn)
-        h, residual = self.post_attention_layernorm.add_forward(h, residual)
-        return self.mlp(h), residual
+        # norm_linear: the add, the norm and the projection after it, in one kernel where
+        # gemv_cuda.install chose that for a one-token step.
+        qkv, residual = gemv_cuda.norm_linear(self.input_layernorm, self.self_attn.qkv_proj,
+                                              x, residual)
+        h = self.self_attn.attend(qkv, positions, rope, attn)
+        gate_up, residual = gemv_cuda.norm_linear(self.post_attention_layernorm,
+                                                  self.mlp.gate_up_proj, h, residual)
+        return self.mlp.down(gate_up), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -133,8 +141,20 @@ class LlamaForCausalLM(nn.Module):
             for layer in self.layers:
                 x, residual = layer(x, residual, positions, self.rope, attn)
         assert residual is not None
-        x, _ = self.norm.add_forward(x[logits_indices], residual[logits_indices])
-        return self.tp.gather_vocab(self.lm_head(x).float())
+        logits, _ = gemv_cuda.norm_linear(self.norm, self.lm_head, x[logits_indices],
+                                          residual[logits_indices])
+        return self.tp.gather_vocab(logits.float())
+
+    def linear_prologues(self) -> dict[nn.Module, tuple[str, nn.Module | None]]:
+        """projection -> the op the forward runs right before it (gemv_cuda.PROLOGUES) and
+        its norm module: what a one-token GEMV may fuse (gemv_cuda.install)."""
+        out: dict[nn.Module, tuple[str, nn.Module | None]] = {
+            self.lm_head: ("rms_norm", self.norm)}
+        for layer in self.layers:
+            out[layer.self_attn.qkv_proj] = ("rms_norm", layer.input_layernorm)
+            out[layer.mlp.gate_up_proj] = ("rms_norm", layer.post_attention_layernorm)
+            out[layer.mlp.down_proj] = ("silu_mul", None)
+        return out
 
     def weight_map(self) -> dict[str, WeightSlot]:
         """HF tensor name -> where it goes (fused projections, this rank's slice)."""

@@ -44,6 +44,26 @@ def test_fused_silu_mul_matches_activation_then_linear(n: int, k: int) -> None:
         assert rel_err(y, ref) < 1e-2, cfg
 
 
+@pytest.mark.parametrize("add", [False, True])
+def test_fused_rms_norm_matches_norm_then_linear(add: bool) -> None:
+    from radixrt.models import fused_cuda
+
+    n, k = 6144, 4096
+    w = torch.randn(n, k, device=DEV, dtype=torch.bfloat16) / k**0.5
+    g = 1 + 0.1 * torch.randn(k, device=DEV, dtype=torch.bfloat16)
+    x = torch.randn(1, k, device=DEV, dtype=torch.bfloat16)
+    r = torch.randn(1, k, device=DEV, dtype=torch.bfloat16) if add else None
+    if r is not None:
+        h, want_r = fused_cuda.add_rms_norm(x.clone(), r.clone(), g, 1e-5)
+    else:
+        h, want_r = fused_cuda.rms_norm(x, g, 1e-5), x
+    ref = F.linear(h.float(), w.float())
+    for cfg in gemv_cuda.CONFIGS:
+        y, got_r = gemv_cuda.gemv_rms_norm(x, r, g, 1e-5, w, cfg)
+        assert rel_err(y, ref) < 1e-2, cfg
+        assert torch.equal(got_r, want_r), cfg  # rounded to nearest even, as torch does
+
+
 def test_install_swaps_only_what_it_reports_and_keeps_outputs(make_tiny_model) -> None:
     from radixrt.config import EngineConfig
     from radixrt.testing.batches import batch_from_chunks
@@ -74,11 +94,15 @@ def test_install_swaps_only_what_it_reports_and_keeps_outputs(make_tiny_model) -
     forced._apply_updates(prompt)
     forced.forward(prompt)
     step = batch_from_chunks([0], [4], [[17]], {})
-    # As installed, then with every down projection taking gate_up in one kernel.
+    # As installed, then with every prologue fused: SiLU-and-mul into the down projections,
+    # the residual add and RMSNorm into qkv, gate_up and lm_head.
     for fused in (None, True):
         if fused:
             for layer in forced.model.layers:
-                layer.mlp.down_proj.silu_mul = True
+                layer.mlp.down_proj.prologue = "silu_mul"
+                layer.mlp.gate_up_proj.prologue = "rms_norm"
+                layer.self_attn.qkv_proj.prologue = "rms_norm"
+            forced.model.lm_head.prologue = "rms_norm"
         logits = []
         for on in (True, False):
             gemv_cuda.enabled = on

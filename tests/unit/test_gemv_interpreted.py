@@ -4,6 +4,7 @@ under Triton's interpreter (see that file for why a fresh process)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,4 +20,5 @@ def test_gemv_kernels_under_the_triton_interpreter() -> None:
         cwd=HERE.parents[1], env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert "10 passed" in out, out[-2000:]
+    passed = re.search(r"(\d+) passed", out)
+    assert passed and int(passed.group(1)) >= 20 and "skipped" not in out, out[-2000:]
