@@ -613,15 +613,37 @@ class Bench:
                 + (f" (fused {row['fused_step_ms']})" if "fused_step_ms" in row else ""))
         self.results["decode_unfused"] = rows
 
+    def switched_step_ms(self, module: Any, batches: list[int]) -> dict[bool, dict[int, float]]:
+        """recaptured_step_ms with `module.enabled` off, then on (as it is left)."""
+        times = {}
+        for on in (False, True):
+            module.enabled = on
+            times[on] = self.recaptured_step_ms(batches)
+        return times
+
+    def decode_rope_kv(self) -> None:
+        """The fused RoPE + KV write (radixrt/attention/rope_kv_cuda.py) on and off, graphs
+        recaptured each way, at batch 1 and the largest batch."""
+        from radixrt.attention import rope_kv_cuda
+
+        batches = sorted({1, max(self.args.decode_batches)})
+        times = self.switched_step_ms(rope_kv_cuda, batches)
+        self.results["decode_rope_kv"] = {
+            "status": self.runner.attn.rope_kv,
+            "rows": [{"batch": B, "fused_step_ms": round(times[True][B], 3),
+                      "unfused_step_ms": round(times[False][B], 3),
+                      "speedup": round(times[False][B] / times[True][B], 3)} for B in batches]}
+        for B in batches:
+            say(f"   decode bs={B}: {times[True][B]:.2f} ms/step with RoPE + KV write fused, "
+                f"{times[False][B]:.2f} without")
+
     def decode_gemv(self) -> None:
         """Batch 1 with the Triton GEMV (radixrt/models/gemv_cuda.py) on and off, graphs
         recaptured each way, in one run."""
         from radixrt.models import gemv_cuda
 
-        times = {}
-        for on in (False, True):
-            gemv_cuda.enabled = on
-            times[on] = self.recaptured_step_ms([1])[1]
+        switched = self.switched_step_ms(gemv_cuda, [1])
+        times = {on: t[1] for on, t in switched.items()}
         self.results["decode_gemv"] = {
             "batch": 1, "installed": dict(self.runner.gemv),
             "gemv_step_ms": round(times[True], 3), "cublas_step_ms": round(times[False], 3),
@@ -851,6 +873,8 @@ class Bench:
             self.section("decode_unfused", 20 if big else 1, self.decode_unfused)
             self.section("decode_gemv", 15 if big else 1, self.decode_gemv)
             if not a.torch_attention:
+                self.section("decode_rope_kv", 20 if big else 1, self.decode_rope_kv)
+            if not a.torch_attention:
                 self.section("decode_kernels", 30 if big else 1, self.decode_kernels)
         if not a.skip_overlap:
             self.section("overlap", 120 if big else 1, self.overlap)
@@ -910,6 +934,14 @@ def markdown(r: dict[str, Any]) -> str:
         for d in r["decode_unfused"]:
             lines.append(f"| {d['batch']} | {d.get('fused_step_ms', '-')} | "
                          f"{d['unfused_step_ms']} | {d.get('speedup', '-')} |")
+        lines.append("")
+    if "decode_rope_kv" in r:
+        rk = r["decode_rope_kv"]
+        lines += [f"## Decode with RoPE + KV write fused and not ({rk['status']}; graphs "
+                  "recaptured)", "", "| batch | fused ms/step | unfused ms/step | speedup |",
+                  "|---|---|---|---|"]
+        lines += [f"| {x['batch']} | {x['fused_step_ms']} | {x['unfused_step_ms']} | "
+                  f"{x['speedup']} |" for x in rk["rows"]]
         lines.append("")
     if "decode_kernels" in r:
         dk = r["decode_kernels"]

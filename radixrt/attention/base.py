@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -105,6 +106,16 @@ def build_step_inputs(start_pos: np.ndarray, num_new: np.ndarray, page_rows: np.
     return meta, t_pos, t_extra
 
 
+class Rope(Protocol):
+    """The model's rotary embedding as a backend sees it (models/layers.py RotaryEmbedding)."""
+
+    # [max_pos, head_dim] float32, cos half then sin half, on the device (None on CPU).
+    cos_sin: torch.Tensor | None
+
+    def __call__(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class AttentionBackend(ABC):
     """Attention over the paged KV pool: `plan(meta)` once per step (host-side work, e.g. index
     tensors or kernel plans), then `forward(q, k, v, layer_id)` per layer, which also writes the
@@ -142,3 +153,10 @@ class AttentionBackend(ABC):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int
     ) -> torch.Tensor:
         """q [T, Hq, D], k/v [T, Hkv, D] of the new tokens -> attention output [T, Hq, D]."""
+
+    def forward_rope(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor, layer_id: int, rope: Rope) -> torch.Tensor:
+        """forward() of q and k before RoPE: rotated here first. A backend may rotate them
+        as it writes the pool (one kernel instead of two); q, k may be changed in place."""
+        q, k = rope(positions, q, k)
+        return self.forward(q, k, v, layer_id)

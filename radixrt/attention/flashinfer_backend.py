@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_metadata
+from radixrt.attention import rope_kv_cuda
+from radixrt.attention.base import AttentionBackend, AttentionMetadata, Rope, build_metadata
 
 if TYPE_CHECKING:
     from radixrt.config import EngineConfig
@@ -139,6 +140,9 @@ class FlashInferAttentionBackend(AttentionBackend):
             self.workspace, "NHD", **self.decode_kwargs)
         self.prefill_wrapper = self.fi.BatchPrefillWithPagedKVCacheWrapper(
             self.workspace, "NHD", backend=backend)
+        # RoPE and the K/V write as one kernel, where it checks out on this device.
+        self.rope_kv = rope_kv_cuda.check(pool.device, pool.dtype, self.num_qo_heads,
+                                          self.num_kv_heads, self.head_dim)
         self.meta: AttentionMetadata | None = None
         self._wrapper: Any = None
         # Graph mode (init_capture): one decode wrapper per captured size over fixed buffers.
@@ -208,6 +212,21 @@ class FlashInferAttentionBackend(AttentionBackend):
         assert meta is not None, "plan() must run before forward()"
         # Written first: the new tokens attend to themselves through the pages.
         self.pool.write(layer_id, meta.out_slots, k, v)
+        return self._attend(q, layer_id)
+
+    def forward_rope(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor, layer_id: int, rope: Rope) -> torch.Tensor:
+        meta = self.meta
+        assert meta is not None, "plan() must run before forward()"
+        k_cache, v_cache = self.pool.k_cache[layer_id], self.pool.v_cache[layer_id]
+        if self.rope_kv != "fused" or not rope_kv_cuda.usable(q, k, v, k_cache, rope.cos_sin):
+            return super().forward_rope(positions, q, k, v, layer_id, rope)
+        assert rope.cos_sin is not None
+        rope_kv_cuda.rope_and_write(positions, q, k, v, rope.cos_sin, k_cache, v_cache,
+                                    meta.out_slots)
+        return self._attend(q, layer_id)
+
+    def _attend(self, q: torch.Tensor, layer_id: int) -> torch.Tensor:
         kv = (self.pool.k_pages(layer_id), self.pool.v_pages(layer_id))
         # q may be a view into the qkv projection's output (rows strided): the paged kernels
         # take q's strides (FlashInfer PR #553), so no copy.

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from radixrt.models import fused_cuda
+from radixrt.triton_jit import LazyKernel
 
 ENV = "RADIXRT_GEMV"
 logger = logging.getLogger("radixrt")
@@ -43,19 +45,10 @@ logger = logging.getLogger("radixrt")
 CONFIGS = ((4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4), (16, 512, 8), (32, 256, 8))
 MIN_GAIN = 0.03  # the GEMV must be this much faster than F.linear to be used
 enabled = True  # False: installed GemvLinears run F.linear (benchmarks' A/B; read per call)
-_kernel: Any = None
 
 
-def _load_kernel() -> Any:
-    """The Triton kernel, compiled lazily (None: triton is missing)."""
-    global _kernel
-    if _kernel is not None:
-        return _kernel
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:
-        return None
+def _define(triton: ModuleType, tl: ModuleType) -> Any:
+    """The kernel (see LazyKernel)."""
 
     @triton.jit
     def gemv(x_ptr, w_ptr, y_ptr, r_ptr, g_ptr, s_ptr, N, K, stride_w, eps,  # noqa: ANN001
@@ -96,8 +89,10 @@ def _load_kernel() -> Any:
             y = y * tl.rsqrt(tl.sum(sq, axis=0) / K + eps)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
 
-    _kernel = (triton, gemv)
-    return _kernel
+    return gemv
+
+
+_load_kernel = LazyKernel(_define)  # () -> (triton, kernel) | None
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int], *,

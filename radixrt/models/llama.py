@@ -66,8 +66,7 @@ class Attention(nn.Module):
         v = v.view(t, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope(positions, q, k)
-        out = attn.forward(q, k, v, self.layer_id)
+        out = attn.forward_rope(positions, q, k, v, self.layer_id, rope)
         return self.tp.all_reduce(self.o_proj(out.reshape(t, self.q_size)))
 
 

@@ -255,7 +255,7 @@ def test_gemm_probe_plumbing_on_cpu() -> None:
 
 def test_decode_kernels_table_lists_each_kernel_and_its_error() -> None:
     """The decode_kernels section's rows (a CUDA-only section) render one line per kernel, a
-    kernel that failed with its error in place of the timings."""
+    kernel that failed with its error in place of the timings; decode_rope_kv's A/B too."""
     rows = [{"kernel": "fa2", "bs1_step_ms": 5.1, "bs1_fraction_of_peak": 0.62,
              "bs128_step_ms": 10.6, "bs128_fraction_of_peak": 0.64},
             {"kernel": "fa3", "error": "RuntimeError: no sm90 build"},
@@ -264,6 +264,9 @@ def test_decode_kernels_table_lists_each_kernel_and_its_error() -> None:
     md = bench.markdown({"device": "cpu", "preset": "tiny", "torch": "x", "check": {},
                          "setup": {}, "skipped": [], "errors": {},
                          "decode_kernels": {"default": "auto", "context": 1043, "rows": rows},
+                         "decode_rope_kv": {"status": "fused", "rows": [
+                             {"batch": 1, "fused_step_ms": 4.8, "unfused_step_ms": 4.9,
+                              "speedup": 1.021}]},
                          "model": {"params": 1e6, "num_hidden_layers": 1, "dtype": "float32"}})
     lines = md.splitlines()
     head = lines.index(next(x for x in lines if x.startswith("## Decode step by FlashInfer")))
@@ -273,3 +276,5 @@ def test_decode_kernels_table_lists_each_kernel_and_its_error() -> None:
     assert lines[head + 4] == "| fa2 | 5.1 | 0.62 | 10.6 | 0.64 |"
     assert lines[head + 5] == "| fa3 | RuntimeError: no sm90 build |"
     assert lines[head + 6] == "| cuda-cores | 4.9 | 0.65 | 12.0 | 0.57 |"
+    assert "## Decode with RoPE + KV write fused and not (fused; graphs recaptured)" in md
+    assert "| 1 | 4.8 | 4.9 | 1.021 |" in lines

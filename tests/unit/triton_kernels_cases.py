@@ -1,10 +1,11 @@
-"""The one-token Triton GEMV (radixrt/models/gemv_cuda.py) run by Triton's interpreter on the
-CPU: its arithmetic, the fused SiLU-and-mul input, and the MLP path that uses it, against
-torch. tests/gpu/test_gemv.py runs the same kernels compiled on CUDA and what `install` picks.
+"""radixrt's Triton kernels for CUDA run by Triton's interpreter on the CPU, against torch:
+the one-token GEMV (radixrt/models/gemv_cuda.py) with its fused prologues and the model path
+that uses them, and the fused RoPE + KV write (radixrt/attention/rope_kv_cuda.py) with the
+FlashInfer backend's use of it. tests/gpu runs the same kernels compiled on CUDA.
 
 Not collected by the suite itself: Triton reads TRITON_INTERPRET when it is first imported
-(its library functions, tl.sum among them, are decorated then), so test_gemv_interpreted.py
-runs this file in a fresh pytest with the variable set.
+(its library functions, tl.sum among them, are decorated then), so
+test_triton_kernels_interpreted.py runs this file in a fresh pytest with the variable set.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ SHAPES = [(50, 130), (96, 256)]
 
 @pytest.fixture(autouse=True, scope="module")
 def interpreted() -> None:
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run through test_gemv_interpreted.py"
+    assert os.environ.get("TRITON_INTERPRET") == "1", (
+        "run through test_triton_kernels_interpreted.py")
     assert gemv_cuda._load_kernel() is not None, "triton is a test dependency"
 
 
@@ -213,3 +215,140 @@ def test_whole_model_step_with_every_prologue_fused(make_tiny_model) -> None:
     per_layer = ["rms_norm", None, "rms_norm", "silu_mul"]  # qkv, o, gate_up, down
     assert calls.kinds == per_layer * 2 + ["rms_norm"]
     torch.testing.assert_close(fused, plain, atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- RoPE + KV write
+
+
+def rope_case(t: int, hq: int, hk: int, d: int, dtype: torch.dtype, seed: int = 0
+              ) -> tuple[torch.Tensor, ...]:
+    """One qkv projection output [T, (hq + 2 hk) d] with q, k, v as views into it (as the
+    model passes them), positions, a cos/sin table, distinct slots and a zeroed [2, S, hk, d]
+    cache pair."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(t, (hq + 2 * hk) * d, generator=g).to(dtype)
+    q = qkv[:, : hq * d].view(t, hq, d)
+    k = qkv[:, hq * d: (hq + hk) * d].view(t, hk, d)
+    v = qkv[:, (hq + hk) * d:].view(t, hk, d)
+    pos = torch.randint(0, 500, (t,), generator=g)
+    inv = 1.0 / (10000.0 ** (torch.arange(0, d, 2).float() / d))
+    freqs = torch.outer(torch.arange(512).float(), inv)
+    cos_sin = torch.cat([freqs.cos(), freqs.sin()], -1)
+    slots = torch.randperm(4 * t, generator=g)[:t]
+    cache = torch.zeros(2, 4 * t, hk, d, dtype=dtype)
+    return qkv, q, k, v, pos, cos_sin, slots, cache
+
+
+@pytest.mark.parametrize(("hq", "hk", "d"), [(8, 2, 64), (4, 4, 32), (2, 1, 128)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_and_write_matches_rope_then_index_copy(hq: int, hk: int, d: int,
+                                                     dtype: torch.dtype) -> None:
+    from radixrt.attention import rope_kv_cuda
+    from radixrt.models.fused_cuda import torch_rope
+
+    qkv, q, k, v, pos, cos_sin, slots, cache = rope_case(5, hq, hk, d, dtype, seed=d)
+    k0, v0 = k.clone(), v.clone()
+    # The model's unfused path: torch RoPE (the reference of FlashInfer's kernel), then the
+    # pool's write.
+    half = d // 2
+    want_q, want_k = torch_rope(pos, q.clone(), k.clone(), cos_sin[:, :half], cos_sin[:, half:])
+    want = cache.clone()
+    want[0].index_copy_(0, slots, want_k)
+    want[1].index_copy_(0, slots, v)
+    assert rope_kv_cuda.usable(q, k, v, cache[0], cos_sin)
+    got_q = rope_kv_cuda.rope_and_write(pos, q, k, v, cos_sin, cache[0], cache[1], slots)
+    assert got_q.data_ptr() == qkv.data_ptr()  # q rotated in place, inside the qkv rows
+    # float32 agrees to rounding; the interpreter truncates to bfloat16 (one ulp).
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2,
+                                                                        "rtol": 2**-7}
+    torch.testing.assert_close(q, want_q, **tol)
+    torch.testing.assert_close(cache, want, **tol)
+    assert torch.equal(cache[1], want[1])  # v is copied, not computed
+    assert torch.equal(k, k0) and torch.equal(v, v0)  # the projection's k and v untouched
+    untouched = torch.ones(cache.shape[1], dtype=torch.bool)
+    untouched[slots] = False
+    assert not cache[:, untouched].any()
+
+
+def test_rope_and_write_reference_and_guards() -> None:
+    from radixrt.attention import rope_kv_cuda
+
+    _, q, k, v, pos, cos_sin, slots, cache = rope_case(4, 4, 2, 32, torch.float32)
+    ref_cache = cache.clone()
+    ref_q = rope_kv_cuda.reference(pos, q.clone(), k, v, cos_sin, ref_cache[0], ref_cache[1],
+                                   slots)
+    rope_kv_cuda.rope_and_write(pos, q, k, v, cos_sin, cache[0], cache[1], slots)
+    torch.testing.assert_close(q, ref_q, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache, ref_cache, atol=1e-5, rtol=1e-5)
+    empty = q[:0]
+    assert rope_kv_cuda.rope_and_write(pos[:0], empty, k[:0], v[:0], cos_sin, cache[0],
+                                       cache[1], slots[:0]) is empty
+    # What it does not take: a head_dim that is no power of two, mixed dtypes, no table.
+    odd = torch.zeros(2, 4, 24)
+    assert not rope_kv_cuda.usable(odd, odd, odd, torch.zeros(8, 4, 24), cos_sin)
+    assert not rope_kv_cuda.usable(q, k, v, cache[0].to(torch.bfloat16), cos_sin)
+    assert not rope_kv_cuda.usable(q, k, v, cache[0], None)
+    assert rope_kv_cuda.check(torch.device("cpu"), torch.float32, 4, 2, 32) == "off (not CUDA)"
+
+
+def test_flashinfer_backend_rotates_and_writes_in_one_kernel(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """FlashInferAttentionBackend.forward_rope with the fused kernel (forced on: check()
+    needs CUDA) against the base class's RoPE then forward(), over FlashInfer stand-ins that
+    attend per the documented API (test_flashinfer_plan.py's)."""
+    import sys
+    import types
+    from types import SimpleNamespace
+
+    import numpy as np
+    from test_flashinfer_plan import _FakeDecode, _FakePrefill
+
+    from radixrt.attention import rope_kv_cuda
+    from radixrt.attention.base import build_metadata
+    from radixrt.attention.flashinfer_backend import FlashInferAttentionBackend
+    from radixrt.kvcache.pool import KVPool, KVPoolShape
+
+    fake = types.ModuleType("flashinfer")
+    fake.BatchDecodeWithPagedKVCacheWrapper = _FakeDecode  # type: ignore[attr-defined]
+    fake.BatchPrefillWithPagedKVCacheWrapper = _FakePrefill  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flashinfer", fake)
+    hq, hk, d, ps = 8, 2, 32, 4
+    shape = KVPoolShape(1, 16, ps, hk, d)
+    pools = [KVPool(shape, torch.bfloat16, "cpu") for _ in range(2)]
+    backends = [FlashInferAttentionBackend(p, SimpleNamespace(num_heads=hq), None)  # type: ignore[arg-type]
+                for p in pools]
+    assert backends[0].rope_kv == "off (not CUDA)"
+    backends[0].rope_kv = "fused"
+    calls: list[int] = []
+    real = rope_kv_cuda.rope_and_write
+    monkeypatch.setattr(rope_kv_cuda, "rope_and_write",
+                        lambda *a: calls.append(1) or real(*a))
+    # A prefill of 6 and 3 tokens, then a decode step of both.
+    steps = [(np.array([0, 0]), np.array([6, 3])), (np.array([6, 3]), np.array([1, 1]))]
+    pages = np.array([[0, 1, 2], [5, 6, 7]])
+    _, q0, k0, v0, _, cos_sin, _, _ = rope_case(9, hq, hk, d, torch.bfloat16)
+    from radixrt.models.fused_cuda import torch_rope
+
+    class TableRope:  # the model's RotaryEmbedding as a backend sees it (base.Rope)
+        def __init__(self) -> None:
+            self.cos_sin = cos_sin
+
+        def __call__(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch_rope(positions, q, k, cos_sin[:, : d // 2], cos_sin[:, d // 2:])
+
+    rope = TableRope()
+    for i, (start, new) in enumerate(steps):
+        meta, positions = build_metadata(start, new, pages, ps)
+        t = int(new.sum())
+        outs = []
+        for b in backends:
+            b.plan(meta)
+            q, k, v = q0[:t].clone(), k0[:t].clone(), v0[:t].clone()
+            # The second backend's check() said "off": RoPE, then forward() (the base class).
+            outs.append(b.forward_rope(positions, q, k, v, 0, rope))
+            assert len(calls) == i + 1  # the fused kernel ran for the first backend only
+        torch.testing.assert_close(outs[0].float(), outs[1].float(), atol=3e-2, rtol=3e-2)
+    assert len(calls) == 2
+    torch.testing.assert_close(pools[0].kv_cache[0].float(), pools[1].kv_cache[0].float(),
+                               atol=2e-2, rtol=2**-7)

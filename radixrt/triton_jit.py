@@ -1,0 +1,27 @@
+"""Triton kernels defined on first use, so radixrt imports (and runs on CPU) without triton."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+
+class LazyKernel:
+    """Calling it returns (triton, kernel), the kernel built by `define(triton, tl)` the first
+    time (Triton's interpreter, TRITON_INTERPRET=1, applies as of that moment); None when
+    triton is not installed."""
+
+    def __init__(self, define: Callable[[ModuleType, ModuleType], Any]) -> None:
+        self.define = define
+        self.loaded: tuple[ModuleType, Any] | None = None
+
+    def __call__(self) -> tuple[ModuleType, Any] | None:
+        if self.loaded is None:
+            try:
+                import triton
+                import triton.language as tl
+            except ImportError:
+                return None
+            self.loaded = (triton, self.define(triton, tl))
+        return self.loaded
