@@ -128,8 +128,8 @@ class LlamaForCausalLM(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionBackend,
                 logits_indices: torch.Tensor) -> torch.Tensor:
-        """Logits (float32) [len(logits_indices), vocab] of the tokens at those flat indices
-        (on rank 0; another rank gets its vocabulary slice's)."""
+        """Logits (the model's dtype) [len(logits_indices), vocab] of the tokens at those flat
+        indices (on rank 0; another rank gets its vocabulary slice's)."""
         x = self.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
         flat = flat_layers(self) if x.device.type == "cpu" else None
@@ -142,7 +142,7 @@ class LlamaForCausalLM(nn.Module):
         assert residual is not None
         logits, _ = gemv_cuda.norm_linear(self.norm, self.lm_head, x[logits_indices],
                                           residual[logits_indices])
-        return self.tp.gather_vocab(logits.float())
+        return self.tp.gather_vocab(logits)
 
     def linear_prologues(self) -> dict[nn.Module, tuple[str, nn.Module | None]]:
         """projection -> the op the forward runs right before it (gemv_cuda.PROLOGUES) and

@@ -200,11 +200,11 @@ class ModelRunner:
                                  extra, page_lists=self.attn.wants_page_lists)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        """Logits [num sampled rows, vocab] for the rows with batch.sample set."""
-        return self._forward(batch)[0]
+        """Logits (float32) [num sampled rows, vocab] for the rows with batch.sample set."""
+        return self._forward(batch)[0].float()
 
     def _forward(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits of the sampling rows, their slots on the device)."""
+        """(logits of the sampling rows in the model's dtype, their slots on the device)."""
         bs = self.graphs.padded_size(batch.num_new) if self.graphs is not None else None
         meta, positions, (logits_idx, input_ids, sample_slots, *tok_slots) = \
             self.step_inputs(batch, bs)

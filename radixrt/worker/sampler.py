@@ -91,12 +91,18 @@ class Sampler:
     # ------------------------------------------------------------------ sampling
     def sample(self, logits: torch.Tensor, slots: list[int],
                mask: tuple[torch.Tensor, torch.Tensor] | None = None) -> SampleOutput:
-        """logits float32 [S, V] for the rows that sample, in the order of `slots`.
+        """logits [S, V] (any float dtype: the model's) for the rows that sample, in the
+        order of `slots`.
 
         mask (rows, packed int32 bitmasks): the grammar's allowed tokens for those rows, applied
         first, so every sampling method and the logprobs see the masked distribution.
         """
         states = [self.slots[s] for s in slots]
+        if (mask is not None or not all(st.params.greedy for st in states)
+                or any(st.params.logprobs for st in states) or self._any_processor(states)):
+            logits = logits.float()
+        # else: greedy rows with nothing to apply argmax the model's dtype as it is (exact; on
+        # CUDA a float32 copy of a batch-128 block of bf16 logits costs more than the argmax).
         if mask is not None:
             logits = apply_bitmask(logits, *mask)
         raw = logits

@@ -39,6 +39,23 @@ def test_greedy_is_argmax() -> None:
     assert s.sample(x, [0, 1, 2]).next_ids.tolist() == x.argmax(-1).tolist()
 
 
+def test_model_dtype_logits() -> None:
+    """The model hands its own dtype (bf16 on CUDA): greedy rows argmax it as it is, the
+    rest see it as float32 (logprobs, sampling, penalties), as if it had come as float32."""
+    x = logits(3).to(torch.bfloat16)
+    s = sampler_with(*(SamplingParams(temperature=0),) * 3)
+    assert s.sample(x, [0, 1, 2]).next_ids.tolist() == x.float().argmax(-1).tolist()
+    for p in (SamplingParams(temperature=0, logprobs=True),
+              SamplingParams(temperature=0.8, seed=3),
+              SamplingParams(temperature=0, frequency_penalty=0.5)):
+        got = sampler_with(p).sample(x[:1], [0])
+        want = sampler_with(p).sample(x[:1].float(), [0])
+        assert got.next_ids.tolist() == want.next_ids.tolist(), p
+        if p.logprobs:
+            assert got.logprobs is not None and got.logprobs.dtype == torch.float32
+            assert torch.equal(got.logprobs, want.logprobs)
+
+
 HOW = pytest.mark.parametrize("how", ["race", "cdf"])  # both draws run on a CPU
 
 
