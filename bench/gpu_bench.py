@@ -575,8 +575,9 @@ class Bench:
     # -- 3e. the decode step with the fused ops off (torch versions), graphs recaptured
     def recaptured_step_ms(self, batches: list[int]) -> dict[int, float]:
         """Pipelined decode ms/step at each batch size with the graphs captured anew (after a
-        switch that changes what they record). Frees the previous graphs' buffers: the
-        sections that call this run last on the runner."""
+        switch that changes what they record). The new graphs (every captured size) replace
+        the runner's, so later sections replay whatever the switch is left at: each caller
+        leaves its switch as the runner had it."""
         from radixrt.worker.graph_runner import create_graph_runner
 
         a, r = self.args, self.runner
@@ -862,24 +863,27 @@ class Bench:
         self.section("load", 60 if big else 1, self.load_runner)
         if self.runner is None:
             return self.results
+        # The targets' numbers first, then the A/Bs of what changed since the last GPU run,
+        # then earlier A/Bs; transformers and overlap free the runner, so they come last.
         self.section("prefill", 15 if big else 1, self.prefill)
         self.section("decode", 40 if big else 1, self.decode)
+        if self.device.type == "cuda":
+            if not a.torch_attention:
+                self.section("decode_kernels", 30 if big else 1, self.decode_kernels)
+                self.section("decode_rope_kv", 20 if big else 1, self.decode_rope_kv)
+            self.section("decode_gemv", 15 if big else 1, self.decode_gemv)
+            self.section("profile", 15 if big else 1, self.profile)
         self.section("fused_ops", 10 if big else 1, self.fused_ops)
         self.section("shared_prefix", 45 if big else 1, self.shared_prefix)
         if self.device.type == "cuda":
-            self.section("profile", 15 if big else 1, self.profile)
             if not a.torch_attention:
                 self.section("prefill_fa3", 30 if big else 1, self.prefill_fa3)
+            # Last on the runner: it leaves graphs captured with the fused ops off.
             self.section("decode_unfused", 20 if big else 1, self.decode_unfused)
-            self.section("decode_gemv", 15 if big else 1, self.decode_gemv)
-            if not a.torch_attention:
-                self.section("decode_rope_kv", 20 if big else 1, self.decode_rope_kv)
-            if not a.torch_attention:
-                self.section("decode_kernels", 30 if big else 1, self.decode_kernels)
-        if not a.skip_overlap:
-            self.section("overlap", 120 if big else 1, self.overlap)
         if not a.skip_transformers:
             self.section("transformers", 75 if big else 1, self.transformers)
+        if not a.skip_overlap:
+            self.section("overlap", 120 if big else 1, self.overlap)
         if self.device.type == "cuda":  # a probe for what to try next: last, never in the way
             self.section("gemm", 15 if big else 1, self.gemm)
         if not a.model_dir and not a.keep_weights:
