@@ -374,6 +374,11 @@ class Bench:
 
     # -- 2. prefill
     def prefill(self) -> None:
+        self.results["prefill"] = p = self.prefill_rate()
+        say(f"   prefill {p['batch']}x{p['tokens_per_request']}: {p['step_ms']:.1f} ms, "
+            f"{p['tokens_per_s']:,} tok/s")
+
+    def prefill_rate(self) -> dict[str, Any]:
         a, r = self.args, self.runner
         B, n = a.prefill_batch, a.prefill_len
         slots = list(range(B))
@@ -382,10 +387,8 @@ class Bench:
         r.step(first)  # warm-up, also assigns the pages
         mk = lambda _i: self.pages.batch(slots, [0] * B, [self.ids(n) for _ in slots])  # noqa: E731
         step_s = timed_steps(r, mk, steps=a.prefill_repeats, warmup=0)
-        self.results["prefill"] = {"batch": B, "tokens_per_request": n,
-                                   "step_ms": round(step_s * 1e3, 2),
-                                   "tokens_per_s": round(B * n / step_s)}
-        say(f"   prefill {B}x{n}: {step_s * 1e3:.1f} ms, {B * n / step_s:,.0f} tok/s")
+        return {"batch": B, "tokens_per_request": n, "step_ms": round(step_s * 1e3, 2),
+                "tokens_per_s": round(B * n / step_s)}
 
     # -- 3. decode
     def decode(self) -> None:
@@ -629,14 +632,20 @@ class Bench:
 
         batches = sorted({1, max(self.args.decode_batches)})
         times = self.switched_step_ms(rope_kv_cuda, batches)
+        prefill = {}
+        for on in (False, True):  # left on
+            rope_kv_cuda.enabled = on
+            prefill[on] = self.prefill_rate()["tokens_per_s"]
         self.results["decode_rope_kv"] = {
             "status": self.runner.attn.rope_kv,
+            "prefill_tokens_per_s": {"fused": prefill[True], "unfused": prefill[False]},
             "rows": [{"batch": B, "fused_step_ms": round(times[True][B], 3),
                       "unfused_step_ms": round(times[False][B], 3),
                       "speedup": round(times[False][B] / times[True][B], 3)} for B in batches]}
         for B in batches:
             say(f"   decode bs={B}: {times[True][B]:.2f} ms/step with RoPE + KV write fused, "
                 f"{times[False][B]:.2f} without")
+        say(f"   prefill: {prefill[True]:,} tok/s with it, {prefill[False]:,} without")
 
     def decode_gemv(self) -> None:
         """Batch 1 with the Triton GEMV (radixrt/models/gemv_cuda.py) on and off, graphs
@@ -946,6 +955,9 @@ def markdown(r: dict[str, Any]) -> str:
                   "|---|---|---|---|"]
         lines += [f"| {x['batch']} | {x['fused_step_ms']} | {x['unfused_step_ms']} | "
                   f"{x['speedup']} |" for x in rk["rows"]]
+        if "prefill_tokens_per_s" in rk:
+            pf = rk["prefill_tokens_per_s"]
+            lines += ["", f"Prefill: {pf['fused']:,} tok/s fused, {pf['unfused']:,} unfused."]
         lines.append("")
     if "decode_kernels" in r:
         dk = r["decode_kernels"]

@@ -94,14 +94,14 @@ def gemm_rows(fields: dict[str, Any], device: torch.device, dtype: torch.dtype =
                     s = _time(fn, copies_of, device, reps)
                     rows.append({"gemm": name, "batch": b, "variant": variant,
                                  "us": round(s * 1e6, 2),
-                                 "weight_TBps": round(nbytes / s / 1e12, 3)})
+                                 "weight_TBps": float(f"{nbytes / s / 1e12:.4g}")})
                 if cuda and b == 1 and gemv_cuda._load_kernel() is not None:
                     # The Triton GEMV the model runner may install: its best block config.
                     s, cfg = min((_time(_gemv_call(x, c), ws, device, reps), c)
                                  for c in gemv_cuda.CONFIGS)
                     rows.append({"gemm": name, "batch": b, "variant": "gemv/triton",
                                  "config": list(cfg), "us": round(s * 1e6, 2),
-                                 "weight_TBps": round(nbytes / s / 1e12, 3)})
+                                 "weight_TBps": float(f"{nbytes / s / 1e12:.4g}")})
             ws.clear()
             wts.clear()
             if cuda:

@@ -3,8 +3,9 @@
 Unfused, each layer of a step runs FlashInfer's RoPE kernel on q and k, then an index_copy_
 of k and v into the pool: two launches whose only work is moving a few KB per token (on the
 H200, ~50 us and ~70 us of a 5 ms batch-1 step over 32 layers, plus the gaps between graph
-nodes). Here one program per (token, head) rotates a q head in place, or rotates a k head and
-stores it with its v head straight into the token's pool slot. The pool never holds an
+nodes). Here one program per token rotates its q heads in place and its k heads straight into
+the token's pool slot, with the v heads beside them (a program per token rather than per
+head: a 4 x 2048 prefill is 8192 programs, not 390k of a few hundred bytes each). The pool never holds an
 unrotated k, and k itself is left as it was (attention reads the pool).
 
 `check` runs it once against the unfused torch reference when a CUDA backend starts; the
@@ -33,31 +34,39 @@ def _define(triton: ModuleType, tl: ModuleType) -> Any:
 
     @triton.jit
     def rope_kv(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, slot_ptr, cs_ptr,  # noqa: ANN001
-                q_st, q_sh, k_st, k_sh, v_st, v_sh, c_slot, c_head,  # noqa: ANN001
-                HQ: tl.constexpr, HALF: tl.constexpr):
+                q_st, q_sh, k_st, k_sh, v_st, v_sh, c_slot, c_head, HQ, HK,  # noqa: ANN001
+                BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, HALF: tl.constexpr):
+        # One program per token, every head of it: [heads, HALF] tiles, first and second
+        # halves of each head rotated against each other (neox).
         t = tl.program_id(0)
-        h = tl.program_id(1)
-        d = tl.arange(0, HALF)
+        d = tl.arange(0, HALF)[None, :]
         pos = tl.load(pos_ptr + t).to(tl.int64)
         cos = tl.load(cs_ptr + pos * (2 * HALF) + d)
         sin = tl.load(cs_ptr + pos * (2 * HALF) + HALF + d)
-        if h < HQ:
-            src = q_ptr + t * q_st + h * q_sh
-            dst = src
-        else:
-            kh = h - HQ
-            src = k_ptr + t * k_st + kh * k_sh
-            slot = tl.load(slot_ptr + t).to(tl.int64)
-            dst = kc_ptr + slot * c_slot + kh * c_head
-            v_src = v_ptr + t * v_st + kh * v_sh
-            v_dst = vc_ptr + slot * c_slot + kh * c_head
-            tl.store(v_dst + d, tl.load(v_src + d))
-            tl.store(v_dst + HALF + d, tl.load(v_src + HALF + d))
-        x1 = tl.load(src + d).to(tl.float32)
-        x2 = tl.load(src + HALF + d).to(tl.float32)
-        out_ty = dst.dtype.element_ty
-        tl.store(dst + d, (x1 * cos - x2 * sin).to(out_ty, fp_downcast_rounding="rtne"))
-        tl.store(dst + HALF + d, (x2 * cos + x1 * sin).to(out_ty, fp_downcast_rounding="rtne"))
+        hq = tl.arange(0, BLOCK_HQ)[:, None]
+        q_ok = hq < HQ
+        q = q_ptr + t * q_st + hq * q_sh + d
+        x1 = tl.load(q, mask=q_ok).to(tl.float32)
+        x2 = tl.load(q + HALF, mask=q_ok).to(tl.float32)
+        ty = q_ptr.dtype.element_ty
+        tl.store(q, (x1 * cos - x2 * sin).to(ty, fp_downcast_rounding="rtne"), mask=q_ok)
+        tl.store(q + HALF, (x2 * cos + x1 * sin).to(ty, fp_downcast_rounding="rtne"),
+                 mask=q_ok)
+        hk = tl.arange(0, BLOCK_HK)[:, None]
+        k_ok = hk < HK
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        k = k_ptr + t * k_st + hk * k_sh + d
+        kc = kc_ptr + slot * c_slot + hk * c_head + d
+        x1 = tl.load(k, mask=k_ok).to(tl.float32)
+        x2 = tl.load(k + HALF, mask=k_ok).to(tl.float32)
+        ty = kc_ptr.dtype.element_ty
+        tl.store(kc, (x1 * cos - x2 * sin).to(ty, fp_downcast_rounding="rtne"), mask=k_ok)
+        tl.store(kc + HALF, (x2 * cos + x1 * sin).to(ty, fp_downcast_rounding="rtne"),
+                 mask=k_ok)
+        v = v_ptr + t * v_st + hk * v_sh + d
+        vc = vc_ptr + slot * c_slot + hk * c_head + d
+        tl.store(vc, tl.load(v, mask=k_ok), mask=k_ok)
+        tl.store(vc + HALF, tl.load(v + HALF, mask=k_ok), mask=k_ok)
 
     return rope_kv
 
@@ -86,17 +95,18 @@ def rope_and_write(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     loaded = _load_kernel()
     if loaded is None:
         raise RuntimeError("the fused RoPE + KV write needs the triton package")
-    _, kernel = loaded
+    triton, kernel = loaded
     t, hq, d = q.shape
     hk = k.shape[1]
     if t == 0:
         return q
     if k_cache.stride() != v_cache.stride():
         raise ValueError("the K and V caches must share strides")
-    kernel[(t, hq + hk)](q, k, v, k_cache, v_cache, positions, slots, cos_sin,
-                         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
-                         v.stride(1), k_cache.stride(0), k_cache.stride(1),
-                         HQ=hq, HALF=d // 2, num_warps=1)
+    kernel[(t,)](q, k, v, k_cache, v_cache, positions, slots, cos_sin,
+                 q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                 k_cache.stride(0), k_cache.stride(1), hq, hk,
+                 BLOCK_HQ=triton.next_power_of_2(hq), BLOCK_HK=triton.next_power_of_2(hk),
+                 HALF=d // 2, num_warps=4)
     return q
 
 
