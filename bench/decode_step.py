@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from radixrt.attention.base import AttentionBackend, Rope
 from radixrt.config import build_engine_config
 from radixrt.models import cpu_flat, fused
 from radixrt.testing.batches import batch_from_chunks
@@ -53,6 +54,18 @@ class TimedAttention:
         t0 = time.perf_counter()
         with torch.profiler.record_function("attention"):
             out = self.inner.forward(q, k, v, layer_id)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def forward_rope(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor, layer_id: int, rope: Rope) -> torch.Tensor:
+        if type(self.inner).forward_rope is AttentionBackend.forward_rope:
+            # RoPE outside the attention time, as the backend does it the base class's way.
+            q, k = rope(positions, q, k)
+            return self.forward(q, k, v, layer_id)
+        t0 = time.perf_counter()  # a backend that rotates as it writes: timed as a whole
+        with torch.profiler.record_function("attention"):
+            out = self.inner.forward_rope(positions, q, k, v, layer_id, rope)
         self.seconds += time.perf_counter() - t0
         return out
 

@@ -188,12 +188,18 @@ def test_hostile_templates_are_bounded_and_stall_no_one(server: ServerProcess) -
 def test_huge_prompt_is_refused_by_length_before_tokenizing(server: ServerProcess) -> None:
     tok = child(server, "tokenizer")
     bound = stall_bound(server)
-    before = rss_mb(tok)
     # Encoded up front: the client's own JSON encoding must not count as the server's stall.
     huge = json.dumps({"prompt": "a " * 25_000_000, "max_tokens": 4}).encode()
     # Long but within the character bound: it is tokenized (on its own thread), then refused
     # for its token count.
     long = json.dumps({"prompt": "ab " * 55_000, "max_tokens": 4}).encode()
+    # The tokenizer's memory after tokenizing the long prompt once (its allocator keeps
+    # ~30 MB of that, more or less by thread timing) is the baseline: the 50 MB huge prompt
+    # must add nothing to it, as it is refused before it reaches the tokenizer.
+    first = httpx.post(f"{server.url}/v1/completions", content=long, timeout=120,
+                       headers={"Content-Type": "application/json"})
+    assert first.status_code == 400, first.text
+    before = rss_mb(tok)
     for _ in range(2):
         threads = [in_background(lambda b=b: httpx.post(
             f"{server.url}/v1/completions", content=b, timeout=120,
