@@ -894,7 +894,7 @@ class Bench:
         if not a.skip_overlap:
             self.section("overlap", 120 if big else 1, self.overlap)
         if self.device.type == "cuda":  # a probe for what to try next: last, never in the way
-            self.section("gemm", 15 if big else 1, self.gemm)
+            self.section("gemm", 45 if big else 1, self.gemm)
         if not a.model_dir and not a.keep_weights:
             shutil.rmtree(self.model_dir, ignore_errors=True)
         say(f"done in {time.monotonic() - self.t0:.0f} s")

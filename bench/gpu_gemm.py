@@ -8,6 +8,9 @@ step profile). This times each projection shape at a few batch sizes through
   linear/cublaslt  the same with torch.backends.cuda.preferred_blas_library("cublaslt")
   matmul/cublas    x @ Wt with Wt [in, out] contiguous (the other operand order)
   gemv/triton      at batch 1, radixrt/models/gemv_cuda.py's GEMV, its best block config
+  gemm/triton      at batch > 1, a plain Triton tile GEMM (tl.dot, one M tile covering the
+                   batch), its best of GEMM_CONFIGS: whether a kernel of ours could read the
+                   weights faster than cuBLAS's picks at these skinny shapes
 
 and reports microseconds and the weight bytes read per second. Weights rotate among copies
 worth > 4x the card's L2, so no call reads weights another call left in L2, and the calls are
@@ -27,6 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from radixrt.models import gemv_cuda
+from radixrt.triton_jit import LazyKernel
 
 LLAMA3_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
              "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256}
@@ -66,6 +70,62 @@ def _variants(x: torch.Tensor, ws: list[torch.Tensor], wts: list[torch.Tensor]
             "matmul/cublas": ("cublas", matmul, wts)}
 
 
+# (BLOCK_N, BLOCK_K, pipeline stages, warps): narrow N tiles put 128 programs on the 4096-row
+# projections (132 SMs on an H100/H200); deep K pipelines keep weight loads in flight.
+GEMM_CONFIGS = ((32, 128, 4, 4), (64, 64, 4, 4), (64, 128, 4, 4), (64, 128, 3, 8),
+                (128, 64, 4, 8), (32, 256, 3, 4))
+
+
+def _define_gemm(triton: Any, tl: Any) -> Any:
+    @triton.jit
+    def gemm(x_ptr, w_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,  # noqa: ANN001
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # y[M, N] = x[M, K] @ w[N, K]^T, fp32 accumulation; program (n, m) owns one tile.
+        rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + rk
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + kk[None, :],
+                        mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+            w = tl.load(w_ptr + rn[None, :] * stride_wn + kk[:, None],
+                        mask=(rn[None, :] < N) & (kk[:, None] < K), other=0.0)
+            acc = tl.dot(x, w, acc)
+        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :],
+                 acc.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+    return gemm
+
+
+_gemm_kernel = LazyKernel(_define_gemm)
+
+
+def triton_gemm(x: torch.Tensor, w: torch.Tensor, config: tuple[int, int, int, int]
+                ) -> torch.Tensor:
+    """x [M, K] @ w[N, K]^T with the tile GEMM above (M <= 128: one M tile)."""
+    loaded = _gemm_kernel()
+    if loaded is None:
+        raise RuntimeError("the Triton GEMM needs the triton package")
+    triton, kernel = loaded
+    m, k = x.shape
+    n = w.shape[0]
+    block_n, block_k, stages, warps = config
+    block_m = max(16, triton.next_power_of_2(m))  # tl.dot wants >= 16 rows
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    kernel[(triton.cdiv(n, block_n), triton.cdiv(m, block_m))](
+        x, w, y, m, n, k, x.stride(0), w.stride(0), y.stride(0), BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_K=block_k, num_stages=stages, num_warps=warps)
+    return y
+
+
+def _gemm_call(x: torch.Tensor, config: tuple[int, int, int, int]) -> Any:
+    def call(w: torch.Tensor) -> torch.Tensor:
+        return triton_gemm(x, w, config)
+
+    return call
+
+
 def _gemv_call(x: torch.Tensor, config: tuple[int, int, int]) -> Any:
     def call(w: torch.Tensor) -> torch.Tensor:
         return gemv_cuda.gemv(x, w, config)
@@ -102,6 +162,24 @@ def gemm_rows(fields: dict[str, Any], device: torch.device, dtype: torch.dtype =
                     rows.append({"gemm": name, "batch": b, "variant": "gemv/triton",
                                  "config": list(cfg), "us": round(s * 1e6, 2),
                                  "weight_TBps": float(f"{nbytes / s / 1e12:.4g}")})
+                if cuda and 1 < b <= 128 and _gemm_kernel() is not None:
+                    ref = F.linear(x, ws[0]).float()
+                    best: tuple[float, tuple[int, int, int, int]] | None = None
+                    for c in GEMM_CONFIGS:
+                        try:
+                            got = triton_gemm(x, ws[0], c).float()
+                            if float((got - ref).norm() / ref.norm()) > 1e-2:
+                                raise RuntimeError("disagrees with F.linear")
+                            t = _time(_gemm_call(x, c), ws, device, reps)
+                        except Exception as e:  # one config that does not build or fit
+                            print(f"gpu_gemm: {name} bs={b} gemm {c}: {type(e).__name__}: {e}")
+                            continue
+                        if best is None or t < best[0]:
+                            best = (t, c)
+                    if best is not None:
+                        rows.append({"gemm": name, "batch": b, "variant": "gemm/triton",
+                                     "config": list(best[1]), "us": round(best[0] * 1e6, 2),
+                                     "weight_TBps": float(f"{nbytes / best[0] / 1e12:.4g}")})
             ws.clear()
             wts.clear()
             if cuda:
