@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -242,6 +243,10 @@ def _prologue_of(members: list[tuple[nn.Module, str, nn.Linear]],
     return prologues[members[0][2]]
 
 
+# Seconds per call of fn, cycling through the weights (time_calls on CUDA).
+Timer = Callable[[Callable[[torch.Tensor], torch.Tensor], list[torch.Tensor]], float]
+
+
 @torch.inference_mode()
 def install(model: nn.Module, device: torch.device, graphs: bool = True,
             min_gain: float = MIN_GAIN) -> dict[str, str]:
@@ -253,9 +258,21 @@ def install(model: nn.Module, device: torch.device, graphs: bool = True,
         return {}
     if _load_kernel() is None:
         return {"all": "F.linear (no triton)"}
+    return choose(model, device, min_gain,
+                  lambda fn, weights: time_calls(fn, weights, graphs))
+
+
+@torch.inference_mode()
+def choose(model: nn.Module, device: torch.device, min_gain: float, timer: Timer,
+           roles: set[str] | None = None) -> dict[str, str]:
+    """install's measurements and swaps with any timer (seconds per call of fn cycling
+    through the weights) on any device: the tests drive it on a CPU under Triton's
+    interpreter. roles: only these projections (None: all)."""
     prologues = model.linear_prologues() if hasattr(model, "linear_prologues") else {}
     status: dict[str, str] = {}
     for role, members in _projections(model).items():
+        if roles is not None and role not in roles:
+            continue
         weights = [m.weight for _, _, m in members]
         w0 = weights[0]
         if any(w.shape != w0.shape or w.dtype != w0.dtype for w in weights):
@@ -299,7 +316,7 @@ def install(model: nn.Module, device: torch.device, graphs: bool = True,
         try:
             fresh()
             ref = call(w0, BLAS).float()
-            base = time_calls(lambda w: call(w, BLAS), weights, graphs)
+            base = timer(lambda w: call(w, BLAS), weights)
             best: tuple[float, Candidate] | None = None
             for cand in cands:
                 fresh()
@@ -308,7 +325,7 @@ def install(model: nn.Module, device: torch.device, graphs: bool = True,
                 if err > 1e-2:
                     raise RuntimeError(f"{describe(cand, kind)} disagrees with F.linear "
                                        f"(rel err {err:.1e})")
-                t = time_calls(lambda w, cand=cand: call(w, cand), weights, graphs)
+                t = timer(lambda w, cand=cand: call(w, cand), weights)
                 if best is None or t < best[0]:
                     best = (t, cand)
             assert best is not None
@@ -324,8 +341,8 @@ def install(model: nn.Module, device: torch.device, graphs: bool = True,
             continue
         # The best of several noisy timings is biased low: the winner is timed afresh and meets
         # F.linear's faster of two timings, so a noise win does not swap in the GEMV.
-        base = min(base, time_calls(lambda w: call(w, BLAS), weights, graphs))
-        t = time_calls(lambda w, cand=cand: call(w, cand), weights, graphs)
+        base = min(base, timer(lambda w: call(w, BLAS), weights))
+        t = timer(lambda w, cand=cand: call(w, cand), weights)
         shape = "x".join(map(str, w0.shape))
         if t < (1 - min_gain) * base:
             cfg, fused = cand

@@ -374,3 +374,55 @@ def test_probe_gemm_matches_linear_in_every_config(m: int) -> None:
         y = gpu_gemm.triton_gemm(x, w, cfg)
         assert y.shape == (m, 72)
         assert rel_err(y, ref) < 1e-5, cfg
+
+
+def test_choose_swaps_what_it_reports_and_keeps_the_step(make_tiny_model) -> None:
+    """gemv_cuda.install's measuring and swapping (choose), driven on the CPU with a wall-clock
+    timer and the GEMV forced to win (min_gain -1e9): every projection asked for becomes a
+    GemvLinear with a prologue its role allows, and a one-token step gives the logits it gave
+    before (the lm_head is left out: 49152 rows are slow to interpret)."""
+    import time
+
+    from radixrt.config import EngineConfig
+    from radixrt.models import cpu_flat
+    from radixrt.testing.batches import batch_from_chunks
+    from radixrt.worker.model_runner import ModelRunner
+
+    path = make_tiny_model("llama", num_hidden_layers=2)
+    runner = ModelRunner(EngineConfig(model_path=str(path), device="cpu", dtype="float32",
+                                      attention_backend="torch", page_size=4,
+                                      max_total_tokens=256, max_running_requests=2))
+    prompt = batch_from_chunks([0], [0], [[5, 9, 11, 300, 7]], {0: [0, 1]})
+    step = batch_from_chunks([0], [5], [[17]], {})
+
+    def timer(fn, weights: list[torch.Tensor]) -> float:  # noqa: ANN001
+        fn(weights[0])
+        t = time.perf_counter()
+        for w in weights:
+            fn(w)
+        return (time.perf_counter() - t) / len(weights)
+
+    roles = {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+    allowed = {"qkv_proj": {None, "rms_norm"}, "o_proj": {None},
+               "gate_up_proj": {None, "rms_norm"}, "down_proj": {None, "silu_mul"}}
+    was_flat = cpu_flat.enabled
+    cpu_flat.enabled = False  # the module path, as on CUDA
+    try:
+        runner._apply_updates(prompt)
+        runner.forward(prompt)
+        before = runner.forward(step)
+        status = gemv_cuda.choose(runner.model, torch.device("cpu"), -1e9, timer, roles)
+        assert set(status) == roles and all(v.startswith("gemv") for v in status.values()), (
+            status)
+        for layer in runner.model.layers:
+            for role, m in (("qkv_proj", layer.self_attn.qkv_proj),
+                            ("o_proj", layer.self_attn.o_proj),
+                            ("gate_up_proj", layer.mlp.gate_up_proj),
+                            ("down_proj", layer.mlp.down_proj)):
+                assert isinstance(m, gemv_cuda.GemvLinear) and m.prologue in allowed[role]
+                assert status[role].startswith("gemv+" if m.prologue else "gemv ")
+        assert type(runner.model.lm_head) is torch.nn.Linear
+        after = runner.forward(step)
+    finally:
+        cpu_flat.enabled = was_flat
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
