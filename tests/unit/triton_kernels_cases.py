@@ -289,6 +289,11 @@ def test_rope_and_write_reference_and_guards() -> None:
     assert not rope_kv_cuda.usable(q, k, v, cache[0].to(torch.bfloat16), cos_sin)
     assert not rope_kv_cuda.usable(q, k, v, cache[0], None)
     assert rope_kv_cuda.check(torch.device("cpu"), torch.float32, 4, 2, 32) == "off (not CUDA)"
+    # check's comparison itself (what a CUDA backend runs at start), on this CPU.
+    for dtype in (torch.float32, torch.bfloat16):
+        assert rope_kv_cuda.compare(torch.device("cpu"), dtype, 8, 2, 64) == ""
+    assert rope_kv_cuda.compare(torch.device("cpu"), torch.float32, 8, 2, 64, tol=0.0) \
+        .startswith("rel err")
 
 
 def test_flashinfer_backend_rotates_and_writes_in_one_kernel(
