@@ -335,14 +335,14 @@ def choose(model: nn.Module, device: torch.device, min_gain: float, timer: Timer
                 # compiled now rather than while a graph is being captured.
                 assert cand[0] is not None and norm is not None
                 gemv_rms_norm(x, None, norm.weight, norm.eps, w0, cand[0])
+            # The best of several noisy timings is biased low: the winner is timed afresh and
+            # meets F.linear's faster of two timings, so a noise win does not swap it in.
+            base = min(base, timer(lambda w: call(w, BLAS), weights))
+            t = timer(lambda w, cand=cand: call(w, cand), weights)
         except Exception as e:  # a failed build or launch: keep cuBLAS
             status[role] = f"F.linear (GEMV failed: {type(e).__name__}: {e})"
             logger.warning("one-token GEMV for %s switched off: %s", role, e)
             continue
-        # The best of several noisy timings is biased low: the winner is timed afresh and meets
-        # F.linear's faster of two timings, so a noise win does not swap in the GEMV.
-        base = min(base, timer(lambda w: call(w, BLAS), weights))
-        t = timer(lambda w, cand=cand: call(w, cand), weights)
         shape = "x".join(map(str, w0.shape))
         if t < (1 - min_gain) * base:
             cfg, fused = cand
