@@ -50,6 +50,24 @@ class Metrics:
         self.cache_hit_rate = Gauge("radixrt_cache_hit_rate",
                                     "Cached prompt tokens / prompt tokens, since start",
                                     registry=r)
+        # The scheduler's step accounting (cumulative there; each scrape adds what is new):
+        # rate(forward) / rate(steps) is the worker's time per step, rate(exposed_host) /
+        # rate(exposed_host_steps) the host time the worker waited on per step.
+        self.steps = Counter("radixrt_steps", "Forward steps run", registry=r)
+        self.forward_seconds = Counter(
+            "radixrt_step_forward_seconds",
+            "Worker time in steps: inputs applied, forward pass, sampling", registry=r)
+        self.scheduler_seconds = Counter(
+            "radixrt_scheduler_busy_seconds",
+            "Scheduler time spent scheduling and processing results", registry=r)
+        self.exposed_seconds = Counter(
+            "radixrt_exposed_host_seconds",
+            "Time the worker sat idle between back-to-back steps, waiting for the host",
+            registry=r)
+        self.exposed_steps = Counter("radixrt_exposed_host_steps",
+                                     "Back-to-back steps that exposed_host is measured over",
+                                     registry=r)
+        self._last_stats: SchedulerStats | None = None
 
     def observe_stats(self, s: SchedulerStats) -> None:
         self.running.set(s.running)
@@ -59,6 +77,14 @@ class Metrics:
         self.pages_evictable.set(s.pages_evictable)
         self.pages_used.set(max(0, s.pages_total - s.pages_free - s.pages_evictable))
         self.cache_hit_rate.set(s.cache_hit_tokens / s.prompt_tokens if s.prompt_tokens else 0.0)
+        last = self._last_stats
+        for counter, field in ((self.steps, "steps"), (self.forward_seconds, "forward_seconds"),
+                               (self.scheduler_seconds, "tick_seconds"),
+                               (self.exposed_seconds, "exposed_seconds"),
+                               (self.exposed_steps, "exposed_steps")):
+            new = getattr(s, field) - (getattr(last, field) if last is not None else 0)
+            counter.inc(max(new, 0))  # a scheduler's totals only grow; never count back
+        self._last_stats = s
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

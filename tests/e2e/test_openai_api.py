@@ -328,6 +328,7 @@ def test_generate(server: ServerProcess, client: OpenAI) -> None:
 
 def test_flush_cache_and_metrics(server: ServerProcess, client: OpenAI) -> None:
     greedy_chat(client, CHAT, max_tokens=4)
+    greedy_chat(client, CHAT, max_tokens=4)  # a cache hit, whatever ran before
     wait_idle(server)
     assert server.metrics()["radixrt_pages_evictable"] > 0
     r = httpx.post(f"{server.url}/flush_cache", timeout=60)
@@ -342,6 +343,14 @@ def test_flush_cache_and_metrics(server: ServerProcess, client: OpenAI) -> None:
                  "radixrt_num_waiting_requests"):
         assert name in text
     assert m["radixrt_generation_tokens_total"] > 0 and 0 < m["radixrt_cache_hit_rate"] <= 1
+    # The scheduler's step accounting: every generated token took a step of the worker's.
+    steps = m["radixrt_steps_total"]
+    assert steps >= 4 and m["radixrt_step_forward_seconds_total"] > 0
+    assert m["radixrt_scheduler_busy_seconds_total"] > 0
+    assert 0 <= m["radixrt_exposed_host_steps_total"] < steps
+    greedy_chat(client, CHAT, max_tokens=3)
+    wait_idle(server)
+    assert server.metrics()["radixrt_steps_total"] >= steps + 2  # counted once per scrape
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
 
 
