@@ -30,6 +30,26 @@ def machine_busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / _TICK
 
 
+def _stat_fields(path: str) -> list[str] | None:
+    """/proc/.../stat's fields after the comm (which may hold spaces and parentheses)."""
+    try:
+        with open(path) as f:
+            stat = f.read()
+    except OSError:
+        return None  # exited meanwhile
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def _with_descendants(roots: set[int], parent: dict[int, int]) -> set[int]:
+    """roots and every process below them (parent: pid -> ppid)."""
+    tree, grew = set(roots), True
+    while grew:  # add children until nothing changes
+        more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return tree
+
+
 def group_cpu_seconds(pgids: set[int], pids: set[int]) -> float | None:
     """CPU-seconds (user+system) of live processes in the given pid set or process groups,
     and of the groups' descendants (radixrt's children start process groups of their own)."""
@@ -39,24 +59,39 @@ def group_cpu_seconds(pgids: set[int], pids: set[int]) -> float | None:
         return None
     procs: dict[int, tuple[int, int, float]] = {}  # pid -> (ppid, pgid, cpu seconds)
     for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue  # exited meanwhile
-        # comm may contain spaces and parentheses: the fields start after the last ')'.
-        rest = stat[stat.rfind(")") + 2:].split()
-        procs[int(name)] = (int(rest[1]), int(rest[2]),
-                            (int(rest[11]) + int(rest[12])) / _TICK)
-    server = {pid for pid, (_, pgid, _) in procs.items() if pgid in pgids}
-    grew = True
-    while grew:  # add the server's children until nothing changes
-        more = {pid for pid, (ppid, _, _) in procs.items() if ppid in server} - server
-        server |= more
-        grew = bool(more)
+        if name.isdigit() and (rest := _stat_fields(f"/proc/{name}/stat")) is not None:
+            procs[int(name)] = (int(rest[1]), int(rest[2]),
+                                (int(rest[11]) + int(rest[12])) / _TICK)
+    server = _with_descendants({pid for pid, (_, pgid, _) in procs.items() if pgid in pgids},
+                               {pid: ppid for pid, (ppid, _, _) in procs.items()})
     return sum(procs[pid][2] for pid in server | (pids & procs.keys()))
+
+
+def tree_thread_cpu(root: int) -> dict[int, tuple[list[str], dict[int, float]]] | None:
+    """root and its descendants: pid -> (argv, {thread id: CPU-seconds (user+system)})."""
+    try:
+        entries = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return None
+    parent: dict[int, int] = {}
+    for pid in entries:
+        if (fields := _stat_fields(f"/proc/{pid}/stat")) is not None:
+            parent[pid] = int(fields[1])
+    tree = _with_descendants({root}, parent)
+    out: dict[int, tuple[list[str], dict[int, float]]] = {}
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        threads = {}
+        for tid in tids:
+            if (fields := _stat_fields(f"/proc/{pid}/task/{tid}/stat")) is not None:
+                threads[tid] = (int(fields[11]) + int(fields[12])) / _TICK
+        out[pid] = (argv, threads)
+    return out
 
 
 @dataclass
