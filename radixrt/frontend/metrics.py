@@ -3,14 +3,42 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from radixrt.ipc.messages import SchedulerStats, TextDelta
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                    7.5, 10.0, 20.0, 40.0, 80.0)
 E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
+
+
+class StepTotals:
+    """The scheduler's cumulative step accounting, exported as counters with its own totals
+    (from the last StatsReq): rate(forward) / rate(steps) is the worker's time per step,
+    rate(exposed_host) / rate(exposed_host_steps) the host time it waited on per step."""
+
+    SERIES = (("radixrt_steps", "Forward steps run", "steps"),
+              ("radixrt_step_forward_seconds",
+               "Worker time in steps: inputs applied, forward pass, sampling", "forward_seconds"),
+              ("radixrt_scheduler_busy_seconds",
+               "Scheduler time spent scheduling and processing results", "tick_seconds"),
+              ("radixrt_exposed_host_seconds",
+               "Time the worker sat idle between back-to-back steps, waiting for the host",
+               "exposed_seconds"),
+              ("radixrt_exposed_host_steps",
+               "Back-to-back steps that exposed_host is measured over", "exposed_steps"))
+
+    def __init__(self) -> None:
+        self.stats: SchedulerStats | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for name, doc, field in self.SERIES:
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], getattr(self.stats, field) if self.stats is not None else 0.0)
+            yield family
 
 
 class Metrics:
@@ -50,24 +78,8 @@ class Metrics:
         self.cache_hit_rate = Gauge("radixrt_cache_hit_rate",
                                     "Cached prompt tokens / prompt tokens, since start",
                                     registry=r)
-        # The scheduler's step accounting (cumulative there; each scrape adds what is new):
-        # rate(forward) / rate(steps) is the worker's time per step, rate(exposed_host) /
-        # rate(exposed_host_steps) the host time the worker waited on per step.
-        self.steps = Counter("radixrt_steps", "Forward steps run", registry=r)
-        self.forward_seconds = Counter(
-            "radixrt_step_forward_seconds",
-            "Worker time in steps: inputs applied, forward pass, sampling", registry=r)
-        self.scheduler_seconds = Counter(
-            "radixrt_scheduler_busy_seconds",
-            "Scheduler time spent scheduling and processing results", registry=r)
-        self.exposed_seconds = Counter(
-            "radixrt_exposed_host_seconds",
-            "Time the worker sat idle between back-to-back steps, waiting for the host",
-            registry=r)
-        self.exposed_steps = Counter("radixrt_exposed_host_steps",
-                                     "Back-to-back steps that exposed_host is measured over",
-                                     registry=r)
-        self._last_stats: SchedulerStats | None = None
+        self.step_totals = StepTotals()
+        r.register(self.step_totals)
 
     def observe_stats(self, s: SchedulerStats) -> None:
         self.running.set(s.running)
@@ -77,14 +89,7 @@ class Metrics:
         self.pages_evictable.set(s.pages_evictable)
         self.pages_used.set(max(0, s.pages_total - s.pages_free - s.pages_evictable))
         self.cache_hit_rate.set(s.cache_hit_tokens / s.prompt_tokens if s.prompt_tokens else 0.0)
-        last = self._last_stats
-        for counter, field in ((self.steps, "steps"), (self.forward_seconds, "forward_seconds"),
-                               (self.scheduler_seconds, "tick_seconds"),
-                               (self.exposed_seconds, "exposed_seconds"),
-                               (self.exposed_steps, "exposed_steps")):
-            new = getattr(s, field) - (getattr(last, field) if last is not None else 0)
-            counter.inc(max(new, 0))  # a scheduler's totals only grow; never count back
-        self._last_stats = s
+        self.step_totals.stats = s
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
