@@ -32,10 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.cpu import machine_info, tree_thread_cpu
-from bench.servers import ServerProcess, free_port, radixrt_cmd
+from bench.servers import ServerProcess, free_port, radixrt_cmd, scrape_metrics
 
 # `python -m MODULE` -> role; the first match wins (the sandbox is the tokenizer's child).
 ROLES = (("radixrt.launch_server", "frontend"), ("radixrt.tokenizer.template_sandbox", "sandbox"),
@@ -76,16 +74,11 @@ def role_cpu(root: int) -> dict[str, float]:
 
 def step_counters(base_url: str) -> dict[str, float]:
     """The scheduler's cumulative step counters from /metrics."""
-    text = httpx.get(f"{base_url}/metrics", timeout=30).text
-    values = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in STEP_COUNTERS:
-            values[name] = float(value)
-    missing = set(STEP_COUNTERS) - values.keys()
+    samples = scrape_metrics(base_url)
+    missing = set(STEP_COUNTERS) - samples.keys()
     if missing:
         raise RuntimeError(f"/metrics lacks {sorted(missing)}")
-    return values
+    return {k: samples[k] for k in STEP_COUNTERS}
 
 
 def stream(port: int, prompt: str, output: int, times: list[float]) -> None:

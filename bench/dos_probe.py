@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.servers import scrape_metrics
+
 CHAT = [{"role": "user", "content": "Say something."}]
 
 
@@ -136,15 +138,6 @@ def slow_clients(url: str, port: int, n: int, wait_s: float) -> dict:
             "all_closed_after_s": round(waited, 1) if not still_open else None}
 
 
-def metrics(url: str) -> dict[str, float]:
-    out = {}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            k, v = line.rsplit(" ", 1)
-            out[k] = float(v)
-    return out
-
-
 async def _storm(url: str, n: int) -> list[str]:
     async with httpx.AsyncClient(base_url=url, timeout=300,
                                  limits=httpx.Limits(max_connections=n)) as h:
@@ -168,7 +161,7 @@ async def _storm(url: str, n: int) -> list[str]:
 def storm(url: str, n: int) -> dict:
     res = asyncio.run(_storm(url, n))
     deadline = time.monotonic() + 60
-    while (m := metrics(url))["radixrt_requests_in_flight"] and time.monotonic() < deadline:
+    while (m := scrape_metrics(url))["radixrt_requests_in_flight"] and time.monotonic() < deadline:
         time.sleep(0.2)
     return {"streams": n, "results": {r: res.count(r) for r in set(res)},
             "pages_leaked": m["radixrt_pages_total"] - m["radixrt_pages_free"]
