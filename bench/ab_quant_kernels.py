@@ -14,9 +14,6 @@ default small-M route, 4 the blocked GEMM) and whether their outputs are bitwise
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.machinery
-import importlib.util
 import statistics
 import time
 from pathlib import Path
@@ -25,22 +22,13 @@ from types import ModuleType
 import torch
 
 from bench.bench_quant_linear import SHAPES
+from bench.native_builds import built_extension, load_extension
 from radixrt.models.quant import quantize_rtn
 
 
 def load_build(tree: Path) -> ModuleType:
-    """The other tree's _quant_cpu, under its own module name (it has no pybind classes, so
-    both builds can live in one process)."""
-    found = glob.glob(str(tree / "radixrt" / "_quant_cpu*.so"))
-    if not found:
-        raise SystemExit(f"no radixrt/_quant_cpu*.so under {tree}: build it there first")
-    loader = importlib.machinery.ExtensionFileLoader("other_build._quant_cpu", found[0])
-    spec = importlib.util.spec_from_file_location("other_build._quant_cpu", found[0],
-                                                  loader=loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    """The other tree's _quant_cpu, under its own module name."""
+    return load_extension(built_extension(tree, "_quant_cpu"), "_quant_cpu")
 
 
 def main(argv: list[str] | None = None) -> int:

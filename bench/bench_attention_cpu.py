@@ -15,6 +15,12 @@ CHUNK+CACHED_PREFIX (one request). A backend named `NAME:head` runs on a head-ma
 `NAME:LAYOUT:PAGES` gives that backend its own page order (so orders compare in one run); `--pages
 contiguous` gives each request consecutive pages (a fresh server), `interleaved` hands them out
 one per request in turn (what decode growth does), `random` scatters them (a long-running one).
+
+`--other-tree DIR` compiles DIR's kernels (e.g. a `git worktree` of an older commit) into this
+process as the backend `other`, so a kernel change is timed against its baseline rep by rep:
+
+    git worktree add /tmp/prev HEAD~1
+    python -m bench.bench_attention_cpu --other-tree /tmp/prev --backends other:head,cpu:head
 """
 
 from __future__ import annotations
@@ -23,11 +29,14 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.native_builds import build_attention, load_extension
 from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_metadata
 from radixrt.attention.cpu_backend import CpuAttentionBackend
 from radixrt.attention.torch_backend import TorchAttentionBackend
@@ -35,11 +44,15 @@ from radixrt.kvcache.pool import KVPool, KVPoolShape
 
 
 def make_backend(name: str, pool: KVPool, heads: int, dim: int, dtype: torch.dtype,
-                 cascade: bool = True) -> AttentionBackend:
+                 cascade: bool = True, other: ModuleType | None = None) -> AttentionBackend:
+    """torch, cpu, or other (the cpu backend on `other`, another tree's kernels)."""
     if name == "torch":
         return TorchAttentionBackend(pool, heads, dim)
+    if name == "other" and other is None:
+        raise SystemExit("the backend `other` needs --other-tree")
     return CpuAttentionBackend(pool, heads, dim, dtype,
-                               **({} if cascade else {"cascade_min_pages": 0}))
+                               **({} if cascade else {"cascade_min_pages": 0}),
+                               native=other if name == "other" else None)
 
 
 def batch_meta(starts: list[int], num_new: list[int], ps: int, num_pages: int, seed: int = 0,
@@ -116,6 +129,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     pages = max([b * -(-(c + 1) // ps) for b, c in decode]
                 + [-(-(n + p) // ps) for n, p in extend] + [1]) + 8
     rows: list[dict[str, Any]] = []
+    other = (load_extension(build_attention(args.other_tree), "_attention_cpu")
+             if args.other_tree else None)
     for types in args.types.split(","):
         dtype, kv_dtype = (getattr(torch, x) for x in types.split(":"))
         per_layer = KVPoolShape(1, pages, ps, kv_heads, dim).bytes_per_page(kv_dtype) * pages
@@ -137,7 +152,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             res: dict[str, Any] = {"kind": kind, "case": label, "dtype": str(dtype)[6:],
                                    "kv_dtype": str(kv_dtype)[6:], "layers": args.layers,
                                    "pool_layers": pool_layers, "pages": args.pages}
-            backends = {n: make_backend(kernel, pools[layout], heads, dim, dtype)
+            backends = {n: make_backend(kernel, pools[layout], heads, dim, dtype, other=other)
                         for n, (kernel, layout, _) in specs.items()}
             times = time_steps(backends, metas, args.layers, pool_layers, heads, kv_heads, dim,
                                dtype, args.reps)
@@ -176,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                          "handed out one per request in turn (decode growth)")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    ap.add_argument("--other-tree", type=Path, default=None,
+                    help="another checkout whose kernels run as the backend `other`")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:

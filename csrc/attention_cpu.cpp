@@ -25,6 +25,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace py = pybind11;
@@ -75,7 +76,9 @@ struct KvWrite {
 };
 
 // One namespace per instruction set, all from the same source.
+// RADIXRT_ATTN_VREGS: the vector registers each variant has (sizes register blocks).
 #define RADIXRT_ATTN_SPECIALIZE 1
+#define RADIXRT_ATTN_VREGS 32
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
 namespace isa_avx512 {
@@ -83,6 +86,8 @@ namespace isa_avx512 {
 }  // namespace isa_avx512
 #pragma GCC pop_options
 
+#undef RADIXRT_ATTN_VREGS
+#define RADIXRT_ATTN_VREGS 16
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace isa_avx2 {
@@ -92,6 +97,8 @@ namespace isa_avx2 {
 
 #undef RADIXRT_ATTN_SPECIALIZE
 #define RADIXRT_ATTN_SPECIALIZE 0
+#undef RADIXRT_ATTN_VREGS
+#define RADIXRT_ATTN_VREGS 8  // 8-float vectors are SSE register pairs
 namespace isa_baseline {
 #include "attention_cpu_kernels.inc"
 }  // namespace isa_baseline

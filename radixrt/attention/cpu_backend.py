@@ -11,6 +11,8 @@ The torch backend stays the reference these kernels are tested against.
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 
 from radixrt.attention.base import AttentionBackend, AttentionMetadata
@@ -20,7 +22,7 @@ from radixrt.kvcache.pool import KVPool
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def load_native():  # type: ignore[no-untyped-def]
+def load_native() -> ModuleType:
     # Imported only here, after torch: the module's OpenMP then binds to torch's libgomp
     # (same soname) and shares its thread pool instead of starting a second one.
     from radixrt import _attention_cpu
@@ -42,12 +44,13 @@ def check_supported(num_heads: int, num_kv_heads: int, head_dim: int, dtype: tor
 
 class CpuAttentionBackend(AttentionBackend):
     def __init__(self, pool: KVPool, num_heads: int, head_dim: int, dtype: torch.dtype,
-                 num_threads: int | None = None, cascade_min_pages: int = MIN_SHARED_PAGES
-                 ) -> None:
+                 num_threads: int | None = None, cascade_min_pages: int = MIN_SHARED_PAGES,
+                 native: ModuleType | None = None) -> None:
+        """native: another build of the kernels' module (a benchmark's baseline build)."""
         if pool.device.type != "cpu":
             raise ValueError("the cpu attention backend needs the KV pool on the CPU")
         check_supported(num_heads, pool.shape.num_kv_heads, head_dim, dtype, pool.dtype)
-        self.ext = load_native()
+        self.ext = native or load_native()
         self.pool = pool
         self.num_heads = num_heads
         self.head_dim = head_dim

@@ -400,6 +400,44 @@ def test_interleaved_pages_take_turns_between_requests() -> None:
     assert tables == [[0, 3, 5], [1, 4, 6], [2]]
 
 
+@pytest.mark.slow  # compiles the kernels once more (about a minute on 2 cores)
+def test_attention_benchmark_runs_another_trees_kernels(
+        tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--other-tree compiles a tree's kernels under a namespace of their own and runs them in
+    this process beside this build (pybind would refuse a second `Plan` of the same name)."""
+    import shutil
+    from pathlib import Path
+
+    from bench import bench_attention_cpu
+    from bench.native_builds import build_attention, load_extension
+
+    tree = tmp_path / "tree"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "csrc", tree / "csrc")
+    assert bench_attention_cpu.main(["--decode", "2x40", "--extend", "20+16", "--types",
+                                     "float32:bfloat16", "--reps", "1", "--layers", "2",
+                                     "--other-tree", str(tree),
+                                     "--backends", "other:head,cpu:head"]) == 0
+    out = capsys.readouterr().out
+    assert "| decode | 2x40 | float32 | bfloat16 |" in out and "| extend | 20+16 |" in out
+    built = build_attention(tree)
+    mtime = built.stat().st_mtime
+    assert build_attention(tree).stat().st_mtime == mtime  # cached: no second compile
+    # The same source, built twice: the two modules' kernels agree bit for bit.
+    other = load_extension(built, "_attention_cpu")
+    pool = KVPool(KVPoolShape(1, 8, 16, 3, 64), torch.bfloat16, "cpu", head_major=True)
+    pool.k_cache[0].normal_()
+    pool.v_cache[0].normal_()
+    meta = bench_attention_cpu.batch_meta([30, 50], [1, 1], 16, 8)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 64, generator=g) for h in (9, 3, 3))
+    outs = []
+    for name in ("other", "cpu"):
+        backend = bench_attention_cpu.make_backend(name, pool, 9, 64, torch.float32, other=other)
+        backend.plan(meta)
+        outs.append(backend.forward(q, k, v, 0))
+    assert type(outs[0]) is torch.Tensor and torch.equal(outs[0], outs[1])
+
+
 def test_long_decode_benchmark_runs_against_a_baseline_allocator(
         make_tiny_model, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
     """bench/bench_long_decode.py through the real scheduler, against another allocator file
