@@ -6,7 +6,8 @@
 For every (shape, rows): torch F.linear in fp32 and bf16, and radixrt.models.quant's
 quant_matmul for int8 and int4 weights: "auto" (what QuantizedLinear runs), the packed-weight
 kernel with fp32 activations ("f32"), with int8 activations ("i8", AVX2 only), the blocked
-large-M GEMM ("blocked", AVX2 only) and dequantize + BLAS ("blas"). Rounds interleave every
+large-M GEMM ("blocked", AVX2 only), the batch-invariant kernel of --deterministic
+("invariant") and dequantize + BLAS ("blas"). Rounds interleave every
 variant (so a busy neighbour slows all alike); the table shows medians in µs and, for the
 packed kernels, weight bytes streamed per second (GB/s). The share of the machine's CPU that
 other processes used during the run is printed too: above a few percent, the numbers are
@@ -45,7 +46,9 @@ def variants(n: int, k: int, rows: int, i8: bool) -> dict[str, tuple[Callable[[]
     }
     for bits in (8, 4):
         q = quantize_rtn(w, bits)
-        for path in ("auto", "f32", "i8", "blocked", "blas") if i8 else ("auto", "f32", "blas"):
+        paths = ("auto", "f32", "i8", "blocked", "invariant", "blas") if i8 else (
+            "auto", "f32", "invariant", "blas")
+        for path in paths:
             out[f"int{bits}-{path}"] = (lambda q=q, path=path: quant_matmul(x, q, path), q.nbytes())
     return out
 
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     i8 = bool(_ext().has_avx2())
     cols = ["fp32", "bf16", "int8-auto", "int4-auto", "int4-f32"] \
-        + (["int4-i8", "int4-blocked"] if i8 else []) + ["int4-blas", "int8-f32", "int8-blas"]
+        + (["int4-i8", "int4-blocked"] if i8 else []) \
+        + ["int4-invariant", "int4-blas", "int8-f32", "int8-blas"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; µs (GB/s of weights)")
     print("| shape | rows | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))

@@ -203,17 +203,19 @@ T* ptr(uintptr_t p) {
 
 // Kernel choice. kAuto: fp32 activations, AVX2 where the CPU has it (kI8 is faster but
 // moves logits, see quant_cpu_avx2.h); kPortable: the auto-vectorized loops; kBlocked: the
-// large-M blocked GEMM (AVX2, N a multiple of 16).
-enum Path { kAuto = 0, kF32 = 1, kI8 = 2, kPortable = 3, kBlocked = 4 };
+// large-M blocked GEMM (AVX2, N a multiple of 16); kInvariant: fp32 activations with one
+// summation order for every row whatever M (AVX2; the portable loops have that already).
+enum Path { kAuto = 0, kF32 = 1, kI8 = 2, kPortable = 3, kBlocked = 4, kInvariant = 5 };
 
 Path pick(int path) {
-    if (path < kAuto || path > kBlocked) {
-        throw std::invalid_argument("quant_cpu: path must be 0..4");
+    if (path < kAuto || path > kInvariant) {
+        throw std::invalid_argument("quant_cpu: path must be 0..5");
     }
     if ((path == kI8 || path == kBlocked) && !cpu_has_avx2()) {
         throw std::invalid_argument("quant_cpu: the int8 and blocked paths need AVX2");
     }
     if (path == kAuto || path == kF32) return cpu_has_avx2() ? kF32 : kPortable;
+    if (path == kInvariant) return cpu_has_avx2() ? kInvariant : kPortable;
     return static_cast<Path>(path);
 }
 
@@ -272,8 +274,8 @@ void gemm(int bits, uintptr_t x, int64_t M, int64_t K, uintptr_t qs, uintptr_t d
         gemm_blocked(bits, xp, M, K, avx2::Weights{qp, dp, mp}, N, yp, nthreads);
         return;
     }
-    if (p == kF32 || p == kI8) {
-        // The f32 kernel reads x alone; group sums and int8 rows are the i8 path's.
+    if (p == kF32 || p == kI8 || p == kInvariant) {
+        // The f32 kernels read x alone; group sums and int8 rows are the i8 path's.
         const avx2::Act act = p == kI8 ? g_act.prepare(xp, M, K, true)
                                        : avx2::Act{xp, nullptr, nullptr, nullptr, K};
         const avx2::Weights w{qp, dp, mp};
@@ -281,6 +283,10 @@ void gemm(int bits, uintptr_t x, int64_t M, int64_t K, uintptr_t qs, uintptr_t d
             if (p == kI8) {
                 bits == 4 ? avx2::gemm_rows<avx2::I8Kernel, true>(act, M, w, a, b, N, yp)
                           : avx2::gemm_rows<avx2::I8Kernel, false>(act, M, w, a, b, N, yp);
+            } else if (p == kInvariant) {
+                bits == 4
+                    ? avx2::gemm_rows<avx2::F32InvariantKernel, true>(act, M, w, a, b, N, yp)
+                    : avx2::gemm_rows<avx2::F32InvariantKernel, false>(act, M, w, a, b, N, yp);
             } else {
                 bits == 4 ? avx2::gemm_rows<avx2::F32Kernel, true>(act, M, w, a, b, N, yp)
                           : avx2::gemm_rows<avx2::F32Kernel, false>(act, M, w, a, b, N, yp);

@@ -137,6 +137,17 @@ AVX2_TARGET inline void group_floats(const uint8_t* qs, int64_t g, float db, __m
     for (int i = 0; i < 4; ++i) w[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(v[i]), d);
 }
 
+// Group g's dequantized weights: d * q, plus m for q4 (as dequantize_ref computes them).
+template <bool Q4>
+AVX2_TARGET inline void group_weights(const uint8_t* qs, int64_t g, float d, float m,
+                                      __m256* w) {
+    group_floats<Q4>(qs, g, d, w);
+    if (Q4) {
+        const __m256 mb = _mm256_set1_ps(m);
+        for (int i = 0; i < 4; ++i) w[i] = _mm256_add_ps(w[i], mb);
+    }
+}
+
 struct F32Kernel {
     // Accumulators: NA per activation row (each FMA chain gets a new term every NA/4 of a
     // group), two sets for a single row so that its four FMAs per group never wait on
@@ -164,11 +175,7 @@ struct F32Kernel {
             // time, GCC kept them in memory (a load and a store per FMA).
             const auto group = [&](int64_t b, __m256 (&set)[RT][NA]) AVX2_TARGET {
                 __m256 wf[4];
-                group_floats<Q4>(w.qs, n * nb + b, dw[b], wf);
-                if (Q4) {
-                    const __m256 mb = _mm256_set1_ps(mw[b]);
-                    for (int i = 0; i < 4; ++i) wf[i] = _mm256_add_ps(wf[i], mb);
-                }
+                group_weights<Q4>(w.qs, n * nb + b, dw[b], Q4 ? mw[b] : 0.f, wf);
 #pragma GCC unroll 4
                 for (int r = 0; r < RT; ++r) {
                     const float* xr = a.x + (r0 + r) * K + b * kGroup;
@@ -194,6 +201,67 @@ struct F32Kernel {
                     for (int i = 0; i < NA; ++i) t = _mm256_add_ps(t, acc[s][r][i]);
                 y[r * ldy + n] = hsum8(t);
             }
+        }
+    }
+};
+
+// The f32 path's math with one summation order for every activation row, whatever the tile:
+// two accumulators (a group's vectors 0, 2 and 1, 3), added at the end. F32Kernel's tiles
+// sum in orders of their own (more chains for fewer rows), so there a row's result depends
+// on how many rows share the call; here it does not, and a request's logits are the same
+// alone or in any batch (path kInvariant, the engine's --deterministic). Two-row tiles
+// take two weight rows at a time for more independent FMA chains; one-row tiles cannot
+// without spilling (measured slower), so they wait on the FMA latency: that is the price.
+struct F32InvariantKernel {
+    template <int RT, int NW, bool Q4>
+    AVX2_TARGET static void rows(const Act& a, int64_t r0, const Weights& w, int64_t n,
+                                 float* y, int64_t ldy, const float* dw, const float* mw) {
+        const int64_t K = a.K, nb = K / kGroup;
+        __m256 acc[NW][RT][2];
+        for (int j = 0; j < NW; ++j)
+            for (int r = 0; r < RT; ++r) acc[j][r][0] = acc[j][r][1] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+#pragma GCC unroll 2
+            for (int j = 0; j < NW; ++j) {
+                __m256 wf[4];
+                group_weights<Q4>(w.qs, (n + j) * nb + b, dw[j * nb + b],
+                                  Q4 ? mw[j * nb + b] : 0.f, wf);
+#pragma GCC unroll 4
+                for (int r = 0; r < RT; ++r) {
+                    const float* xr = a.x + (r0 + r) * K + b * kGroup;
+#pragma GCC unroll 4
+                    for (int i = 0; i < 4; ++i) {
+                        acc[j][r][i % 2] = _mm256_fmadd_ps(wf[i], _mm256_loadu_ps(xr + 8 * i),
+                                                           acc[j][r][i % 2]);
+                    }
+                }
+            }
+        }
+        for (int j = 0; j < NW; ++j)
+            for (int r = 0; r < RT; ++r)
+                y[r * ldy + n + j] = hsum8(_mm256_add_ps(acc[j][r][0], acc[j][r][1]));
+    }
+
+    template <int RT, bool Q4>
+    AVX2_TARGET static void tile(const Act& a, int64_t r0, const Weights& w, int64_t n0,
+                                 int64_t n1, float* y, int64_t ldy, float* scratch) {
+        constexpr int NW = RT == 2 ? 2 : 1;
+        const int64_t nb = a.K / kGroup;
+        float *dw = scratch, *mw = scratch + NW * nb;
+        const auto scales = [&](int64_t n, int count) {
+            for (int j = 0; j < count; ++j) {
+                row_scales(w.d + (n + j) * nb, nb, dw + j * nb);
+                if (Q4) row_scales(w.m + (n + j) * nb, nb, mw + j * nb);
+            }
+        };
+        int64_t n = n0;
+        for (; n + NW <= n1; n += NW) {
+            scales(n, NW);
+            rows<RT, NW, Q4>(a, r0, w, n, y, ldy, dw, mw);
+        }
+        for (; n < n1; ++n) {
+            scales(n, 1);
+            rows<RT, 1, Q4>(a, r0, w, n, y, ldy, dw, mw);
         }
     }
 };

@@ -68,6 +68,9 @@ class FlatCpuLayers:
         self.inter = first.mlp.down_proj.in_features
         self.blocked = all(quant._blocked_ok(lin.n) for lay in self.layers
                            for lin in (lay.qkv, lay.o, lay.gate_up, lay.down))
+        # quant.set_batch_invariant: every call through the one-order kernel (build() sees
+        # that all layers agree).
+        self.invariant = first.self_attn.qkv_proj.batch_invariant
         self.rope = model.rope
         self.ext = fused.native()
         self.steps = 0  # forward passes run flat (benchmarks and tests read it)
@@ -84,6 +87,8 @@ class FlatCpuLayers:
             lins = (a.qkv_proj, a.o_proj, m.gate_up_proj, m.down_proj)
             if a.qk_norm or any(not isinstance(x, quant.QuantizedLinear) or x.bias is not None
                                 for x in lins):
+                return None
+            if any(x.batch_invariant != a.qkv_proj.batch_invariant for x in lins):
                 return None
             norms = (layer.input_layernorm, layer.post_attention_layernorm)
             if any(n.weight.dtype != torch.float32 or n.weight.device.type != "cpu"
@@ -108,10 +113,14 @@ class FlatCpuLayers:
         t = x.shape[0]
         if (type(attn) is not CpuAttentionBackend or attn.dtype != torch.float32
                 or x.dtype != torch.float32 or x.dim() != 2 or not x.is_contiguous()
-                or quant._linear_path != "auto" or (t > quant.SMALL_M and not self.blocked)
+                or quant._linear_path != "auto"
+                or (t > quant.SMALL_M and not self.blocked and not self.invariant)
                 or attn.plan_obj is None or attn.num_tokens != t or t == 0):
             return None
-        code = 0 if t <= quant.SMALL_M else quant.KERNEL_PATHS["blocked"]
+        if self.invariant:
+            code = quant.KERNEL_PATHS["invariant"]
+        else:
+            code = 0 if t <= quant.SMALL_M else quant.KERNEL_PATHS["blocked"]
         threads = torch.get_num_threads()
         hid, q_size = self.hidden, self.heads * self.head_dim
         kv_size = self.kv_heads * self.head_dim
@@ -157,7 +166,8 @@ def flat_layers(model: nn.Module) -> FlatCpuLayers | None:
     if not enabled or not fused.enabled:
         return None
     first = model.layers[0].self_attn.qkv_proj
-    key = first.qs.data_ptr() if isinstance(first, quant.QuantizedLinear) else None
+    key = ((first.qs.data_ptr(), first.batch_invariant)
+           if isinstance(first, quant.QuantizedLinear) else None)
     cached = model.__dict__.get("_flat_cpu")
     if cached is None or cached[0] != key:
         cached = (key, FlatCpuLayers.build(model))  # type: ignore[arg-type]

@@ -167,7 +167,8 @@ def _scratch_tensor(numel: int) -> torch.Tensor:
 
 
 # Kernel paths of radixrt._quant_cpu (see csrc/quant_cpu.cpp), plus "blas" (dequantize + BLAS).
-KERNEL_PATHS = {"auto": 0, "f32": 1, "i8": 2, "portable": 3, "blocked": 4}
+# "invariant": one summation order per row whatever the row count (EngineConfig.deterministic).
+KERNEL_PATHS = {"auto": 0, "f32": 1, "i8": 2, "portable": 3, "blocked": 4, "invariant": 5}
 # Columns of W per panel of the blocked GEMM: it needs N a multiple of this.
 PANEL = 16
 # The path QuantizedLinear uses for calls of more than _linear_min_rows rows; benchmarks
@@ -183,6 +184,17 @@ def set_linear_path(path: str, min_rows: int = 0) -> None:
     if path != "blas" and path not in KERNEL_PATHS:
         raise ValueError(f"unknown path {path!r}")
     _linear_path, _linear_min_rows = path, min_rows
+
+
+def set_batch_invariant(model: nn.Module, on: bool = True) -> int:
+    """Route every QuantizedLinear of `model` through the batch-invariant kernel (or back);
+    returns how many there are."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, QuantizedLinear):
+            m.batch_invariant = on
+            count += 1
+    return count
 
 
 _has_avx2: bool | None = None  # the CPU's answer, asked once
@@ -257,6 +269,11 @@ class QuantizedLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(),
                                                            requires_grad=False)
 
+    # Batch-invariant: every call, whatever its row count, through the kernel that sums each
+    # row in one order (set_batch_invariant), so a row's output does not depend on the rows
+    # beside it. Off: the fastest kernel per row count, whose orders differ.
+    batch_invariant = False
+
     @property
     def weight_q(self) -> QuantWeight:
         return QuantWeight(self.bits, self.qs, self.d, self.m)
@@ -282,7 +299,7 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.dtype is torch.float32 and self.bias is None and x.dim() == 2
-                and x.shape[0] <= SMALL_M and x.is_contiguous()
+                and (x.shape[0] <= SMALL_M or self.batch_invariant) and x.is_contiguous()
                 and (_linear_path == "auto" or x.shape[0] <= _linear_min_rows)
                 and x.shape[1] == self.in_features and x.device.type == "cpu"):
             # Decode: straight to the packed-weight kernel (what _native_matmul does).
@@ -290,11 +307,14 @@ class QuantizedLinear(nn.Module):
             rows = x.shape[0]
             y = torch.empty(rows, self.out_features, dtype=torch.float32)
             kernel(x.data_ptr(), rows, self.in_features, *args, y.data_ptr(),
-                   torch.get_num_threads(), 0)
+                   torch.get_num_threads(), KERNEL_PATHS["invariant"] if self.batch_invariant
+                   else 0)
             return y
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features).float()
         path = _linear_path if flat.shape[0] > _linear_min_rows else "auto"
+        if self.batch_invariant and path == "auto":
+            path = "invariant"
         y = quant_matmul(flat, self.weight_q, path)
         if self.bias is not None:
             y += self.bias.float()

@@ -25,7 +25,7 @@ if not quant.native_available() and os.environ.get("RADIXRT_REQUIRE_NATIVE") != 
                 allow_module_level=True)
 
 HAS_AVX2 = quant.native_available() and quant._ext().has_avx2()
-PATHS = ["auto", "f32", "portable", "blas"] + (["i8", "blocked"] if HAS_AVX2 else [])
+PATHS = ["auto", "f32", "portable", "invariant", "blas"] + (["i8", "blocked"] if HAS_AVX2 else [])
 
 
 def random_weight(n: int, k: int, bits: int, seed: int) -> QuantWeight:
@@ -111,6 +111,36 @@ def test_blocked_gemm_across_blocks(bits: int) -> None:
     w = random_weight(24, 64, bits, 0)  # "auto" falls back to dequantize + BLAS there
     x = torch.randn(40, 64)
     torch.testing.assert_close(quant_matmul(x, w), x @ dequantize_ref(w).T)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_invariant_path_rows_do_not_depend_on_the_batch(bits: int) -> None:
+    """The "invariant" path (--deterministic) gives each row the same bits alone, in any
+    tile position and beside any number of rows, above SMALL_M too, on 1 or 2 threads; and
+    QuantizedLinear with batch_invariant routes every row count through it. The default
+    small-M route is not held to this: its tiles of 1-4 rows sum in orders of their own."""
+    k, n = 576, 200  # n not a multiple of 2 x threads' slices: odd weight-row remainders
+    w = random_weight(n, k, bits, 3)
+    x = torch.randn(45, k, generator=torch.Generator().manual_seed(4))
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            alone = torch.cat([quant_matmul(x[i:i + 1], w, "invariant") for i in range(45)])
+            for m in (2, 3, 4, 5, 7, 8, 33, 45):
+                assert torch.equal(quant_matmul(x[:m], w, "invariant"), alone[:m]), (threads, m)
+            # A row at every tile position: shift the batch by one row at a time.
+            for shift in range(1, 4):
+                assert torch.equal(quant_matmul(x[shift:shift + 8], w, "invariant"),
+                                   alone[shift:shift + 8])
+    finally:
+        torch.set_num_threads(before)
+    layer = quant.QuantizedLinear(w)
+    layer.batch_invariant = True
+    for m in (1, 4, 40):  # the decode fast path and the general route (above SMALL_M)
+        assert torch.equal(layer(x[:m]), alone[:m]), m
+    layer.batch_invariant = False
+    assert torch.equal(layer(x[:1]), quant_matmul(x[:1], w))  # back to the default route
 
 
 @pytest.mark.parametrize("bits", [4, 8])
