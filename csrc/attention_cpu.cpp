@@ -173,6 +173,11 @@ struct PlanOptions {
   int tile_rows = 48;         // query rows per extend task (tokens x group heads), <= 48
   int small_rows = 8;         // up to this many rows: dot products; more: rows on lanes
   int min_parallel_work = 1024;  // query rows x keys below which a step runs on one thread
+  // > 0 (--deterministic): every new token is its own one-token unit (the decode kernel),
+  // its keys split at multiples of this many, no shared-prefix groups. A token's arithmetic
+  // then depends on its own position alone, not on the batch, its prompt's chunking or the
+  // thread count; extends lose the tile kernels' reuse of each key across tokens.
+  int invariant_chunk = 0;
   // The pool's strides in elements, K and V alike (0: token-major, [slots][Hkv][D]). A
   // head-major pool ([Hkv][slots][D]) keeps each head's keys of a page, and of consecutive
   // pages, contiguous: decode streams them from DRAM instead of reading 1 row in Hkv.
@@ -319,6 +324,16 @@ class Plan {
     for (int h = 0; h < a_.Hkv; ++h) tasks_.push_back({t0, nt, h, k0, k1, row, part, cost});
   }
 
+  // Keys [0, k1) cut at multiples of `chunk` (rounded up to BK): the same cuts for a token
+  // whatever else the step holds.
+  static std::vector<std::pair<int, int>> aligned_splits(int k1, int64_t chunk) {
+    chunk = (std::max<int64_t>(chunk, BK) + BK - 1) / BK * BK;
+    std::vector<std::pair<int, int>> out;
+    for (int64_t s = 0; s < k1; s += chunk)
+      out.emplace_back(static_cast<int>(s), static_cast<int>(std::min<int64_t>(k1, s + chunk)));
+    return out;
+  }
+
   // Key ranges of [k0, k1) for rows query rows, each at most `chunk` keys (a multiple of BK).
   static std::vector<std::pair<int, int>> splits(int k0, int k1, int64_t chunk) {
     std::vector<std::pair<int, int>> out;
@@ -342,7 +357,7 @@ class Plan {
     // Shared-prefix groups among decode rows: same first page, then as many equal leading
     // pages as every member has fully written (each keeps at least its last token outside).
     std::vector<int32_t> shared(B, 0);
-    if (opt_.cascade_min_pages > 0) {
+    if (opt_.cascade_min_pages > 0 && opt_.invariant_chunk <= 0) {
       std::map<int32_t, std::vector<int32_t>> by_first;
       for (int64_t b = 0; b < B; ++b)
         if (cu[b + 1] - cu[b] == 1) by_first[pt[b * width]].push_back(static_cast<int32_t>(b));
@@ -396,7 +411,11 @@ class Plan {
     const int bq = std::max(1, std::min(opt_.tile_rows, isa_baseline::kTileRows) / G);
     for (int64_t b = 0; b < B; ++b) {
       const int n = cu[b + 1] - cu[b];
-      if (n == 1) {
+      if (opt_.invariant_chunk > 0) {
+        for (int i = 0; i < n; ++i)
+          unit(cu[b] + i, 1, static_cast<int>(b), true, G,
+               aligned_splits(start[b] + i + 1, opt_.invariant_chunk));
+      } else if (n == 1) {
         const int k0 = shared[b] * ps, k1 = start[b] + 1;
         unit(cu[b], 1, static_cast<int>(b), shared[b] == 0, G, splits(k0, k1, chunk_for(G)));
       } else {
@@ -472,6 +491,7 @@ PYBIND11_MODULE(_attention_cpu, m) {
       .def_readwrite("tile_rows", &PlanOptions::tile_rows)
       .def_readwrite("small_rows", &PlanOptions::small_rows)
       .def_readwrite("min_parallel_work", &PlanOptions::min_parallel_work)
+      .def_readwrite("invariant_chunk", &PlanOptions::invariant_chunk)
       .def_readwrite("kv_slot_stride", &PlanOptions::kv_slot_stride)
       .def_readwrite("kv_head_stride", &PlanOptions::kv_head_stride);
   py::class_<Plan>(m, "Plan")

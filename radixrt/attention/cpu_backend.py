@@ -20,6 +20,9 @@ from radixrt.attention.cascade import MIN_SHARED_PAGES
 from radixrt.kvcache.pool import KVPool
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
+# Key split of the batch-invariant plan: cut at multiples of this many keys (the default
+# plan's smallest split), so a long context still spreads over the threads.
+INVARIANT_CHUNK = 256
 
 
 def load_native() -> ModuleType:
@@ -45,8 +48,10 @@ def check_supported(num_heads: int, num_kv_heads: int, head_dim: int, dtype: tor
 class CpuAttentionBackend(AttentionBackend):
     def __init__(self, pool: KVPool, num_heads: int, head_dim: int, dtype: torch.dtype,
                  num_threads: int | None = None, cascade_min_pages: int = MIN_SHARED_PAGES,
-                 native: ModuleType | None = None) -> None:
-        """native: another build of the kernels' module (a benchmark's baseline build)."""
+                 native: ModuleType | None = None, batch_invariant: bool = False) -> None:
+        """native: another build of the kernels' module (a benchmark's baseline build).
+        batch_invariant (--deterministic): each token's attention computed the same way
+        whatever else the step holds (PlanOptions.invariant_chunk)."""
         if pool.device.type != "cpu":
             raise ValueError("the cpu attention backend needs the KV pool on the CPU")
         check_supported(num_heads, pool.shape.num_kv_heads, head_dim, dtype, pool.dtype)
@@ -59,7 +64,8 @@ class CpuAttentionBackend(AttentionBackend):
         self.options = self.ext.PlanOptions()
         # None: torch's thread count, read at each plan (the worker may change it).
         self.fixed_threads = num_threads
-        self.options.cascade_min_pages = cascade_min_pages
+        self.options.cascade_min_pages = 0 if batch_invariant else cascade_min_pages
+        self.options.invariant_chunk = INVARIANT_CHUNK if batch_invariant else 0
         # The kernels read and write the pool through its strides (token- or head-major).
         k0, v0 = pool.k_cache[0], pool.v_cache[0]
         if k0.stride() != v0.stride() or k0.stride(2) != 1:
