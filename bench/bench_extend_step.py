@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decodes", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="the batch-invariant kernels of --deterministic (the served path and "
+                         "the attention; --linear-paths still switches the module path's)")
     ap.add_argument("--linear-paths", default="auto",
                     help="comma-separated quant_matmul paths the steps' large-M linears take in "
                          "turn (A/B)")
@@ -44,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     paths = a.linear_paths.split(",")
     n = a.decodes + 1
     cfg = build_engine_config(a.model, max_running_requests=max(8, n),
-                              max_total_tokens=n * (a.context + a.new * (a.steps + 4) + 64))
+                              max_total_tokens=n * (a.context + a.new * (a.steps + 4) + 64),
+                              deterministic=a.deterministic)
     print(f"dtype {cfg.dtype}, kv {cfg.kv_dtype}, quantization {cfg.quantization}, "
-          f"{cfg.attention_backend} attention, page size {cfg.page_size}", flush=True)
+          f"{cfg.attention_backend} attention, page size {cfg.page_size}"
+          + (", --deterministic" if cfg.deterministic else ""), flush=True)
     runner = ModelRunner(cfg)
     timed = TimedAttention(runner.attn)
     runner.attn = timed  # type: ignore[assignment]

@@ -100,10 +100,13 @@ def make_runner(model: str | None, backend: str, dtype: str, kv_dtype: str, quan
                 kv_layout: str, batch: int, context: int, steps: int
                 ) -> tuple[ModelRunner, LinearTimer, float]:
     tokens = batch * (context + steps + 64)
+    quant, _, mode = quant.partition("+")  # "int4+det": with --deterministic's kernels
+    if mode not in ("", "det"):
+        raise SystemExit(f"quantization {quant}+{mode}: the only suffix is +det")
     cfg = build_engine_config(model, device="cpu", dtype=dtype, attention_backend=backend,
                               kv_cache_dtype=kv_dtype, quantization=quant,
                               max_total_tokens=tokens, max_running_requests=batch,
-                              kv_layout=kv_layout)
+                              kv_layout=kv_layout, deterministic=mode == "det")
     gc.collect()
     t0 = time.perf_counter()
     runner = ModelRunner(cfg)
@@ -233,7 +236,8 @@ def _run_cases(args: Namespace) -> list[dict[str, Any]]:
                 row: dict[str, Any] = {
                     "backend": backend, "dtype": dtype, "kv_dtype": runners[i].config.kv_dtype,
                     "kv_layout": "head" if runners[i].pool.head_major else "token",
-                    "quantization": runners[i].config.quantization,
+                    "quantization": runners[i].config.quantization
+                    + ("+det" if runners[i].config.deterministic else ""),
                     "fused": mode,
                     "context": ctx, "batch": b, "step_ms": 1000 * statistics.median(step),
                     "min_step_ms": 1000 * min(step),

@@ -144,6 +144,10 @@ class EngineConfig:
     # Overlap scheduling: build step N+1 while the worker runs step N. None: the device's
     # default (on for CUDA; on CPU see overlap_on_cpu, chosen by measurement).
     disable_overlap_schedule: bool | None = None
+    # Batch-invariant kernels: a request's tokens do not depend on what else runs beside it
+    # (so a seeded request repeats under any load). CPU with int4/int8 weights only: there
+    # every op but the quantized matmuls is per-row already (measured cost: docs/benchmarks.md).
+    deterministic: bool = False
     # CUDA
     disable_cuda_graph: bool = False
     cuda_graph_max_bs: int = 128
@@ -222,6 +226,18 @@ class ServerConfig:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+def check_deterministic(device: str, quantization: str, backend: str, tp_size: object) -> None:
+    """--deterministic where radixrt has batch-invariant kernels, else a clear error: the
+    quantized CPU matmuls (their one-order path), the cpu attention backend (its split of a
+    request's keys never depends on the batch) and one rank (an all-reduce adds ranks'
+    partial sums in an order of its own)."""
+    where = f"device {device}, quantization {quantization}, attention {backend}, tp {tp_size}"
+    if (device != "cpu" or quantization not in ("int4", "int8") or backend != "cpu"
+            or tp_size != 1):
+        raise ValueError(f"--deterministic needs the CPU with int4 or int8 weights, the cpu "
+                         f"attention backend and one rank; this is {where}")
+
+
 def build_engine_config(model_path: str | None = None, **options: object) -> EngineConfig:
     """EngineConfig from a model directory (None: the embedded default model) and options.
 
@@ -255,6 +271,8 @@ def build_engine_config(model_path: str | None = None, **options: object) -> Eng
         raise ValueError(f"unknown KV layout {layout!r}; choose auto, token or head")
     if layout == "head" and backend == "flashinfer":
         raise ValueError("the flashinfer backend reads token-major (NHD) KV pages")
+    if options.get("deterministic"):
+        check_deterministic(device, quantization, backend, tp_size)
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     unknown = sorted(set(options) - known)
     if unknown:

@@ -103,6 +103,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("runtime")
     g.add_argument("--seed", type=int, default=None,
                    help=f"seed of requests that give none (default {d.seed})")
+    g.add_argument("--deterministic", action="store_const", const=True, default=None,
+                   help="batch-invariant kernels: a request's output does not depend on the "
+                        "requests beside it, so seeded sampling repeats under any load (CPU, "
+                        "int4/int8 weights; slower, see docs/benchmarks.md)")
     g.add_argument("--log-level", default=None,
                    choices=["debug", "info", "warning", "error", "critical"],
                    help=f"log level of every process (default {d.log_level})")

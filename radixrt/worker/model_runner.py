@@ -18,6 +18,7 @@ from radixrt.models import fused_cuda, gemv_cuda
 from radixrt.models.config import ModelConfig, shard_config
 from radixrt.models.loader import load_model
 from radixrt.models.parallel import TensorParallel
+from radixrt.models.quant import set_batch_invariant
 from radixrt.worker.graph_runner import GraphRunner, create_graph_runner, pad_decode_rows
 from radixrt.worker.launched import LaunchedStep
 from radixrt.worker.sampler import Sampler
@@ -74,7 +75,8 @@ def make_attention_backend(config: EngineConfig, pool: KVPool, model_cfg: ModelC
         from radixrt.attention.cpu_backend import CpuAttentionBackend
 
         return CpuAttentionBackend(pool, model_cfg.num_heads, model_cfg.head_dim,
-                                   torch_dtype(config.dtype))
+                                   torch_dtype(config.dtype),
+                                   batch_invariant=config.deterministic)
     if config.attention_backend == "flashinfer":
         from radixrt.attention.flashinfer_backend import FlashInferAttentionBackend
 
@@ -101,6 +103,9 @@ class ModelRunner:
         torch.manual_seed(config.seed)
         self.model = load_model(config.model_path, self.dtype, self.device, full_cfg,
                                 quantization=config.quantization, tp=tp)
+        if config.deterministic:  # build_engine_config checked that the kernels are there
+            logger.info("--deterministic: %d linears on the batch-invariant kernel",
+                        set_batch_invariant(self.model))
         self.kv_dtype = torch_dtype(config.kv_dtype)
         num_pages = tp.agree_min(size_kv_pool(config, self.model_cfg, self.kv_dtype,
                                               self.device))
