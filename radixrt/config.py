@@ -145,8 +145,8 @@ class EngineConfig:
     # default (on for CUDA; on CPU see overlap_on_cpu, chosen by measurement).
     disable_overlap_schedule: bool | None = None
     # Batch-invariant kernels: a request's tokens do not depend on what else runs beside it
-    # (so a seeded request repeats under any load). CPU with int4/int8 weights only: there
-    # every op but the quantized matmuls is per-row already (measured cost: docs/benchmarks.md).
+    # or on how its prompt was chunked (so a seeded request repeats under any load). Only
+    # where radixrt has such kernels (check_deterministic); cost: docs/benchmarks.md.
     deterministic: bool = False
     # CUDA
     disable_cuda_graph: bool = False
@@ -155,6 +155,11 @@ class EngineConfig:
     num_threads: int | None = None  # torch threads in the worker; None = all cores
     seed: int = 0
     log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.deterministic:
+            check_deterministic(self.device, self.quantization, self.attention_backend,
+                                self.tp_size)
 
     def replace(self, **changes: object) -> EngineConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -228,9 +233,9 @@ class ServerConfig:
 
 def check_deterministic(device: str, quantization: str, backend: str, tp_size: object) -> None:
     """--deterministic where radixrt has batch-invariant kernels, else a clear error: the
-    quantized CPU matmuls (their one-order path), the cpu attention backend (its split of a
-    request's keys never depends on the batch) and one rank (an all-reduce adds ranks'
-    partial sums in an order of its own)."""
+    quantized CPU matmuls (their one-order path), the cpu attention backend (its invariant
+    plan) and one rank (an all-reduce adds the ranks' partial sums in an order of its own).
+    The other ops of that path (norms, RoPE, SiLU, sampling) work row by row already."""
     where = f"device {device}, quantization {quantization}, attention {backend}, tp {tp_size}"
     if (device != "cpu" or quantization not in ("int4", "int8") or backend != "cpu"
             or tp_size != 1):
@@ -271,8 +276,6 @@ def build_engine_config(model_path: str | None = None, **options: object) -> Eng
         raise ValueError(f"unknown KV layout {layout!r}; choose auto, token or head")
     if layout == "head" and backend == "flashinfer":
         raise ValueError("the flashinfer backend reads token-major (NHD) KV pages")
-    if options.get("deterministic"):
-        check_deterministic(device, quantization, backend, tp_size)
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     unknown = sorted(set(options) - known)
     if unknown:

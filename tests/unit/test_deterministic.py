@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from radixrt.config import build_engine_config
+from radixrt.config import EngineConfig, build_engine_config
 from radixrt.models import cpu_flat, fused, quant
 from radixrt.server_args import add_engine_args, engine_config_from_args
 from radixrt.testing.batches import batch_from_chunks
@@ -112,8 +112,11 @@ def test_flag_and_where_it_is_refused(default_model_dir: Path) -> None:
     assert engine_config_from_args(args).deterministic
     assert not engine_config_from_args(p.parse_args(["--model", str(default_model_dir),
                                                      "--device", "cpu"])).deterministic
-    # Where radixrt has no batch-invariant kernels it says so rather than promise it.
+    # Where radixrt has no batch-invariant kernels it says so rather than promise it, from
+    # the flags and from a hand-built config alike.
     for options in ({"quantization": "none"}, {"attention_backend": "torch"}):
         with pytest.raises(ValueError, match="--deterministic needs the CPU with int4 or int8"):
             build_engine_config(str(default_model_dir), device="cpu", deterministic=True,
                                 **options)
+    with pytest.raises(ValueError, match="this is device cpu, quantization none"):
+        EngineConfig(model_path=str(default_model_dir), deterministic=True)
