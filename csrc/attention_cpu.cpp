@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -173,10 +174,12 @@ struct PlanOptions {
   int tile_rows = 48;         // query rows per extend task (tokens x group heads), <= 48
   int small_rows = 8;         // up to this many rows: dot products; more: rows on lanes
   int min_parallel_work = 1024;  // query rows x keys below which a step runs on one thread
-  // > 0 (--deterministic): every new token is its own one-token unit (the decode kernel),
-  // its keys split at multiples of this many, no shared-prefix groups. A token's arithmetic
-  // then depends on its own position alone, not on the batch, its prompt's chunking or the
-  // thread count; extends lose the tile kernels' reuse of each key across tokens.
+  // > 0 (--deterministic): a token's arithmetic depends on its own position alone, not on
+  // the batch, its prompt's chunking or the thread count. Keys are cut at multiples of this
+  // many; every task runs the dot kernel, whose arithmetic for a row is the same whatever
+  // rows share the task (a decode is one token, an extend groups up to a tile of tokens
+  // that fall between the same two cuts, so they have the same key ranges); no
+  // shared-prefix groups.
   int invariant_chunk = 0;
   // The pool's strides in elements, K and V alike (0: token-major, [slots][Hkv][D]). A
   // head-major pool ([Hkv][slots][D]) keeps each head's keys of a page, and of consecutive
@@ -196,6 +199,8 @@ class Plan {
     if (head_dim <= 0 || head_dim % 16 != 0 || head_dim > kMaxHeadDim)
       throw std::invalid_argument("head_dim must be a multiple of 16, at most 256");
     if (page_size <= 0) throw std::invalid_argument("page_size must be positive");
+    if (opt.invariant_chunk < 0 || opt.invariant_chunk % BK != 0)
+      throw std::invalid_argument("invariant_chunk must be 0 or a multiple of 16");
     if (cu_new.ndim() != 1 || start_pos.ndim() != 1 || page_table_.ndim() != 2)
       throw std::invalid_argument("cu_new, start_pos: 1-D; page_table: 2-D");
     const int64_t B = start_pos.shape(0);
@@ -247,7 +252,8 @@ class Plan {
         throw std::invalid_argument("KV pool strides are neither [slots][heads][dim] nor "
                                     "[heads][slots][dim]");
     }
-    a_.small_rows = opt.small_rows;
+    // The invariant plan runs every task on the dot kernel (see PlanOptions).
+    a_.small_rows = opt.invariant_chunk > 0 ? std::numeric_limits<int>::max() : opt.small_rows;
     nthreads_ = opt.num_threads > 0 ? opt.num_threads : omp_get_max_threads();
     build(B, cu, start);
     a_.tok_q = tok_q_.data();
@@ -324,10 +330,9 @@ class Plan {
     for (int h = 0; h < a_.Hkv; ++h) tasks_.push_back({t0, nt, h, k0, k1, row, part, cost});
   }
 
-  // Keys [0, k1) cut at multiples of `chunk` (rounded up to BK): the same cuts for a token
+  // Keys [0, k1) cut at multiples of `chunk` (a multiple of BK): the same cuts for a token
   // whatever else the step holds.
   static std::vector<std::pair<int, int>> aligned_splits(int k1, int64_t chunk) {
-    chunk = (std::max<int64_t>(chunk, BK) + BK - 1) / BK * BK;
     std::vector<std::pair<int, int>> out;
     for (int64_t s = 0; s < k1; s += chunk)
       out.emplace_back(static_cast<int>(s), static_cast<int>(std::min<int64_t>(k1, s + chunk)));
@@ -412,9 +417,14 @@ class Plan {
     for (int64_t b = 0; b < B; ++b) {
       const int n = cu[b + 1] - cu[b];
       if (opt_.invariant_chunk > 0) {
-        for (int i = 0; i < n; ++i)
-          unit(cu[b] + i, 1, static_cast<int>(b), true, G,
-               aligned_splits(start[b] + i + 1, opt_.invariant_chunk));
+        const int64_t c = opt_.invariant_chunk;
+        for (int i0 = 0; i0 < n;) {
+          const int64_t p0 = start[b] + i0, next_cut = (p0 / c + 1) * c;
+          const int nt = static_cast<int>(std::min<int64_t>({bq, n - i0, next_cut - p0}));
+          unit(cu[b] + i0, nt, static_cast<int>(b), true, nt * G,
+               aligned_splits(static_cast<int>(p0) + nt, c));
+          i0 += nt;
+        }
       } else if (n == 1) {
         const int k0 = shared[b] * ps, k1 = start[b] + 1;
         unit(cu[b], 1, static_cast<int>(b), shared[b] == 0, G, splits(k0, k1, chunk_for(G)));
