@@ -274,6 +274,9 @@ def test_plan_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="strides"):
         ext.Plan(table, cu, start, slots, *args[:-1], _options(kv_slot_stride=64,
                                                                 kv_head_stride=64))
+    ext.Plan(table, cu, start, slots, *args[:-1], _options(invariant_chunk=32))
+    with pytest.raises(ValueError, match="invariant_chunk must be 0 or a multiple of 16"):
+        ext.Plan(table, cu, start, slots, *args[:-1], _options(invariant_chunk=40))
 
 
 def test_backend_rejects_bad_tensors() -> None:
