@@ -21,9 +21,18 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-# setup.py's flags for radixrt._attention_cpu (keep in step with it).
-ATTENTION_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math", "-Wno-psabi", "-std=c++17",
-                   "-shared", "-fPIC"]
+# What setup.py's Pybind11Extension adds to a csrc/*.flags file's flags for a module.
+MODULE_FLAGS = ["-std=c++17", "-shared", "-fPIC"]
+
+
+def attention_flags(tree: Path) -> list[str]:
+    """tree's flags for radixrt._attention_cpu: its csrc/attention_cpu.flags, or this
+    checkout's for a tree from before that file (they were the same then)."""
+    path = tree / "csrc" / "attention_cpu.flags"
+    if not path.exists():
+        path = Path(__file__).resolve().parent.parent / "csrc" / "attention_cpu.flags"
+    text = path.read_text()
+    return [f for line in text.splitlines() for f in line.split("#", 1)[0].split()]
 
 
 def load_extension(path: Path, name: str) -> ModuleType:
@@ -59,7 +68,7 @@ def build_attention(tree: Path) -> Path:
     if out.exists() and out.stat().st_mtime >= newest:
         return out
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = ["g++", *ATTENTION_FLAGS, "-Dradixrt_attn=radixrt_attn_other",
+    cmd = ["g++", *attention_flags(tree), *MODULE_FLAGS, "-Dradixrt_attn=radixrt_attn_other",
            f"-I{sysconfig.get_paths()['include']}", f"-I{pybind11.get_include()}",
            str(src), "-o", str(out)]
     print(f"building {tree}'s attention kernels (about a minute) ...", file=sys.stderr,
