@@ -50,6 +50,15 @@ def _with_descendants(roots: set[int], parent: dict[int, int]) -> set[int]:
     return tree
 
 
+def descendants(pid: int) -> set[int]:
+    """Every live process below pid (children, theirs, ...), from /proc."""
+    parent = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (rest := _stat_fields(f"/proc/{name}/stat")) is not None:
+            parent[int(name)] = int(rest[1])
+    return _with_descendants({pid}, parent) - {pid}
+
+
 def group_cpu_seconds(pgids: set[int], pids: set[int]) -> float | None:
     """CPU-seconds (user+system) of live processes in the given pid set or process groups,
     and of the groups' descendants (radixrt's children start process groups of their own)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import threading
 import time
@@ -20,31 +19,14 @@ from pathlib import Path
 
 import httpx
 
+from bench.cpu import descendants
 from bench.servers import scrape_metrics
 
 CHAT = [{"role": "user", "content": "Say something."}]
 
 
-def children(pid: int) -> list[int]:
-    out, frontier = [], [pid]
-    pairs = []
-    for e in os.listdir("/proc"):
-        if e.isdigit():
-            try:
-                stat = Path(f"/proc/{e}/stat").read_text()
-            except OSError:
-                continue
-            pairs.append((int(e), int(stat[stat.rindex(")") + 2:].split()[1])))
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in pairs if pp == p]
-        out += kids
-        frontier += kids
-    return out
-
-
 def tokenizer_pid(server_pid: int) -> int:
-    for p in children(server_pid):
+    for p in sorted(descendants(server_pid)):
         cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
         if cmd.endswith("-m radixrt.tokenizer"):
             return p

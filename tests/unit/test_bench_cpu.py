@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,3 +45,20 @@ def test_other_process_is_foreign_unless_in_the_server_group() -> None:
         else:
             assert busy_share["foreign_cpu_share"] is not None and busy_share["foreign_cpu_share"] > 0.02
     assert 0.0 <= (cpu.busy_fraction(0.2) or 0.0) <= 1.05
+
+
+def test_descendants_are_children_and_theirs() -> None:
+    """A shell with two sleeping children, under this process: both levels found, nothing
+    else (bench.dos_probe finds the server's tokenizer process this way)."""
+    shell = subprocess.Popen(["bash", "-c", "sleep 30 & sleep 30 & wait"],
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(cpu.descendants(shell.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kids = cpu.descendants(shell.pid)
+        assert len(kids) == 2 and shell.pid not in kids
+        assert kids | {shell.pid} <= cpu.descendants(os.getpid())
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL)  # the sleeps too
+        shell.wait()
