@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.cpu import descendants
+
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 300.0
 
@@ -66,17 +68,7 @@ class ServerProcess:
 
     def descendants(self) -> list[int]:
         """PIDs of every process below the server (read from /proc: Linux only)."""
-        parents: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and (st := _stat(int(entry))) is not None:
-                parents[int(entry)] = st[1]
-        out, frontier = [], [self.proc.pid]
-        while frontier:
-            parent = frontier.pop()
-            kids = [c for c, pp in parents.items() if pp == parent]
-            out += kids
-            frontier += kids
-        return out
+        return sorted(descendants(self.proc.pid))
 
     @staticmethod
     def cmdline(pid: int) -> str:
