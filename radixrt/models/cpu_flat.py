@@ -82,14 +82,15 @@ class FlatCpuLayers:
             return None
         eps = model.layers[0].input_layernorm.eps
         hidden = model.config.hidden_size
+        invariant = getattr(model.layers[0].self_attn.qkv_proj, "batch_invariant", False)
         for layer in model.layers:
             a, m = layer.self_attn, layer.mlp
             lins = (a.qkv_proj, a.o_proj, m.gate_up_proj, m.down_proj)
             if a.qk_norm or any(not isinstance(x, quant.QuantizedLinear) or x.bias is not None
                                 for x in lins):
                 return None
-            if any(x.batch_invariant != a.qkv_proj.batch_invariant for x in lins):
-                return None
+            if any(x.batch_invariant != invariant for x in lins):
+                return None  # one kernel path for the whole loop
             norms = (layer.input_layernorm, layer.post_attention_layernorm)
             if any(n.weight.dtype != torch.float32 or n.weight.device.type != "cpu"
                    or n.eps != eps for n in norms):
