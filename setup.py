@@ -39,6 +39,15 @@ ext_modules = [
         extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off"],
         extra_link_args=["-fopenmp"],
     ),
+    # Dense matmuls with one summation order per output, whatever the batch (--deterministic
+    # on float weights). Built like _quant_cpu (OpenMP from torch's libgomp, no -march).
+    Pybind11Extension(
+        "radixrt._dense_cpu",
+        ["csrc/dense_cpu.cpp"],
+        cxx_std=17,
+        extra_compile_args=["-O3", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
+    ),
     # Paged CPU attention; its flags live in a file that benchmarks read too.
     Pybind11Extension(
         "radixrt._attention_cpu",

@@ -232,15 +232,21 @@ class ServerConfig:
 
 
 def check_deterministic(device: str, quantization: str, backend: str, tp_size: object) -> None:
-    """--deterministic where radixrt has batch-invariant kernels, else a clear error: the
-    quantized CPU matmuls (their one-order path), the cpu attention backend (its invariant
-    plan) and one rank (an all-reduce adds the ranks' partial sums in an order of its own).
-    The other ops of that path (norms, RoPE, SiLU, sampling) work row by row already."""
+    """--deterministic where radixrt has batch-invariant kernels, else a clear error: the CPU
+    linears' one-order kernels (int4 / int8: radixrt._quant_cpu's; float32 / bfloat16:
+    radixrt._dense_cpu), the cpu attention backend (its invariant plan; it runs float32 and
+    bfloat16) and one rank (an all-reduce adds the ranks' partial sums in an order of its
+    own). The other ops (the fused norms and RoPE, SiLU, sampling) work row by row."""
     where = f"device {device}, quantization {quantization}, attention {backend}, tp {tp_size}"
-    if (device != "cpu" or quantization not in ("int4", "int8") or backend != "cpu"
-            or tp_size != 1):
-        raise ValueError(f"--deterministic needs the CPU with int4 or int8 weights, the cpu "
-                         f"attention backend and one rank; this is {where}")
+    if device != "cpu" or backend != "cpu" or tp_size != 1:
+        raise ValueError(f"--deterministic needs the CPU, the cpu attention backend and one "
+                         f"rank; this is {where}")
+    linear = "radixrt._quant_cpu" if quantization in ("int4", "int8") else "radixrt._dense_cpu"
+    missing = [m for m in (linear, "radixrt._layers_cpu")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"--deterministic needs radixrt's native CPU kernels, and "
+                         f"{', '.join(missing)} is not built (pip install -e .)")
 
 
 def build_engine_config(model_path: str | None = None, **options: object) -> EngineConfig:

@@ -22,6 +22,11 @@ class RMSNorm(nn.Module):
             return fused_cuda.rms_norm(x, self.weight, self.eps)
         if x.dim() == 2 and fused.usable(x, self.weight):
             return fused.rmsnorm(x, self.weight, self.eps)
+        if x.dim() > 2 and fused.usable(x, self.weight):
+            # Per-head norms (q/k norm) on a view of the qkv output: one copy to rows, then
+            # the fused kernel, which sums each row in one order whatever the row count.
+            return fused.rmsnorm(x.reshape(-1, x.shape[-1]), self.weight,
+                                 self.eps).view(x.shape)
         return fused_cuda.torch_rms_norm(x, self.weight, self.eps)
 
     def add_forward(self, x: torch.Tensor, residual: torch.Tensor

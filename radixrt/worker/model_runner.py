@@ -16,9 +16,9 @@ from radixrt.kvcache.pool import KVPool, KVPoolShape
 from radixrt.model_info import resolve_context_length
 from radixrt.models import fused_cuda, gemv_cuda
 from radixrt.models.config import ModelConfig, shard_config
+from radixrt.models.invariant import make_batch_invariant
 from radixrt.models.loader import load_model
 from radixrt.models.parallel import TensorParallel
-from radixrt.models.quant import set_batch_invariant
 from radixrt.worker.graph_runner import GraphRunner, create_graph_runner, pad_decode_rows
 from radixrt.worker.launched import LaunchedStep
 from radixrt.worker.sampler import Sampler
@@ -104,8 +104,8 @@ class ModelRunner:
         self.model = load_model(config.model_path, self.dtype, self.device, full_cfg,
                                 quantization=config.quantization, tp=tp)
         if config.deterministic:  # build_engine_config checked that the kernels are there
-            logger.info("--deterministic: %d linears on the batch-invariant kernel",
-                        set_batch_invariant(self.model))
+            logger.info("--deterministic: %d linears on batch-invariant kernels",
+                        make_batch_invariant(self.model))
         self.kv_dtype = torch_dtype(config.kv_dtype)
         num_pages = tp.agree_min(size_kv_pool(config, self.model_cfg, self.kv_dtype,
                                               self.device))

@@ -51,14 +51,14 @@ def test_seeded_sample_repeats_under_load(server: ServerProcess) -> None:
     alone, loaded = asyncio.run(run())
     assert len(alone) > 20  # a real completion, not an empty one that trivially repeats
     assert loaded == [alone, alone]
-    assert "linears on the batch-invariant kernel" in server.log()
+    assert "linears on batch-invariant kernels" in server.log()
 
 
 def test_refused_where_there_are_no_invariant_kernels(default_model_dir: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "radixrt.launch_server", "--model", str(default_model_dir),
-         "--deterministic", "--quantization", "none"],
+         "--deterministic", "--attention-backend", "torch"],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "--deterministic needs the CPU with int4 or int8 weights" in proc.stderr
-    assert "quantization none" in proc.stderr
+    assert "--deterministic needs the CPU, the cpu attention backend and one rank" in proc.stderr
+    assert "attention torch" in proc.stderr

@@ -1,6 +1,7 @@
 """--deterministic: a request's logits do not depend on what runs beside it, nor on how its
 prompt was cut into chunks (which the scheduler decides by load). Driven on the server's CPU
-setup (the default model's int4 weights, cpu attention, the flat loop), one request's logits
+setup (the default model's int4 weights, cpu attention, the flat loop) and on float32 /
+bfloat16 checkpoints (the module path, radixrt._dense_cpu's linears), one request's logits
 alone against the same request in batches of other decodes and prefills, above SMALL_M rows,
 past the attention's key split and cut into other chunks, compared bit for bit."""
 
@@ -14,14 +15,14 @@ import pytest
 import torch
 
 from radixrt.config import EngineConfig, build_engine_config
-from radixrt.models import cpu_flat, fused, quant
+from radixrt.models import cpu_flat, fused, invariant, quant
 from radixrt.server_args import add_engine_args, engine_config_from_args
 from radixrt.testing.batches import batch_from_chunks
 from radixrt.testing.local_engine import LocalEngine
 from radixrt.worker.model_runner import ModelRunner
 
-if (not quant.native_available() or fused.native() is None) and os.environ.get(
-        "RADIXRT_REQUIRE_NATIVE") != "1":
+if (not quant.native_available() or fused.native() is None or invariant.native() is None
+        ) and os.environ.get("RADIXRT_REQUIRE_NATIVE") != "1":
     pytest.skip("the native CPU extensions are not built", allow_module_level=True)
 
 
@@ -40,30 +41,85 @@ def forward(runner: ModelRunner, slots: list[int], starts: list[int], chunks: li
     return runner.forward(batch)
 
 
-def test_logits_do_not_depend_on_the_batch(runner: ModelRunner) -> None:
-    flat = cpu_flat.flat_layers(runner.model)
-    assert flat is not None and flat.invariant  # what the server runs, in its invariant mode
+@pytest.fixture(scope="module")
+def float_runners(make_tiny_model) -> dict[str, ModelRunner]:
+    """Float checkpoints on the module path: untied llama in float32, qwen2 (q/k/v biases,
+    a tied lm_head) in float32, qwen3 (per-head q/k norms) in bfloat16."""
+    out = {}
+    for arch, dtype in (("llama", "float32"), ("qwen2", "float32"), ("qwen3", "bfloat16")):
+        cfg = build_engine_config(str(make_tiny_model(arch)), device="cpu", dtype=dtype,
+                                  max_total_tokens=8192, deterministic=True)
+        assert (cfg.quantization, cfg.attention_backend) == ("none", "cpu")
+        out[f"{arch}-{dtype}"] = ModelRunner(cfg)
+    return out
+
+
+def check_batch_invariance(runner: ModelRunner, vocab: int) -> None:
+    """Four prompts alone, then together (85 rows: above SMALL_M, where the default kernels
+    switch), one cut into other chunks beside a decode row, and a decode row beside 1-3
+    others (every row tile of the kernels): the same logits, bit for bit."""
     g = torch.Generator().manual_seed(0)
     lens = (20, 30, 25, 10)
-    prompts = [torch.randint(3, 40000, (n,), generator=g).tolist() for n in lens]
+    prompts = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lens]
     pages = {i: list(range(16 * i, 16 * i + 16)) for i in range(4)}
-    steps_before = flat.steps
     alone = [forward(runner, [i], [0], [p], {i: pages[i]})[-1] for i, p in enumerate(prompts)]
-    # All four prompts in one step: 85 rows, above SMALL_M (the default would switch to the
-    # blocked GEMM there).
     together = forward(runner, [0, 1, 2, 3], [0] * 4, prompts)
     for i in range(4):
         assert torch.equal(together[i], alone[i]), i
-    # A prompt split into other chunks, its last chunk beside a decode row.
     forward(runner, [0], [0], [prompts[0][:7]])
     split = forward(runner, [0, 1], [7, 30], [prompts[0][7:], [5]])
     assert torch.equal(split[0], alone[0])
-    # One decode row alone, then beside 1-3 others (every tile size of the kernels).
     solo = forward(runner, [0], [20], [[7]])[0]
     for n in (2, 3, 4):
         rows = forward(runner, list(range(n)), [20, *lens[1:n]], [[7]] + [[9]] * (n - 1))
         assert torch.equal(rows[0], solo), n
+
+
+def test_logits_do_not_depend_on_the_batch(runner: ModelRunner) -> None:
+    flat = cpu_flat.flat_layers(runner.model)
+    assert flat is not None and flat.invariant  # what the server runs, in its invariant mode
+    steps_before = flat.steps
+    check_batch_invariance(runner, 40000)
     assert flat.steps - steps_before == 11  # every step above ran the flat loop
+
+
+@pytest.mark.parametrize("name", ["llama-float32", "qwen2-float32", "qwen3-bfloat16"])
+def test_float_weights_do_not_depend_on_the_batch(float_runners: dict[str, ModelRunner],
+                                                  name: str) -> None:
+    runner = float_runners[name]
+    linears = [m for m in runner.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert not linears  # every one replaced by an InvariantLinear
+    assert isinstance(runner.model.lm_head, invariant.InvariantLinear)
+    if runner.model.config.tie_word_embeddings:  # replaced without untying
+        assert runner.model.lm_head.weight is runner.model.embed_tokens.weight
+    assert cpu_flat.flat_layers(runner.model) is None  # the module path
+    check_batch_invariance(runner, 49152)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_kernel_one_order_for_every_row(dtype: torch.dtype) -> None:
+    """radixrt._dense_cpu against float64 and against itself: each row the same alone, in
+    any split of the rows, on one thread or two, and in the portable loops (the same order
+    with fmaf) as in the AVX2 kernel; K with and without a tail of 8."""
+    g = torch.Generator().manual_seed(4)
+    threads = torch.get_num_threads()
+    for k in (576, 1536, 37):
+        w = torch.randn(203, k, generator=g).to(dtype)
+        x = torch.randn(70, k, generator=g).to(dtype)
+        y = invariant.matmul(x, w)
+        ref = x.double() @ w.double().T
+        assert (y.double() - ref).abs().max() < 1e-5 * k ** 0.5 * ref.abs().max()
+        assert torch.equal(invariant.matmul(x, w, portable=True), y)
+        assert torch.equal(torch.cat([invariant.matmul(x[i:i + 1], w) for i in range(70)]), y)
+        parts = [x[:3], x[3:5], x[5:6], x[6:47], x[47:]]
+        assert torch.equal(torch.cat([invariant.matmul(p, w) for p in parts]), y)
+        torch.set_num_threads(1)
+        try:
+            assert torch.equal(invariant.matmul(x, w), y)
+        finally:
+            torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="both float32 or both bfloat16"):
+        invariant.matmul(x.float(), w.to(torch.bfloat16))
 
 
 def test_long_context_any_chunking_and_neighbours(runner: ModelRunner) -> None:
@@ -88,13 +144,13 @@ def test_long_context_any_chunking_and_neighbours(runner: ModelRunner) -> None:
     assert torch.equal(beside, solo)
 
 
-def test_outputs_repeat_under_other_schedules(runner: ModelRunner) -> None:
+def check_schedules(runner: ModelRunner, vocab: int) -> None:
     """The promise end to end, through the scheduler: the same requests one at a time, all
     at once, in 8-token prefill chunks, with overlap, and in a pool so small that requests
     are retracted and recomputed give the same tokens and the same logprobs, bit for bit:
     greedy and seeded sampled requests alike."""
     g = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(3, 40000, (n,), generator=g).tolist() for n in (21, 37, 9, 30, 26)]
+    prompts = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in (21, 37, 9, 30, 26)]
     params = [{"temperature": 0, "max_new_tokens": 24},
               {"temperature": 0.9, "top_p": 0.9, "seed": 7, "max_new_tokens": 24},
               {"temperature": 0.8, "top_k": 40, "seed": 3, "max_new_tokens": 20,
@@ -124,6 +180,15 @@ def test_outputs_repeat_under_other_schedules(runner: ModelRunner) -> None:
         assert got == ref, name
 
 
+def test_outputs_repeat_under_other_schedules(runner: ModelRunner) -> None:
+    check_schedules(runner, 40000)
+
+
+def test_float_outputs_repeat_under_other_schedules(float_runners: dict[str, ModelRunner]
+                                                    ) -> None:
+    check_schedules(float_runners["qwen2-float32"], 49152)
+
+
 def test_flat_loop_equals_module_path_in_invariant_mode(runner: ModelRunner) -> None:
     """The module path (taken where the flat loop declines) is invariant the same way: its
     QuantizedLinears route every row count to the same kernel."""
@@ -151,9 +216,12 @@ def test_flag_and_where_it_is_refused(default_model_dir: Path) -> None:
                                                      "--device", "cpu"])).deterministic
     # Where radixrt has no batch-invariant kernels it says so rather than promise it, from
     # the flags and from a hand-built config alike.
-    for options in ({"quantization": "none"}, {"attention_backend": "torch"}):
-        with pytest.raises(ValueError, match="--deterministic needs the CPU with int4 or int8"):
+    for options in ({"attention_backend": "torch"}, {"quantization": "none", "tp_size": 2}):
+        with pytest.raises(ValueError, match="--deterministic needs the CPU, the cpu attention"):
             build_engine_config(str(default_model_dir), device="cpu", deterministic=True,
                                 **options)
-    with pytest.raises(ValueError, match="this is device cpu, quantization none"):
-        EngineConfig(model_path=str(default_model_dir), deterministic=True)
+    with pytest.raises(ValueError, match="this is device cuda, quantization none"):
+        EngineConfig(model_path=str(default_model_dir), device="cuda", deterministic=True)
+    # float weights have their kernel: accepted
+    assert build_engine_config(str(default_model_dir), device="cpu", quantization="none",
+                               deterministic=True).deterministic

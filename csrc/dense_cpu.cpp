@@ -1,0 +1,235 @@
+// radixrt._dense_cpu: y[M, N] = x[M, K] @ W^T from float32 or bfloat16 weights with one
+// summation order per output element, whatever M, the tile or the thread count: the engine's
+// --deterministic on a float checkpoint. torch's BLAS picks kernel, blocking and K split by
+// the shape, so there a row's result depends on how many rows share the call.
+//
+// The order: output (m, n) is lane l of an 8-wide accumulator holding the fused multiply-add
+// sum of x[m, k] * W[n, k] over k = l, l + 8, ... (k below K rounded down to 8), in k order;
+// the lanes added as hsum8 adds them; then the K % 8 tail, one fused multiply-add at a time.
+// Tiles (up to 4 activation rows by up to 6 weight rows) only decide which registers hold
+// which (m, n). The portable loops follow the same order with fmaf, so they give the AVX2
+// kernel's bits (tests/unit/test_deterministic.py compares them).
+//
+// Accumulation in fp32; bf16 inputs are widened exactly. No torch headers: Python passes data
+// pointers and checks dtypes, shapes and contiguity (radixrt/models/invariant.py).
+
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define RADIXRT_X86 1
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr int kRowTile = 4;
+// Weight bytes per block that all row tiles go through before the next (stays in L2).
+constexpr int64_t kBlockBytes = 192 * 1024;
+
+inline float widen(float v) { return v; }
+inline float widen(uint16_t h) {  // bf16 -> fp32 is exact
+    const uint32_t u = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// The lanes' sum, in the order of the AVX2 hsum8 below: (0+4) + (2+6), then (1+5) + (3+7).
+inline float hsum_lanes(const float* a) {
+    const float s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
+    return (s0 + s2) + (s1 + s3);
+}
+
+// ------------------------------------------------------------------------------ portable
+
+template <typename T>
+void rows_portable(const T* x, int64_t M, int64_t K, const T* w, int64_t n0, int64_t n1,
+                   int64_t N, float* y) {
+    const int64_t k8 = K & ~int64_t{7};
+    for (int64_t n = n0; n < n1; ++n) {
+        const T* wr = w + n * K;
+        for (int64_t m = 0; m < M; ++m) {
+            const T* xr = x + m * K;
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int64_t k = 0; k < k8; k += 8) {
+                for (int l = 0; l < 8; ++l) acc[l] = std::fmaf(widen(xr[k + l]), widen(wr[k + l]), acc[l]);
+            }
+            float s = hsum_lanes(acc);
+            for (int64_t k = k8; k < K; ++k) s = std::fmaf(widen(xr[k]), widen(wr[k]), s);
+            y[m * N + n] = s;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------- AVX2
+
+#ifdef RADIXRT_X86
+#define AVX2_TARGET __attribute__((target("avx2,fma")))
+
+bool has_avx2() {
+    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return ok;
+}
+
+AVX2_TARGET inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+AVX2_TARGET inline __m256 load8(const uint16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+AVX2_TARGET inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// y[r * ldy + j] for RT activation rows at x (row stride K) and NW weight rows at w.
+template <int RT, int NW, typename T>
+AVX2_TARGET void tile(const T* x, int64_t K, const T* w, float* y, int64_t ldy) {
+    const int64_t k8 = K & ~int64_t{7};
+    __m256 acc[RT][NW];
+    for (int r = 0; r < RT; ++r)
+        for (int j = 0; j < NW; ++j) acc[r][j] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < k8; k += 8) {
+        __m256 wv[NW];
+        for (int j = 0; j < NW; ++j) wv[j] = load8(w + j * K + k);
+        for (int r = 0; r < RT; ++r) {
+            const __m256 xv = load8(x + r * K + k);
+            for (int j = 0; j < NW; ++j) acc[r][j] = _mm256_fmadd_ps(xv, wv[j], acc[r][j]);
+        }
+    }
+    for (int r = 0; r < RT; ++r) {
+        for (int j = 0; j < NW; ++j) {
+            float s = hsum8(acc[r][j]);
+            for (int64_t k = k8; k < K; ++k) s = std::fmaf(widen(x[r * K + k]), widen(w[j * K + k]), s);
+            y[r * ldy + j] = s;
+        }
+    }
+}
+
+// Weight rows per tile by activation rows in it: as many accumulators as the 16 ymm
+// registers hold beside the weight vectors and one activation vector.
+template <int RT>
+constexpr int weight_rows() {
+    return RT == 1 ? 6 : RT == 2 ? 4 : 3;
+}
+
+template <int RT, typename T>
+AVX2_TARGET void row_tile(const T* x, int64_t K, const T* w, int64_t n0, int64_t n1, float* y,
+                          int64_t N) {
+    constexpr int NW = weight_rows<RT>();
+    int64_t n = n0;
+    for (; n + NW <= n1; n += NW) tile<RT, NW>(x, K, w + n * K, y + n, N);
+    for (; n < n1; ++n) tile<RT, 1>(x, K, w + n * K, y + n, N);
+}
+
+template <typename T>
+AVX2_TARGET void rows_avx2(const T* x, int64_t M, int64_t K, const T* w, int64_t n0,
+                           int64_t n1, int64_t N, float* y) {
+    const int64_t block = std::max<int64_t>(12, kBlockBytes / (K * int64_t{sizeof(T)}));
+    for (int64_t b0 = n0; b0 < n1; b0 += block) {
+        const int64_t b1 = std::min(n1, b0 + block);
+        for (int64_t r0 = 0; r0 < M; r0 += kRowTile) {
+            const T* xr = x + r0 * K;
+            float* yr = y + r0 * N;
+            switch (std::min<int64_t>(kRowTile, M - r0)) {
+                case 1: row_tile<1>(xr, K, w, b0, b1, yr, N); break;
+                case 2: row_tile<2>(xr, K, w, b0, b1, yr, N); break;
+                case 3: row_tile<3>(xr, K, w, b0, b1, yr, N); break;
+                default: row_tile<4>(xr, K, w, b0, b1, yr, N); break;
+            }
+        }
+    }
+}
+#else
+bool has_avx2() { return false; }
+#endif
+
+// ------------------------------------------------------------------------------- driver
+
+int threads(int requested) {
+#ifdef _OPENMP
+    return requested > 0 ? requested : omp_get_max_threads();
+#else
+    (void)requested;
+    return 1;
+#endif
+}
+
+// Weight rows [0, N) in contiguous ranges, one per thread, in multiples of 8 (threads never
+// share a cache line of a y row). Each output is computed whole by one thread.
+template <typename F>
+void parallel_rows(int64_t N, int nthreads, F body) {
+    const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads(nthreads), N)));
+    if (nt == 1) {
+        body(0, N);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        const int t = 0, T = 1;
+#endif
+        const int64_t per = ((N + T - 1) / T + 7) / 8 * 8;
+        const int64_t a = std::min<int64_t>(N, t * per), b = std::min<int64_t>(N, a + per);
+        if (a < b) body(a, b);
+    }
+}
+
+template <typename T>
+void matmul_typed(const T* x, int64_t M, int64_t K, const T* w, int64_t N, float* y,
+                  int nthreads, bool portable) {
+    py::gil_scoped_release release;
+    parallel_rows(N, nthreads, [&](int64_t a, int64_t b) {
+#ifdef RADIXRT_X86
+        if (!portable && has_avx2()) {
+            rows_avx2(x, M, K, w, a, b, N, y);
+            return;
+        }
+#endif
+        rows_portable(x, M, K, w, a, b, N, y);
+    });
+}
+
+void matmul(uintptr_t x, int64_t M, int64_t K, uintptr_t w, int64_t N, uintptr_t y, bool bf16,
+            int nthreads, bool portable) {
+    if (M < 0 || K <= 0 || N <= 0) {
+        throw std::invalid_argument("dense_cpu: need M >= 0, K > 0 and N > 0");
+    }
+    if (M == 0) return;  // an empty x or y may have no storage
+    if (x == 0 || w == 0 || y == 0) throw std::invalid_argument("dense_cpu: null pointer");
+    float* yp = reinterpret_cast<float*>(y);
+    if (bf16) {
+        matmul_typed(reinterpret_cast<const uint16_t*>(x), M, K,
+                     reinterpret_cast<const uint16_t*>(w), N, yp, nthreads, portable);
+    } else {
+        matmul_typed(reinterpret_cast<const float*>(x), M, K, reinterpret_cast<const float*>(w),
+                     N, yp, nthreads, portable);
+    }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_dense_cpu, mod) {
+    mod.doc() = "Dense matmuls with one summation order per output (batch-invariant)";
+    mod.def("matmul", &matmul, py::arg("x"), py::arg("M"), py::arg("K"), py::arg("w"),
+            py::arg("N"), py::arg("y"), py::arg("bf16"), py::arg("nthreads") = 0,
+            py::arg("portable") = false,
+            "y[M,N] (fp32) = x[M,K] @ W[N,K]^T, x and W both fp32 or both bf16 (contiguous); "
+            "portable: the scalar loops (the same bits) instead of AVX2");
+    mod.def("has_avx2", &has_avx2, "the AVX2 kernel runs on this CPU");
+}
