@@ -14,11 +14,11 @@ from radixrt.config import EngineConfig, torch_dtype
 from radixrt.ipc.messages import ForwardBatch, StepResult
 from radixrt.kvcache.pool import KVPool, KVPoolShape
 from radixrt.model_info import resolve_context_length
-from radixrt.models import fused_cuda, gemv_cuda
+from radixrt.models import dense_cpu, fused_cuda, gemv_cuda
 from radixrt.models.config import ModelConfig, shard_config
-from radixrt.models.invariant import make_batch_invariant
 from radixrt.models.loader import load_model
 from radixrt.models.parallel import TensorParallel
+from radixrt.models.quant import set_batch_invariant
 from radixrt.worker.graph_runner import GraphRunner, create_graph_runner, pad_decode_rows
 from radixrt.worker.launched import LaunchedStep
 from radixrt.worker.sampler import Sampler
@@ -105,7 +105,14 @@ class ModelRunner:
                                 quantization=config.quantization, tp=tp)
         if config.deterministic:  # build_engine_config checked that the kernels are there
             logger.info("--deterministic: %d linears on batch-invariant kernels",
-                        make_batch_invariant(self.model))
+                        set_batch_invariant(self.model)
+                        + dense_cpu.install(self.model, 0, batch_invariant=True))
+        elif self.device.type == "cpu" and dense_cpu.float_linears(self.model):
+            rows = dense_cpu.kernel_rows(config.model_path, self.dtype)
+            if rows > 0 and dense_cpu.install(self.model, rows):
+                logger.info("float linears: calls of up to %s rows through radixrt's dense "
+                            "kernel (faster here; measured once, cached)",
+                            "any number of" if rows == dense_cpu.UNLIMITED else rows)
         self.kv_dtype = torch_dtype(config.kv_dtype)
         num_pages = tp.agree_min(size_kv_pool(config, self.model_cfg, self.kv_dtype,
                                               self.device))

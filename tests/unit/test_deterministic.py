@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from radixrt.config import EngineConfig, build_engine_config
-from radixrt.models import cpu_flat, fused, invariant, quant
+from radixrt.models import cpu_flat, dense_cpu, fused, quant
 from radixrt.server_args import add_engine_args, engine_config_from_args
 from radixrt.testing.batches import batch_from_chunks
 from radixrt.testing.local_engine import LocalEngine
 from radixrt.worker.model_runner import ModelRunner
 
-if (not quant.native_available() or fused.native() is None or invariant.native() is None
+if (not quant.native_available() or fused.native() is None or dense_cpu.native() is None
         ) and os.environ.get("RADIXRT_REQUIRE_NATIVE") != "1":
     pytest.skip("the native CPU extensions are not built", allow_module_level=True)
 
@@ -88,8 +88,10 @@ def test_float_weights_do_not_depend_on_the_batch(float_runners: dict[str, Model
                                                   name: str) -> None:
     runner = float_runners[name]
     linears = [m for m in runner.model.modules() if isinstance(m, torch.nn.Linear)]
-    assert not linears  # every one replaced by an InvariantLinear
-    assert isinstance(runner.model.lm_head, invariant.InvariantLinear)
+    assert not linears  # every one replaced by a DenseLinear on the kernel for every call
+    assert isinstance(runner.model.lm_head, dense_cpu.DenseLinear)
+    assert all(m.batch_invariant for m in runner.model.modules()
+               if isinstance(m, dense_cpu.DenseLinear))
     if runner.model.config.tie_word_embeddings:  # replaced without untying
         assert runner.model.lm_head.weight is runner.model.embed_tokens.weight
     assert cpu_flat.flat_layers(runner.model) is None  # the module path
@@ -106,20 +108,20 @@ def test_dense_kernel_one_order_for_every_row(dtype: torch.dtype) -> None:
     for k in (576, 1536, 37):
         w = torch.randn(203, k, generator=g).to(dtype)
         x = torch.randn(70, k, generator=g).to(dtype)
-        y = invariant.matmul(x, w)
+        y = dense_cpu.matmul(x, w)
         ref = x.double() @ w.double().T
         assert (y.double() - ref).abs().max() < 1e-5 * k ** 0.5 * ref.abs().max()
-        assert torch.equal(invariant.matmul(x, w, portable=True), y)
-        assert torch.equal(torch.cat([invariant.matmul(x[i:i + 1], w) for i in range(70)]), y)
+        assert torch.equal(dense_cpu.matmul(x, w, portable=True), y)
+        assert torch.equal(torch.cat([dense_cpu.matmul(x[i:i + 1], w) for i in range(70)]), y)
         parts = [x[:3], x[3:5], x[5:6], x[6:47], x[47:]]
-        assert torch.equal(torch.cat([invariant.matmul(p, w) for p in parts]), y)
+        assert torch.equal(torch.cat([dense_cpu.matmul(p, w) for p in parts]), y)
         torch.set_num_threads(1)
         try:
-            assert torch.equal(invariant.matmul(x, w), y)
+            assert torch.equal(dense_cpu.matmul(x, w), y)
         finally:
             torch.set_num_threads(threads)
     with pytest.raises(ValueError, match="both float32 or both bfloat16"):
-        invariant.matmul(x.float(), w.to(torch.bfloat16))
+        dense_cpu.matmul(x.float(), w.to(torch.bfloat16))
 
 
 def test_long_context_any_chunking_and_neighbours(runner: ModelRunner) -> None:

@@ -1,0 +1,194 @@
+"""Float32 / bfloat16 linears on the CPU through radixrt._dense_cpu (csrc/dense_cpu.cpp).
+
+One kernel, two reasons:
+- Speed. torch's CPU linear is slow at decode row counts on some CPUs: on this project's AMD
+  EPYC (AVX2) the kernel is 1.5-3.7x faster at 1-64 rows in float32 and 4-5x faster at every
+  row count in bfloat16, which torch emulates there (docs/benchmarks.md). Up to how many
+  rows it is faster depends on the CPU and torch's BLAS, so the first start measures it for
+  the model's projection shapes and dtype and caches the verdict per CPU and torch version
+  (kernel_rows); calls of up to that many rows take the kernel, larger ones torch.
+- --deterministic. The kernel sums each output in one order whatever the row count, so a
+  row computed alone and among 40 others rounds the same; under --deterministic every call
+  takes it (torch picks its kernel and its split of K by the call's shape).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from radixrt.dtype_probe import model_shapes, probe_key
+from radixrt.json_cache import read_entries, write_entry
+
+DTYPES = (torch.float32, torch.bfloat16)
+CACHE_FILE = "dense_probe.json"
+PROBE_ROWS = (1, 4, 16, 64, 256)
+UNLIMITED = sys.maxsize  # faster at every probed row count: every call takes the kernel
+# RADIXRT_DENSE_ROWS=N routes calls of up to N rows through the kernel without measuring
+# (0: torch always; A/B benchmarks, debugging).
+ROWS_ENV = "RADIXRT_DENSE_ROWS"
+
+
+@functools.cache
+def native() -> ModuleType | None:
+    """radixrt._dense_cpu, imported after torch (it shares torch's libgomp), or None."""
+    try:
+        from radixrt import _dense_cpu
+    except ImportError:
+        return None
+    return _dense_cpu
+
+
+def _ext() -> ModuleType:
+    ext = native()
+    if ext is None:
+        raise RuntimeError("the dense CPU kernel radixrt._dense_cpu is not built: "
+                           "`pip install -e .` or `python setup.py build_ext --inplace`")
+    return ext
+
+
+def matmul(x: torch.Tensor, weight: torch.Tensor, portable: bool = False) -> torch.Tensor:
+    """y [M, N] float32 = x [M, K] @ weight [N, K]^T, both float32 or both bfloat16 on the
+    CPU, accumulated in float32 in one order per output (portable: the scalar loops, which
+    give the AVX2 kernel's bits)."""
+    if (x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]
+            or x.dtype not in DTYPES or weight.dtype is not x.dtype
+            or x.device.type != "cpu" or weight.device.type != "cpu"):
+        raise ValueError(f"matmul: x [M, K] and weight [N, K], both float32 or both bfloat16 "
+                         f"on the CPU; got {x.dtype} {tuple(x.shape)} on {x.device}, "
+                         f"{weight.dtype} {tuple(weight.shape)} on {weight.device}")
+    x, weight = x.contiguous(), weight.contiguous()
+    (rows, k), n = x.shape, weight.shape[0]
+    y = torch.empty(rows, n, dtype=torch.float32)
+    _ext().matmul(x.data_ptr(), rows, k, weight.data_ptr(), n, y.data_ptr(),
+                  x.dtype is torch.bfloat16, torch.get_num_threads(), portable)
+    return y
+
+
+class DenseLinear(nn.Module):
+    """An nn.Linear's weight and bias: calls of up to kernel_rows rows (all of them when
+    batch_invariant) through the kernel, the output rounded once to the input's dtype as
+    torch's linear rounds it; larger calls through torch."""
+
+    def __init__(self, linear: nn.Linear, kernel_rows: int, batch_invariant: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight  # the same Parameter: a tied lm_head stays tied
+        self.bias = linear.bias
+        self.kernel_rows = kernel_rows
+        self.batch_invariant = batch_invariant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if not self.batch_invariant and rows > self.kernel_rows:
+            return F.linear(x, self.weight, self.bias)
+        lead = x.shape[:-1]
+        y = matmul(x.reshape(rows, self.in_features), self.weight)
+        if self.bias is not None:
+            y += self.bias.float()
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        rows = "all" if self.batch_invariant or self.kernel_rows == UNLIMITED \
+            else f"<= {self.kernel_rows}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, kernel rows {rows}"
+                + (", batch-invariant" if self.batch_invariant else ""))
+
+
+def float_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """(name, module) of every plain nn.Linear in `model` (quantized ones are not)."""
+    return [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
+
+
+def install(model: nn.Module, kernel_rows: int, batch_invariant: bool = False) -> int:
+    """Replace every CPU float32 / bfloat16 nn.Linear of `model` by a DenseLinear (same
+    parameters, no copy); returns how many. batch_invariant: every call through the kernel,
+    and any other linear is an error (it would break the promise)."""
+    count = 0
+    for name, module in float_linears(model):
+        if module.weight.dtype not in DTYPES or module.weight.device.type != "cpu":
+            if batch_invariant:
+                raise ValueError(f"{name}: no batch-invariant kernel for "
+                                 f"{module.weight.dtype} weights on {module.weight.device}")
+            continue
+        if batch_invariant:
+            _ext()
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child,
+                DenseLinear(module, kernel_rows, batch_invariant))
+        count += 1
+    return count
+
+
+# ------------------------------------------------------------------------------ the probe
+
+
+def measure(shapes: list[tuple[int, int]], dtype: torch.dtype, reps: int = 3
+            ) -> dict[int, tuple[float, float]]:
+    """rows -> (kernel µs, torch µs): the best of `reps` passes over every (out, in) shape
+    (the best, not the median: other processes on the machine only ever add time)."""
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(n, k, generator=gen).to(dtype) for n, k in shapes]
+    out: dict[int, tuple[float, float]] = {}
+    with torch.inference_mode():
+        for rows in PROBE_ROWS:
+            xs = [torch.randn(rows, k, generator=gen).to(dtype) for _, k in shapes]
+            best = []
+            for fn in (matmul, F.linear):
+                for x, w in zip(xs, weights):  # warm-up (and oneDNN's first-call setup)
+                    fn(x, w)
+                times = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    for x, w in zip(xs, weights):
+                        fn(x, w)
+                    times.append(time.perf_counter() - t0)
+                best.append(min(times) * 1e6)
+            out[rows] = (best[0], best[1])
+    return out
+
+
+def verdict(times: dict[int, tuple[float, float]]) -> int:
+    """The largest probed row count up to which the kernel won every probe (UNLIMITED when
+    it won them all: both are compute-bound past the last, and the ratio holds there)."""
+    rows = 0
+    for r in sorted(times):
+        kernel, torch_us = times[r]
+        if kernel >= torch_us:
+            return rows
+        rows = r
+    return UNLIMITED
+
+
+def kernel_rows(model_path: str | Path | None, dtype: torch.dtype,
+                cache_dir: Path | None = None) -> int:
+    """Calls of up to this many rows are faster through the kernel here: $RADIXRT_DENSE_ROWS,
+    else cached, else measured (~0.1-1 s at a model's first start) and cached. 0 where the
+    kernel is not built."""
+    if os.environ.get(ROWS_ENV):
+        return int(os.environ[ROWS_ENV])
+    if native() is None or dtype not in DTYPES:
+        return 0
+    from radixrt.default_model import cache_root
+
+    shapes = model_shapes(model_path)
+    key = f"{probe_key(shapes)} | {str(dtype).removeprefix('torch.')}"
+    file = (cache_dir or cache_root()) / CACHE_FILE
+    entry = read_entries(file).get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("kernel_rows"), int):
+        return entry["kernel_rows"]
+    times = measure(shapes, dtype)
+    rows = verdict(times)
+    write_entry(file, key, {"kernel_rows": rows, "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                            "us": {str(r): [round(a, 1), round(b, 1)] for r, (a, b) in
+                                   times.items()}})
+    return rows
