@@ -92,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                          "modules) and/or flat (the flat CPU loop, what the server runs)")
     ap.add_argument("--case", action="append", default=[],
                     help="in-process: an explicit case backend:dtype:kv_dtype:quantization:fused"
-                         "[:kv_layout] (kv_layout auto, token or head; quantization int4+det or "
-                         "int8+det: with --deterministic's kernels; repeatable; replaces the "
-                         "cross product of the options above)")
+                         "[:kv_layout] (kv_layout auto, token or head; quantization +det, e.g. "
+                         "int4+det or none+det: with --deterministic's kernels; none+torch: "
+                         "float linears on torch's BLAS only, not radixrt's dense kernel; "
+                         "repeatable; replaces the cross product of the options above)")
     ap.add_argument("--threads", type=int, default=None, help="in-process torch threads")
     ap.add_argument("--profile", action="store_true", help="in-process: torch.profiler top ops")
     ap.add_argument("--contexts", default="16,1024,2048")

@@ -16,10 +16,13 @@ backend, so it has no attention / linear split: those columns read nan.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import statistics
 import time
 from argparse import Namespace
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,7 +30,7 @@ import torch
 
 from radixrt.attention.base import AttentionBackend, Rope
 from radixrt.config import build_engine_config
-from radixrt.models import cpu_flat, fused
+from radixrt.models import cpu_flat, dense_cpu, fused
 from radixrt.testing.batches import batch_from_chunks
 from radixrt.worker.model_runner import ModelRunner
 
@@ -71,16 +74,18 @@ class TimedAttention:
 
 
 class LinearTimer:
-    """Seconds spent inside the model's linear layers (nn.Linear or QuantizedLinear, lm_head
-    included), via forward hooks: the part of a step that quantization changes."""
+    """Seconds spent inside the model's linear layers (nn.Linear, DenseLinear or
+    QuantizedLinear, lm_head included), via forward hooks: the part of a step that
+    quantization changes."""
 
     def __init__(self, model: torch.nn.Module) -> None:
+        from radixrt.models.dense_cpu import DenseLinear
         from radixrt.models.quant import QuantizedLinear
 
         self.seconds = 0.0
         self._t0 = 0.0
         for m in model.modules():
-            if isinstance(m, (torch.nn.Linear, QuantizedLinear)):
+            if isinstance(m, (torch.nn.Linear, DenseLinear, QuantizedLinear)):
                 m.register_forward_pre_hook(self._pre)
                 m.register_forward_hook(self._post)
 
@@ -96,20 +101,38 @@ def weight_mib(model: torch.nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
 
 
+@contextlib.contextmanager
+def env_set(name: str, value: str | None) -> Iterator[None]:
+    """$name = value inside the block (None: left as it is), restored after."""
+    saved = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
 def make_runner(model: str | None, backend: str, dtype: str, kv_dtype: str, quant: str,
                 kv_layout: str, batch: int, context: int, steps: int
                 ) -> tuple[ModelRunner, LinearTimer, float]:
     tokens = batch * (context + steps + 64)
-    quant, _, mode = quant.partition("+")  # "int4+det": with --deterministic's kernels
-    if mode not in ("", "det"):
-        raise SystemExit(f"quantization {quant}+{mode}: the only suffix is +det")
+    # "int4+det": with --deterministic's kernels; "none+torch": float linears on torch's
+    # BLAS only (not radixrt's dense kernel where its probe found that faster).
+    quant, _, mode = quant.partition("+")
+    if mode not in ("", "det", "torch"):
+        raise SystemExit(f"quantization {quant}+{mode}: the suffixes are +det and +torch")
     cfg = build_engine_config(model, device="cpu", dtype=dtype, attention_backend=backend,
                               kv_cache_dtype=kv_dtype, quantization=quant,
                               max_total_tokens=tokens, max_running_requests=batch,
                               kv_layout=kv_layout, deterministic=mode == "det")
     gc.collect()
     t0 = time.perf_counter()
-    runner = ModelRunner(cfg)
+    with env_set(dense_cpu.ROWS_ENV, "0" if mode == "torch" else None):
+        runner = ModelRunner(cfg)
     load_s = time.perf_counter() - t0
     runner.attn = TimedAttention(runner.attn)  # type: ignore[assignment]
     return runner, LinearTimer(runner.model), load_s
@@ -228,7 +251,7 @@ def _run_cases(args: Namespace) -> list[dict[str, Any]]:
                     if s >= warm:
                         lin = float("nan") if mode == "flat" else timer.seconds
                         times[i].append((sec, attn, lin))
-            for i, (backend, dtype, _kv, _quant, _layout) in enumerate(cases):
+            for i, (backend, dtype, _kv, quant_case, _layout) in enumerate(cases):
                 step = [t[0] for t in times[i]]
                 mode = cases_fused[i][1]
                 if mode == "flat" and cpu_flat.flat_steps(runners[i].model) == flat_before[i]:
@@ -237,7 +260,7 @@ def _run_cases(args: Namespace) -> list[dict[str, Any]]:
                     "backend": backend, "dtype": dtype, "kv_dtype": runners[i].config.kv_dtype,
                     "kv_layout": "head" if runners[i].pool.head_major else "token",
                     "quantization": runners[i].config.quantization
-                    + ("+det" if runners[i].config.deterministic else ""),
+                    + quant_case[quant_case.find("+"):] * ("+" in quant_case),
                     "fused": mode,
                     "context": ctx, "batch": b, "step_ms": 1000 * statistics.median(step),
                     "min_step_ms": 1000 * min(step),

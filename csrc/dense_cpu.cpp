@@ -170,9 +170,13 @@ int threads(int requested) {
 
 // Weight rows [0, N) in contiguous ranges, one per thread, in multiples of 8 (threads never
 // share a cache line of a y row). Each output is computed whole by one thread.
+// Multiply-adds below which one thread does the call (waking the pool costs more).
+constexpr int64_t kParallelWork = int64_t{1} << 16;
+
 template <typename F>
-void parallel_rows(int64_t N, int nthreads, F body) {
-    const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads(nthreads), N)));
+void parallel_rows(int64_t N, int64_t work, int nthreads, F body) {
+    const int64_t most = work < kParallelWork ? 1 : std::min<int64_t>(threads(nthreads), N);
+    const int nt = static_cast<int>(std::max<int64_t>(1, most));
     if (nt == 1) {
         body(0, N);
         return;
@@ -194,7 +198,7 @@ template <typename T>
 void matmul_typed(const T* x, int64_t M, int64_t K, const T* w, int64_t N, float* y,
                   int nthreads, bool portable) {
     py::gil_scoped_release release;
-    parallel_rows(N, nthreads, [&](int64_t a, int64_t b) {
+    parallel_rows(N, M * N * K, nthreads, [&](int64_t a, int64_t b) {
 #ifdef RADIXRT_X86
         if (!portable && has_avx2()) {
             rows_avx2(x, M, K, w, a, b, N, y);

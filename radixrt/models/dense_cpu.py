@@ -31,10 +31,13 @@ from radixrt.json_cache import read_entries, write_entry
 DTYPES = (torch.float32, torch.bfloat16)
 CACHE_FILE = "dense_probe.json"
 PROBE_ROWS = (1, 4, 16, 64, 256)
-UNLIMITED = sys.maxsize  # faster at every probed row count: every call takes the kernel
+UNLIMITED = sys.maxsize  # clearly faster at every probed row count: every call
+WIN, CLEAR = 0.95, 0.8  # kernel / torch time that counts as a win, and as a clear one
 # RADIXRT_DENSE_ROWS=N routes calls of up to N rows through the kernel without measuring
 # (0: torch always; A/B benchmarks, debugging).
 ROWS_ENV = "RADIXRT_DENSE_ROWS"
+# In the probe's cache key: bump it when the kernel or its wrapper changes speed.
+PROBE_VERSION = 3
 
 
 @functools.cache
@@ -90,11 +93,21 @@ class DenseLinear(nn.Module):
         rows = x.numel() // self.in_features
         if not self.batch_invariant and rows > self.kernel_rows:
             return F.linear(x, self.weight, self.bias)
-        lead = x.shape[:-1]
-        y = matmul(x.reshape(rows, self.in_features), self.weight)
+        w = self.weight
+        if x.dtype is w.dtype and x.is_contiguous() and x.device.type == "cpu":
+            # Straight to the kernel, into an output of the final shape: matmul's checks and
+            # a reshape cost more than a decode call's arithmetic on a small model (the
+            # weight was checked at install).
+            y = torch.empty((*x.shape[:-1], self.out_features), dtype=torch.float32)
+            _ext().matmul(x.data_ptr(), rows, self.in_features, w.data_ptr(),
+                          self.out_features, y.data_ptr(), w.dtype is torch.bfloat16,
+                          torch.get_num_threads(), False)
+        else:
+            y = matmul(x.reshape(rows, self.in_features), w).view(*x.shape[:-1],
+                                                                  self.out_features)
         if self.bias is not None:
             y += self.bias.float()
-        return y.to(x.dtype).reshape(*lead, self.out_features)
+        return y if x.dtype is torch.float32 else y.to(x.dtype)
 
     def extra_repr(self) -> str:
         rows = "all" if self.batch_invariant or self.kernel_rows == UNLIMITED \
@@ -120,8 +133,7 @@ def install(model: nn.Module, kernel_rows: int, batch_invariant: bool = False) -
                 raise ValueError(f"{name}: no batch-invariant kernel for "
                                  f"{module.weight.dtype} weights on {module.weight.device}")
             continue
-        if batch_invariant:
-            _ext()
+        _ext()
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child,
                 DenseLinear(module, kernel_rows, batch_invariant))
@@ -132,10 +144,11 @@ def install(model: nn.Module, kernel_rows: int, batch_invariant: bool = False) -
 # ------------------------------------------------------------------------------ the probe
 
 
-def measure(shapes: list[tuple[int, int]], dtype: torch.dtype, reps: int = 3
+def measure(shapes: list[tuple[int, int]], dtype: torch.dtype, min_seconds: float = 0.01
             ) -> dict[int, tuple[float, float]]:
-    """rows -> (kernel µs, torch µs): the best of `reps` passes over every (out, in) shape
-    (the best, not the median: other processes on the machine only ever add time)."""
+    """rows -> (kernel µs, torch µs): the best of at least 3 passes over every (out, in)
+    shape, and of as many as fit in min_seconds (the best, not the median: other processes
+    on the machine only ever add time)."""
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(n, k, generator=gen).to(dtype) for n, k in shapes]
     out: dict[int, tuple[float, float]] = {}
@@ -146,8 +159,8 @@ def measure(shapes: list[tuple[int, int]], dtype: torch.dtype, reps: int = 3
             for fn in (matmul, F.linear):
                 for x, w in zip(xs, weights):  # warm-up (and oneDNN's first-call setup)
                     fn(x, w)
-                times = []
-                for _ in range(reps):
+                times: list[float] = []
+                while len(times) < 3 or sum(times) < min_seconds:
                     t0 = time.perf_counter()
                     for x, w in zip(xs, weights):
                         fn(x, w)
@@ -158,15 +171,20 @@ def measure(shapes: list[tuple[int, int]], dtype: torch.dtype, reps: int = 3
 
 
 def verdict(times: dict[int, tuple[float, float]]) -> int:
-    """The largest probed row count up to which the kernel won every probe (UNLIMITED when
-    it won them all: both are compute-bound past the last, and the ratio holds there)."""
+    """The largest probed row count where the kernel wins (its time below WIN x torch's)
+    and it lost clearly (above torch's / WIN) at no smaller one; ties in between are noise,
+    either way is fine. UNLIMITED when it also wins the last probe by CLEAR (past the last,
+    both are compute-bound and the ratio holds; a thin margin there would not)."""
     rows = 0
     for r in sorted(times):
         kernel, torch_us = times[r]
-        if kernel >= torch_us:
-            return rows
-        rows = r
-    return UNLIMITED
+        if kernel > torch_us / WIN:
+            break
+        if kernel < WIN * torch_us:
+            rows = r
+    last = max(times)
+    kernel, torch_us = times[last]
+    return UNLIMITED if rows == last and kernel < CLEAR * torch_us else rows
 
 
 def kernel_rows(model_path: str | Path | None, dtype: torch.dtype,
@@ -181,7 +199,7 @@ def kernel_rows(model_path: str | Path | None, dtype: torch.dtype,
     from radixrt.default_model import cache_root
 
     shapes = model_shapes(model_path)
-    key = f"{probe_key(shapes)} | {str(dtype).removeprefix('torch.')}"
+    key = f"{probe_key(shapes)} | dense v{PROBE_VERSION} | {str(dtype).removeprefix('torch.')}"
     file = (cache_dir or cache_root()) / CACHE_FILE
     entry = read_entries(file).get(key)
     if isinstance(entry, dict) and isinstance(entry.get("kernel_rows"), int):

@@ -58,8 +58,11 @@ def test_install_replaces_plain_linears_only() -> None:
 
 def test_verdict_is_the_prefix_of_wins() -> None:
     assert dense_cpu.verdict({1: (1, 2), 4: (2, 3), 16: (5, 4), 64: (1, 9)}) == 4
-    assert dense_cpu.verdict({1: (3, 2), 4: (1, 3)}) == 0
-    assert dense_cpu.verdict({1: (1, 2), 256: (8, 9)}) == dense_cpu.UNLIMITED
+    assert dense_cpu.verdict({1: (3, 2), 4: (1, 3)}) == 0  # a clear loss ends it
+    assert dense_cpu.verdict({1: (1, 2), 4: (99, 100)}) == 1  # a tie is not a win...
+    assert dense_cpu.verdict({1: (100, 99), 4: (1, 3), 16: (9, 8)}) == 4  # ...nor a loss
+    assert dense_cpu.verdict({1: (1, 2), 256: (7, 9)}) == dense_cpu.UNLIMITED
+    assert dense_cpu.verdict({1: (1, 2), 256: (8, 9)}) == 256  # won, but not clearly
 
 
 def test_probe_measures_once_and_caches(make_tiny_model, tmp_path: Path,
