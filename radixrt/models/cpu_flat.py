@@ -3,9 +3,10 @@
 Through nn.Module, every layer of a CPU step pays ~0.3 ms of Python: module dispatch, each
 kernel wrapper's input checks, a fresh output tensor per op. At the default model's 30 layers
 that is ~10 ms of a 40-55 ms decode step. When every op of a layer has a native kernel (int4 /
-int8 QuantizedLinear, the fused RMSNorm and RoPE, the cpu attention backend) and nothing needs
-the general path (float32 activations, one rank, no biases, no q/k norm, the default linear
-route), FlatCpuLayers runs those kernels in the same order on buffers allocated once a step.
+int8 QuantizedLinear or float32 DenseLinear, the fused RMSNorm and RoPE, the cpu attention
+backend) and nothing needs the general path (float32 activations, one rank, no biases, no q/k
+norm, the default linear route, for dense weights a call the dense kernel takes),
+FlatCpuLayers runs those kernels in the same order on buffers allocated once a step.
 The arithmetic is the module path's, bit for bit (tests/unit/test_cpu_flat.py compares logits
 with torch.equal); the module path stays the reference and the route for everything else.
 """
@@ -21,7 +22,7 @@ from torch.nn import functional as F
 
 from radixrt.attention.base import AttentionBackend
 from radixrt.attention.cpu_backend import CpuAttentionBackend
-from radixrt.models import fused, quant
+from radixrt.models import dense_cpu, fused, quant
 
 if TYPE_CHECKING:
     from radixrt.models.llama import LlamaForCausalLM
@@ -31,8 +32,8 @@ enabled = os.environ.get("RADIXRT_FLAT_CPU", "1") != "0"
 
 
 class _Linear(NamedTuple):
-    kernel: object  # radixrt._quant_cpu.gemm_q4 / gemm_q8
-    args: tuple  # the packed weight's pointers and N (QuantizedLinear._decode_call)
+    kernel: object  # radixrt._quant_cpu.gemm_q4 / gemm_q8, or dense_cpu.flat_kernel
+    args: tuple  # the weight's pointers and N (QuantizedLinear / DenseLinear._decode_call)
     k: int
     n: int
 
@@ -66,11 +67,16 @@ class FlatCpuLayers:
         self.heads, self.kv_heads = first.self_attn.num_heads, first.self_attn.num_kv_heads
         self.head_dim = first.self_attn.head_dim
         self.inter = first.mlp.down_proj.in_features
-        self.blocked = all(quant._blocked_ok(lin.n) for lay in self.layers
-                           for lin in (lay.qkv, lay.o, lay.gate_up, lay.down))
-        # quant.set_batch_invariant: every call through the one-order kernel (build() sees
-        # that all layers agree).
-        self.invariant = first.self_attn.qkv_proj.batch_invariant
+        # quant.set_batch_invariant / DenseLinear.batch_invariant: every call through the
+        # one-order kernel (build() sees that all layers agree).
+        qkv = first.self_attn.qkv_proj
+        self.invariant = qkv.batch_invariant
+        # Dense weights: calls of up to this many rows take the kernel (build() checked that
+        # all layers agree); larger ones are torch's, on the module path.
+        self.dense_rows = qkv.kernel_rows if isinstance(qkv, dense_cpu.DenseLinear) else None
+        self.blocked = self.dense_rows is None and all(
+            quant._blocked_ok(lin.n) for lay in self.layers
+            for lin in (lay.qkv, lay.o, lay.gate_up, lay.down))
         self.rope = model.rope
         self.ext = fused.native()
         self.steps = 0  # forward passes run flat (benchmarks and tests read it)
@@ -82,15 +88,22 @@ class FlatCpuLayers:
             return None
         eps = model.layers[0].input_layernorm.eps
         hidden = model.config.hidden_size
-        invariant = getattr(model.layers[0].self_attn.qkv_proj, "batch_invariant", False)
+        first = model.layers[0].self_attn.qkv_proj
+        kind = type(first)
+        if kind not in (quant.QuantizedLinear, dense_cpu.DenseLinear):
+            return None
+        invariant = first.batch_invariant
         for layer in model.layers:
             a, m = layer.self_attn, layer.mlp
             lins = (a.qkv_proj, a.o_proj, m.gate_up_proj, m.down_proj)
-            if a.qk_norm or any(not isinstance(x, quant.QuantizedLinear) or x.bias is not None
-                                for x in lins):
+            if a.qk_norm or any(type(x) is not kind or x.bias is not None for x in lins):
                 return None
             if any(x.batch_invariant != invariant for x in lins):
                 return None  # one kernel path for the whole loop
+            if kind is dense_cpu.DenseLinear and any(
+                    x.weight.dtype != torch.float32 or x.kernel_rows != first.kernel_rows
+                    for x in lins):
+                return None
             norms = (layer.input_layernorm, layer.post_attention_layernorm)
             if any(n.weight.dtype != torch.float32 or n.weight.device.type != "cpu"
                    or n.eps != eps for n in norms):
@@ -115,10 +128,15 @@ class FlatCpuLayers:
         if (type(attn) is not CpuAttentionBackend or attn.dtype != torch.float32
                 or x.dtype != torch.float32 or x.dim() != 2 or not x.is_contiguous()
                 or quant._linear_path != "auto"
-                or (t > quant.SMALL_M and not self.blocked and not self.invariant)
                 or attn.plan_obj is None or attn.num_tokens != t or t == 0):
             return None
-        if self.invariant:
+        if self.dense_rows is not None:
+            if t > self.dense_rows and not self.invariant:
+                return None  # torch's matmul: the module path
+            code = 0  # the dense kernel has one path
+        elif t > quant.SMALL_M and not self.blocked and not self.invariant:
+            return None
+        elif self.invariant:
             code = quant.KERNEL_PATHS["invariant"]
         else:
             code = 0 if t <= quant.SMALL_M else quant.KERNEL_PATHS["blocked"]
@@ -167,8 +185,12 @@ def flat_layers(model: nn.Module) -> FlatCpuLayers | None:
     if not enabled or not fused.enabled:
         return None
     first = model.layers[0].self_attn.qkv_proj
-    key = ((first.qs.data_ptr(), first.batch_invariant)
-           if isinstance(first, quant.QuantizedLinear) else None)
+    if isinstance(first, quant.QuantizedLinear):
+        key: tuple | None = (first.qs.data_ptr(), first.batch_invariant)
+    elif isinstance(first, dense_cpu.DenseLinear):
+        key = (first.weight.data_ptr(), first.batch_invariant, first.kernel_rows)
+    else:
+        key = None
     cached = model.__dict__.get("_flat_cpu")
     if cached is None or cached[0] != key:
         cached = (key, FlatCpuLayers.build(model))  # type: ignore[arg-type]

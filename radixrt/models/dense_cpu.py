@@ -76,6 +76,12 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, portable: bool = False) -> tor
     return y
 
 
+def flat_kernel(x: int, rows: int, k: int, w: int, n: int, y: int, threads: int,
+                _code: int) -> None:
+    """The float32 kernel in the signature of radixrt._quant_cpu's (the flat loop's)."""
+    _ext().matmul(x, rows, k, w, n, y, False, threads, False)
+
+
 class DenseLinear(nn.Module):
     """An nn.Linear's weight and bias: calls of up to kernel_rows rows (all of them when
     batch_invariant) through the kernel, the output rounded once to the input's dtype as
@@ -108,6 +114,15 @@ class DenseLinear(nn.Module):
         if self.bias is not None:
             y += self.bias.float()
         return y if x.dtype is torch.float32 else y.to(x.dtype)
+
+    def _decode_call(self) -> tuple:
+        """(weight pointer, kernel, trailing args) for the flat CPU loop (cpu_flat), which
+        calls QuantizedLinear's packed kernels the same way: kernel(x, M, K, *args, y,
+        threads, code)."""
+        w = self.weight
+        if w.dtype is not torch.float32 or w.device.type != "cpu" or not w.is_contiguous():
+            raise ValueError("the flat loop runs float32 CPU weights only")
+        return w.data_ptr(), flat_kernel, (w.data_ptr(), self.out_features)
 
     def extra_repr(self) -> str:
         rows = "all" if self.batch_invariant or self.kernel_rows == UNLIMITED \

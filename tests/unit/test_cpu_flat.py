@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from radixrt.config import build_engine_config
-from radixrt.models import cpu_flat, fused, quant
+from radixrt.models import cpu_flat, dense_cpu, fused, quant
 from radixrt.testing.batches import batch_from_chunks
 from radixrt.worker.model_runner import ModelRunner
 
-if (not quant.native_available() or fused.native() is None) and os.environ.get(
-        "RADIXRT_REQUIRE_NATIVE") != "1":
+if (not quant.native_available() or fused.native() is None or dense_cpu.native() is None
+        ) and os.environ.get("RADIXRT_REQUIRE_NATIVE") != "1":
     pytest.skip("the native CPU extensions are not built", allow_module_level=True)
 
 
@@ -64,6 +64,33 @@ def test_flat_forward_equals_module_path_bitwise(served_runner: ModelRunner) -> 
     assert ran == [1, 1] * len(steps)  # each flat step ran flat, each module step did not
 
 
+def test_flat_forward_on_dense_weights_equals_module_path(make_tiny_model,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """A float32 checkpoint whose linears take radixrt's dense kernel (DenseLinear) runs
+    flat too, bit for bit as its modules do; a step above the kernel's row limit (torch's
+    matmul) takes the module path."""
+    monkeypatch.setenv(dense_cpu.ROWS_ENV, "24")
+    cfg = build_engine_config(str(make_tiny_model("llama")), device="cpu", dtype="float32",
+                              max_total_tokens=2048)
+    runner = ModelRunner(cfg)
+    flat = cpu_flat.flat_layers(runner.model)
+    assert flat is not None and flat.dense_rows == 24 and not flat.invariant
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 49152, (n,), generator=g).tolist() for n in (20, 30)]
+    steps = [([0], [0], [prompts[0]], {0: list(range(0, 8))}),  # 20 rows: flat
+             ([1, 0], [0, 20], [prompts[1], [7]], {1: list(range(8, 16))}),  # 31: modules
+             ([0, 1], [21, 30], [[11, 12, 13], [9]], None)]  # 4 rows: flat
+    ran = []
+    for slots, starts, chunks, pg in steps:
+        before = flat.steps
+        want_flat = logits(runner, True, slots, starts, chunks, pg)
+        ran.append(flat.steps - before)
+        want_mod = logits(runner, False, slots, starts, chunks, pg)
+        assert torch.equal(want_flat, want_mod), (slots, (want_flat - want_mod).abs().max())
+    assert ran == [1, 0, 1]
+
+
 def test_flat_forward_declines_what_it_does_not_cover(served_runner: ModelRunner,
                                                       make_tiny_model) -> None:  # noqa: ANN001
     model = served_runner.model
@@ -83,11 +110,14 @@ def test_flat_forward_declines_what_it_does_not_cover(served_runner: ModelRunner
     finally:
         quant.set_linear_path("auto")
         served_runner.attn.num_tokens = planned
-    # Models with what the flat loop leaves out get no flat runner: biases (qwen2), dense
-    # weights.
+    # Models with what the flat loop leaves out get no flat runner: biases (qwen2), float
+    # weights on torch's nn.Linear, bfloat16 weights.
     from radixrt.models.loader import load_model
 
     qwen = load_model(make_tiny_model("qwen2"), torch.float32, "cpu", quantization="int4")
     assert cpu_flat.FlatCpuLayers.build(qwen) is None
     dense = load_model(make_tiny_model("llama"), torch.float32, "cpu")
     assert cpu_flat.FlatCpuLayers.build(dense) is None
+    bf16 = load_model(make_tiny_model("llama"), torch.bfloat16, "cpu")
+    dense_cpu.install(bf16, kernel_rows=64)
+    assert cpu_flat.FlatCpuLayers.build(bf16) is None

@@ -43,8 +43,8 @@ def forward(runner: ModelRunner, slots: list[int], starts: list[int], chunks: li
 
 @pytest.fixture(scope="module")
 def float_runners(make_tiny_model) -> dict[str, ModelRunner]:
-    """Float checkpoints on the module path: untied llama in float32, qwen2 (q/k/v biases,
-    a tied lm_head) in float32, qwen3 (per-head q/k norms) in bfloat16."""
+    """Float checkpoints: untied llama in float32, qwen2 (q/k/v biases, a tied lm_head) in
+    float32, qwen3 (per-head q/k norms) in bfloat16."""
     out = {}
     for arch, dtype in (("llama", "float32"), ("qwen2", "float32"), ("qwen3", "bfloat16")):
         cfg = build_engine_config(str(make_tiny_model(arch)), device="cpu", dtype=dtype,
@@ -94,8 +94,14 @@ def test_float_weights_do_not_depend_on_the_batch(float_runners: dict[str, Model
                if isinstance(m, dense_cpu.DenseLinear))
     if runner.model.config.tie_word_embeddings:  # replaced without untying
         assert runner.model.lm_head.weight is runner.model.embed_tokens.weight
-    assert cpu_flat.flat_layers(runner.model) is None  # the module path
+    # llama in float32 runs the flat loop, as the server would; biases (qwen2), q/k norms
+    # and bfloat16 (qwen3) the module path.
+    flat = cpu_flat.flat_layers(runner.model)
+    assert (flat is not None) == (name == "llama-float32")
+    steps_before = flat.steps if flat else 0
     check_batch_invariance(runner, 49152)
+    if flat:
+        assert flat.invariant and flat.steps - steps_before == 11
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
