@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deterministic", action="store_true",
                     help="the batch-invariant kernels of --deterministic (the served path and "
                          "the attention; --linear-paths still switches the module path's)")
+    ap.add_argument("--quantization", default="auto",
+                    help="weights: auto (the served int4), int8, or none (float: linears on "
+                         "radixrt's dense kernel up to its probed row limit, torch above)")
     ap.add_argument("--linear-paths", default="auto",
                     help="comma-separated quant_matmul paths the steps' large-M linears take in "
                          "turn (A/B)")
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     n = a.decodes + 1
     cfg = build_engine_config(a.model, max_running_requests=max(8, n),
                               max_total_tokens=n * (a.context + a.new * (a.steps + 4) + 64),
-                              deterministic=a.deterministic)
+                              deterministic=a.deterministic, quantization=a.quantization)
     print(f"dtype {cfg.dtype}, kv {cfg.kv_dtype}, quantization {cfg.quantization}, "
           f"{cfg.attention_backend} attention, page size {cfg.page_size}"
           + (", --deterministic" if cfg.deterministic else ""), flush=True)
