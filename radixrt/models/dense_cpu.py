@@ -15,6 +15,7 @@ One kernel, two reasons:
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import time
@@ -27,6 +28,8 @@ from torch.nn import functional as F
 
 from radixrt.dtype_probe import model_shapes, probe_key
 from radixrt.json_cache import read_entries, write_entry
+
+logger = logging.getLogger("radixrt")
 
 DTYPES = (torch.float32, torch.bfloat16)
 CACHE_FILE = "dense_probe.json"
@@ -159,11 +162,12 @@ def install(model: nn.Module, kernel_rows: int, batch_invariant: bool = False) -
 # ------------------------------------------------------------------------------ the probe
 
 
-def measure(shapes: list[tuple[int, int]], dtype: torch.dtype, min_seconds: float = 0.01
-            ) -> dict[int, tuple[float, float]]:
+def measure(shapes: list[tuple[int, int]], dtype: torch.dtype, min_seconds: float = 0.01,
+            max_pass_seconds: float = 0.2) -> dict[int, tuple[float, float]]:
     """rows -> (kernel µs, torch µs): the best of at least 3 passes over every (out, in)
     shape, and of as many as fit in min_seconds (the best, not the median: other processes
-    on the machine only ever add time)."""
+    on the machine only ever add time). Larger row counts are left out once one pass takes
+    max_pass_seconds (a big model on few cores: the probe must not hold up the start)."""
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(n, k, generator=gen).to(dtype) for n, k in shapes]
     out: dict[int, tuple[float, float]] = {}
@@ -182,14 +186,17 @@ def measure(shapes: list[tuple[int, int]], dtype: torch.dtype, min_seconds: floa
                     times.append(time.perf_counter() - t0)
                 best.append(min(times) * 1e6)
             out[rows] = (best[0], best[1])
+            if max(best) > max_pass_seconds * 1e6:
+                break
     return out
 
 
 def verdict(times: dict[int, tuple[float, float]]) -> int:
     """The largest probed row count where the kernel wins (its time below WIN x torch's)
     and it lost clearly (above torch's / WIN) at no smaller one; ties in between are noise,
-    either way is fine. UNLIMITED when it also wins the last probe by CLEAR (past the last,
-    both are compute-bound and the ratio holds; a thin margin there would not)."""
+    either way is fine. UNLIMITED when it also wins the last probe (of all PROBE_ROWS) by
+    CLEAR (past it, both are compute-bound and the ratio holds; a thin margin there, or a
+    probe cut short, would not say so)."""
     rows = 0
     for r in sorted(times):
         kernel, torch_us = times[r]
@@ -199,7 +206,8 @@ def verdict(times: dict[int, tuple[float, float]]) -> int:
             rows = r
     last = max(times)
     kernel, torch_us = times[last]
-    return UNLIMITED if rows == last and kernel < CLEAR * torch_us else rows
+    return (UNLIMITED if rows == last == PROBE_ROWS[-1] and kernel < CLEAR * torch_us
+            else rows)
 
 
 def kernel_rows(model_path: str | Path | None, dtype: torch.dtype,
@@ -219,6 +227,8 @@ def kernel_rows(model_path: str | Path | None, dtype: torch.dtype,
     entry = read_entries(file).get(key)
     if isinstance(entry, dict) and isinstance(entry.get("kernel_rows"), int):
         return entry["kernel_rows"]
+    logger.info("timing radixrt's dense kernel against torch's linear at the model's shapes "
+                "(first start on this CPU; cached)")
     times = measure(shapes, dtype)
     rows = verdict(times)
     write_entry(file, key, {"kernel_rows": rows, "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -63,6 +63,7 @@ def test_verdict_is_the_prefix_of_wins() -> None:
     assert dense_cpu.verdict({1: (100, 99), 4: (1, 3), 16: (9, 8)}) == 4  # ...nor a loss
     assert dense_cpu.verdict({1: (1, 2), 256: (7, 9)}) == dense_cpu.UNLIMITED
     assert dense_cpu.verdict({1: (1, 2), 256: (8, 9)}) == 256  # won, but not clearly
+    assert dense_cpu.verdict({1: (1, 2), 64: (1, 9)}) == 64  # cut short: no extrapolation
 
 
 def test_probe_measures_once_and_caches(make_tiny_model, tmp_path: Path,
@@ -74,6 +75,8 @@ def test_probe_measures_once_and_caches(make_tiny_model, tmp_path: Path,
     (key, entry), = entries.items()
     assert key.endswith("| float32") and entry["kernel_rows"] == rows
     assert set(entry["us"]) == {str(r) for r in dense_cpu.PROBE_ROWS}
+    # A pass over max_pass_seconds ends the probe there.
+    assert list(dense_cpu.measure([(64, 64)], torch.float32, max_pass_seconds=0)) == [1]
     assert rows == dense_cpu.verdict({int(r): tuple(v) for r, v in entry["us"].items()})
     entry["kernel_rows"] = 12345  # a second start reads the verdict, measures nothing
     (tmp_path / dense_cpu.CACHE_FILE).write_text(json.dumps({key: entry}))
