@@ -6,8 +6,9 @@ streaming completions at once (greedy, ignore_eos, --output tokens each), each r
 thread with http.client (a small client, so that it takes little of the machine). Reported
 per step, over the decode phase:
 
-  served ms      wall time per step of the streams (first to last chunk / (tokens - 1)),
-                 median over the streams
+  served ms      wall time of the round (its requests sent to their last chunk) per step
+                 the scheduler ran in it: the same window and steps as forward ms (its
+                 prefill step included: ~1/output of them)
   forward ms     the worker's own time per step (inputs applied, forward, sampling), from
                  the scheduler's step counters in /metrics
   exposed ms     the time the worker sat idle between back-to-back steps waiting for the host
@@ -107,6 +108,7 @@ def measure(server: ServerProcess, batch: int, output: int, rounds: int) -> dict
             server.port, f"Round {r}, story {i}: once upon a time", output, times[i]))
             for i in range(batch)]
         c0, cpu0 = step_counters(server.base_url), role_cpu(server.proc.pid)
+        t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
@@ -114,9 +116,12 @@ def measure(server: ServerProcess, batch: int, output: int, rounds: int) -> dict
         c1, cpu1 = step_counters(server.base_url), role_cpu(server.proc.pid)
         if any(len(t) < 2 for t in times):
             raise RuntimeError("a stream ended before its second chunk")
-        served = statistics.median((t[-1] - t[0]) / (output - 1) for t in times)
         d = {k: c1[k] - c0[k] for k in STEP_COUNTERS}
         steps = d["radixrt_steps_total"]
+        # The counters cover every step of the round, its prefill too: the wall time is
+        # taken over the same window (first chunk to last would leave the prefill out and
+        # could read less than the forward time it contains).
+        served = (max(t[-1] for t in times) - t0) / steps
         row = {"served_ms": served * 1e3,
                "forward_ms": d["radixrt_step_forward_seconds_total"] / steps * 1e3,
                "exposed_ms": (d["radixrt_exposed_host_seconds_total"]
