@@ -25,7 +25,7 @@ ext_modules = [
     Pybind11Extension(
         "radixrt._quant_cpu",
         ["csrc/quant_cpu.cpp"],
-        depends=["csrc/quant_cpu_avx2.h", "csrc/quant_cpu_gemm_avx2.h"],
+        depends=["csrc/quant_cpu_avx2.h", "csrc/quant_cpu_gemm_avx2.h", "csrc/cpu_threads.h"],
         cxx_std=17,
         extra_compile_args=["-O3", "-fopenmp"],
         extra_link_args=["-fopenmp"],
@@ -44,6 +44,7 @@ ext_modules = [
     Pybind11Extension(
         "radixrt._dense_cpu",
         ["csrc/dense_cpu.cpp"],
+        depends=["csrc/cpu_threads.h"],
         cxx_std=17,
         extra_compile_args=["-O3", "-fopenmp"],
         extra_link_args=["-fopenmp"],

@@ -21,9 +21,8 @@
 #include <cstring>
 #include <stdexcept>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "cpu_threads.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define RADIXRT_X86 1
@@ -159,46 +158,16 @@ bool has_avx2() { return false; }
 
 // ------------------------------------------------------------------------------- driver
 
-int threads(int requested) {
-#ifdef _OPENMP
-    return requested > 0 ? requested : omp_get_max_threads();
-#else
-    (void)requested;
-    return 1;
-#endif
-}
-
-// Weight rows [0, N) in contiguous ranges, one per thread, in multiples of 8 (threads never
-// share a cache line of a y row). Each output is computed whole by one thread.
 // Multiply-adds below which one thread does the call (waking the pool costs more).
 constexpr int64_t kParallelWork = int64_t{1} << 16;
-
-template <typename F>
-void parallel_rows(int64_t N, int64_t work, int nthreads, F body) {
-    const int64_t most = work < kParallelWork ? 1 : std::min<int64_t>(threads(nthreads), N);
-    const int nt = static_cast<int>(std::max<int64_t>(1, most));
-    if (nt == 1) {
-        body(0, N);
-        return;
-    }
-#pragma omp parallel num_threads(nt)
-    {
-#ifdef _OPENMP
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-        const int t = 0, T = 1;
-#endif
-        const int64_t per = ((N + T - 1) / T + 7) / 8 * 8;
-        const int64_t a = std::min<int64_t>(N, t * per), b = std::min<int64_t>(N, a + per);
-        if (a < b) body(a, b);
-    }
-}
 
 template <typename T>
 void matmul_typed(const T* x, int64_t M, int64_t K, const T* w, int64_t N, float* y,
                   int nthreads, bool portable) {
     py::gil_scoped_release release;
-    parallel_rows(N, M * N * K, nthreads, [&](int64_t a, int64_t b) {
+    // Each output is computed whole by one thread, so the split never changes a result.
+    const int nt = M * N * K < kParallelWork ? 1 : nthreads;
+    radixrt::parallel_rows(N, nt, [&](int64_t a, int64_t b) {
 #ifdef RADIXRT_X86
         if (!portable && has_avx2()) {
             rows_avx2(x, M, K, w, a, b, N, y);

@@ -27,9 +27,8 @@
 #include <stdexcept>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "cpu_threads.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define RADIXRT_X86 1
@@ -71,15 +70,6 @@ inline float h2f(uint16_t h) {
     float out;
     std::memcpy(&out, &bits, 4);
     return out;
-}
-
-int threads(int requested) {
-#ifdef _OPENMP
-    return requested > 0 ? requested : omp_get_max_threads();
-#else
-    (void)requested;
-    return 1;
-#endif
 }
 
 // ------------------------------------------------------------------ dequantize (portable)
@@ -165,30 +155,6 @@ bool cpu_has_avx2() {
 #endif
 }
 
-// Splits rows [0, N) into contiguous ranges, one per thread (static: each thread streams
-// one contiguous slice of the weights), in multiples of `align` rows.
-template <typename F>
-void parallel_rows(int64_t N, int nthreads, F body, int64_t align = 8) {
-    const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads(nthreads), N)));
-    if (nt == 1) {
-        body(0, N);
-        return;
-    }
-#pragma omp parallel num_threads(nt)
-    {
-#ifdef _OPENMP
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-        const int t = 0, T = 1;
-#endif
-        // Rows in multiples of 8 (by default) so that threads never share a cache line of
-        // y's row.
-        const int64_t per = ((N + T - 1) / T + align - 1) / align * align;
-        const int64_t a = std::min<int64_t>(N, t * per), b = std::min<int64_t>(N, a + per);
-        if (a < b) body(a, b);
-    }
-}
-
 void check(int64_t M, int64_t K, int64_t N) {
     if (M < 0 || N <= 0 || K <= 0 || K % kGroup != 0) {
         throw std::invalid_argument("quant_cpu: need M >= 0, N > 0 and K a positive multiple of 32");
@@ -246,7 +212,7 @@ void gemm_blocked(int bits, const float* x, int64_t M, int64_t K, const avx2::We
         throw std::invalid_argument("quant_cpu: the blocked path needs N a multiple of 16");
     }
     // Whole panels per thread, so that no two threads write the same cache line of y.
-    parallel_rows(N / avx2::kPanel, nthreads, [&](int64_t a, int64_t b) {
+    radixrt::parallel_rows(N / avx2::kPanel, nthreads, [&](int64_t a, int64_t b) {
         g_packed.resize((b - a) * avx2::kPanel * avx2::kBlockK);
         g_rows.resize(avx2::kBlockM * avx2::kBlockK);
         const int64_t n0 = a * avx2::kPanel, n1 = b * avx2::kPanel;
@@ -279,7 +245,7 @@ void gemm(int bits, uintptr_t x, int64_t M, int64_t K, uintptr_t qs, uintptr_t d
         const avx2::Act act = p == kI8 ? g_act.prepare(xp, M, K, true)
                                        : avx2::Act{xp, nullptr, nullptr, nullptr, K};
         const avx2::Weights w{qp, dp, mp};
-        parallel_rows(N, nthreads, [&](int64_t a, int64_t b) {
+        radixrt::parallel_rows(N, nthreads, [&](int64_t a, int64_t b) {
             if (p == kI8) {
                 bits == 4 ? avx2::gemm_rows<avx2::I8Kernel, true>(act, M, w, a, b, N, yp)
                           : avx2::gemm_rows<avx2::I8Kernel, false>(act, M, w, a, b, N, yp);
@@ -295,7 +261,7 @@ void gemm(int bits, uintptr_t x, int64_t M, int64_t K, uintptr_t qs, uintptr_t d
         return;
     }
 #endif
-    parallel_rows(N, nthreads, [&](int64_t a, int64_t b) {
+    radixrt::parallel_rows(N, nthreads, [&](int64_t a, int64_t b) {
         if (bits == 4) {
             gemm_q4_f32_rows(xp, M, K, qp, dp, mp, a, b, N, yp);
         } else {
@@ -313,7 +279,7 @@ void dequant(int bits, uintptr_t qs, uintptr_t d, uintptr_t m, int64_t N, int64_
     const uint16_t* mp = bits == 4 ? ptr<const uint16_t>(m) : nullptr;
     float* op = ptr<float>(out);
     py::gil_scoped_release release;
-    parallel_rows(N, nthreads, [&](int64_t a, int64_t b) {
+    radixrt::parallel_rows(N, nthreads, [&](int64_t a, int64_t b) {
         if (bits == 4) {
             dequant_q4_rows(qp, dp, mp, a, b, K, op + a * K);
         } else {
@@ -340,7 +306,7 @@ void embed_q8(uintptr_t ids, int64_t T, uintptr_t qs, uintptr_t d, int64_t V, in
     }
 }
 
-int max_threads() { return threads(0); }
+int max_threads() { return radixrt::threads(0); }
 
 }  // namespace
 
