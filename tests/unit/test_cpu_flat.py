@@ -4,20 +4,18 @@ must hand back to the module path."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from radixrt.config import build_engine_config
-from radixrt.models import cpu_flat, dense_cpu, fused, quant
+from radixrt.models import cpu_flat, dense_cpu, quant
 from radixrt.testing.batches import batch_from_chunks
+from radixrt.testing.native import require_native
 from radixrt.worker.model_runner import ModelRunner
 
-if (not quant.native_available() or fused.native() is None or dense_cpu.native() is None
-        ) and os.environ.get("RADIXRT_REQUIRE_NATIVE") != "1":
-    pytest.skip("the native CPU extensions are not built", allow_module_level=True)
+require_native("radixrt._quant_cpu", "radixrt._layers_cpu", "radixrt._dense_cpu")
 
 
 @pytest.fixture(scope="module")

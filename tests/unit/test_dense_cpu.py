@@ -5,7 +5,6 @@ against Hugging Face transformers. (Its one summation order: tests/unit/test_det
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,10 @@ from transformers import AutoModelForCausalLM
 from radixrt.config import EngineConfig
 from radixrt.models import dense_cpu
 from radixrt.testing.batches import batch_from_chunks
+from radixrt.testing.native import require_native
 from radixrt.worker.model_runner import ModelRunner
 
-if dense_cpu.native() is None and os.environ.get("RADIXRT_REQUIRE_NATIVE") != "1":
-    pytest.skip("radixrt._dense_cpu is not built", allow_module_level=True)
+require_native("radixrt._dense_cpu")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from radixrt.models import fused
 from radixrt.models.config import ModelConfig
 from radixrt.models.layers import RMSNorm, RotaryEmbedding
+from radixrt.testing.native import require_native
 
-if fused.native() is None and os.environ.get("RADIXRT_REQUIRE_NATIVE") == "1":
-    raise RuntimeError("RADIXRT_REQUIRE_NATIVE=1 but radixrt._layers_cpu is not built")
-pytestmark = pytest.mark.skipif(fused.native() is None, reason="radixrt._layers_cpu not built")
+require_native("radixrt._layers_cpu")
 
 
 def reference_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:

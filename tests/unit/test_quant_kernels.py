@@ -19,10 +19,9 @@ from hypothesis import strategies as st
 
 from radixrt.models import quant
 from radixrt.models.quant import QuantWeight, dequantize_ref, quant_matmul, quantize_rtn
+from radixrt.testing.native import require_native
 
-if not quant.native_available() and os.environ.get("RADIXRT_REQUIRE_NATIVE") != "1":
-    pytest.skip("radixrt._quant_cpu is not built (python setup.py build_ext --inplace)",
-                allow_module_level=True)
+require_native("radixrt._quant_cpu")
 
 HAS_AVX2 = quant.native_available() and quant._ext().has_avx2()
 PATHS = ["auto", "f32", "portable", "invariant", "blas"] + (["i8", "blocked"] if HAS_AVX2 else [])

@@ -8,7 +8,6 @@ float32 model (greedy tokens, logits).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +16,14 @@ import torch
 from safetensors import safe_open
 
 from radixrt.config import EngineConfig, build_engine_config, resolve_quantization
-from radixrt.models import quant
 from radixrt.models.loader import load_model
 from radixrt.models.quant import QuantizedEmbedding, QuantizedLinear, dequantize_ref
 from radixrt.models.quant_checkpoint import INT4_FILE, blocks_to_weight
 from radixrt.testing.batches import batch_from_chunks
+from radixrt.testing.native import require_native
 from radixrt.worker.model_runner import ModelRunner
 
-if not quant.native_available() and os.environ.get("RADIXRT_REQUIRE_NATIVE") != "1":
-    pytest.skip("radixrt._quant_cpu is not built (python setup.py build_ext --inplace)",
-                allow_module_level=True)
+require_native("radixrt._quant_cpu")
 
 QUESTIONS = ["What is the capital of France?", "List three prime numbers.",
              "Write a haiku about autumn."]
