@@ -10,8 +10,10 @@
 // which (m, n). The portable loops follow the same order with fmaf, so they give the AVX2
 // kernel's bits (tests/unit/test_deterministic.py compares them).
 //
-// Accumulation in fp32; bf16 inputs are widened exactly. No torch headers: Python passes data
-// pointers and checks dtypes, shapes and contiguity (radixrt/models/invariant.py).
+// Accumulation in fp32; bf16 inputs are widened exactly, so fp32 activations times bf16 weights
+// (a bf16 checkpoint kept as published, half the bytes a decode step reads) give the bits of
+// the same activations times those weights widened to fp32. No torch headers: Python passes data
+// pointers and checks dtypes, shapes and contiguity (radixrt/models/dense_cpu.py).
 
 #include <pybind11/pybind11.h>
 
@@ -52,14 +54,14 @@ inline float hsum_lanes(const float* a) {
 
 // ------------------------------------------------------------------------------ portable
 
-template <typename T>
-void rows_portable(const T* x, int64_t M, int64_t K, const T* w, int64_t n0, int64_t n1,
+template <typename TX, typename TW>
+void rows_portable(const TX* x, int64_t M, int64_t K, const TW* w, int64_t n0, int64_t n1,
                    int64_t N, float* y) {
     const int64_t k8 = K & ~int64_t{7};
     for (int64_t n = n0; n < n1; ++n) {
-        const T* wr = w + n * K;
+        const TW* wr = w + n * K;
         for (int64_t m = 0; m < M; ++m) {
-            const T* xr = x + m * K;
+            const TX* xr = x + m * K;
             float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int64_t k = 0; k < k8; k += 8) {
                 for (int l = 0; l < 8; ++l) acc[l] = std::fmaf(widen(xr[k + l]), widen(wr[k + l]), acc[l]);
@@ -95,8 +97,8 @@ AVX2_TARGET inline float hsum8(__m256 v) {
 }
 
 // y[r * ldy + j] for RT activation rows at x (row stride K) and NW weight rows at w.
-template <int RT, int NW, typename T>
-AVX2_TARGET void tile(const T* x, int64_t K, const T* w, float* y, int64_t ldy) {
+template <int RT, int NW, typename TX, typename TW>
+AVX2_TARGET void tile(const TX* x, int64_t K, const TW* w, float* y, int64_t ldy) {
     const int64_t k8 = K & ~int64_t{7};
     __m256 acc[RT][NW];
     for (int r = 0; r < RT; ++r)
@@ -125,8 +127,8 @@ constexpr int weight_rows() {
     return RT == 1 ? 6 : RT == 2 ? 4 : 3;
 }
 
-template <int RT, typename T>
-AVX2_TARGET void row_tile(const T* x, int64_t K, const T* w, int64_t n0, int64_t n1, float* y,
+template <int RT, typename TX, typename TW>
+AVX2_TARGET void row_tile(const TX* x, int64_t K, const TW* w, int64_t n0, int64_t n1, float* y,
                           int64_t N) {
     constexpr int NW = weight_rows<RT>();
     int64_t n = n0;
@@ -134,14 +136,14 @@ AVX2_TARGET void row_tile(const T* x, int64_t K, const T* w, int64_t n0, int64_t
     for (; n < n1; ++n) tile<RT, 1>(x, K, w + n * K, y + n, N);
 }
 
-template <typename T>
-AVX2_TARGET void rows_avx2(const T* x, int64_t M, int64_t K, const T* w, int64_t n0,
+template <typename TX, typename TW>
+AVX2_TARGET void rows_avx2(const TX* x, int64_t M, int64_t K, const TW* w, int64_t n0,
                            int64_t n1, int64_t N, float* y) {
-    const int64_t block = std::max<int64_t>(12, kBlockBytes / (K * int64_t{sizeof(T)}));
+    const int64_t block = std::max<int64_t>(12, kBlockBytes / (K * int64_t{sizeof(TW)}));
     for (int64_t b0 = n0; b0 < n1; b0 += block) {
         const int64_t b1 = std::min(n1, b0 + block);
         for (int64_t r0 = 0; r0 < M; r0 += kRowTile) {
-            const T* xr = x + r0 * K;
+            const TX* xr = x + r0 * K;
             float* yr = y + r0 * N;
             switch (std::min<int64_t>(kRowTile, M - r0)) {
                 case 1: row_tile<1>(xr, K, w, b0, b1, yr, N); break;
@@ -161,8 +163,8 @@ bool has_avx2() { return false; }
 // Multiply-adds below which one thread does the call (waking the pool costs more).
 constexpr int64_t kParallelWork = int64_t{1} << 16;
 
-template <typename T>
-void matmul_typed(const T* x, int64_t M, int64_t K, const T* w, int64_t N, float* y,
+template <typename TX, typename TW>
+void matmul_typed(const TX* x, int64_t M, int64_t K, const TW* w, int64_t N, float* y,
                   int nthreads, bool portable) {
     py::gil_scoped_release release;
     // Each output is computed whole by one thread, so the split never changes a result.
@@ -178,20 +180,26 @@ void matmul_typed(const T* x, int64_t M, int64_t K, const T* w, int64_t N, float
     });
 }
 
-void matmul(uintptr_t x, int64_t M, int64_t K, uintptr_t w, int64_t N, uintptr_t y, bool bf16,
-            int nthreads, bool portable) {
+void matmul(uintptr_t x, int64_t M, int64_t K, uintptr_t w, int64_t N, uintptr_t y, bool x_bf16,
+            bool w_bf16, int nthreads, bool portable) {
     if (M < 0 || K <= 0 || N <= 0) {
         throw std::invalid_argument("dense_cpu: need M >= 0, K > 0 and N > 0");
     }
     if (M == 0) return;  // an empty x or y may have no storage
     if (x == 0 || w == 0 || y == 0) throw std::invalid_argument("dense_cpu: null pointer");
     float* yp = reinterpret_cast<float*>(y);
-    if (bf16) {
-        matmul_typed(reinterpret_cast<const uint16_t*>(x), M, K,
-                     reinterpret_cast<const uint16_t*>(w), N, yp, nthreads, portable);
+    const auto* xb = reinterpret_cast<const uint16_t*>(x);
+    const auto* xf = reinterpret_cast<const float*>(x);
+    const auto* wb = reinterpret_cast<const uint16_t*>(w);
+    const auto* wf = reinterpret_cast<const float*>(w);
+    if (x_bf16 && w_bf16) {
+        matmul_typed(xb, M, K, wb, N, yp, nthreads, portable);
+    } else if (w_bf16) {
+        matmul_typed(xf, M, K, wb, N, yp, nthreads, portable);
+    } else if (!x_bf16) {
+        matmul_typed(xf, M, K, wf, N, yp, nthreads, portable);
     } else {
-        matmul_typed(reinterpret_cast<const float*>(x), M, K, reinterpret_cast<const float*>(w),
-                     N, yp, nthreads, portable);
+        throw std::invalid_argument("dense_cpu: bf16 activations need bf16 weights");
     }
 }
 
@@ -200,9 +208,9 @@ void matmul(uintptr_t x, int64_t M, int64_t K, uintptr_t w, int64_t N, uintptr_t
 PYBIND11_MODULE(_dense_cpu, mod) {
     mod.doc() = "Dense matmuls with one summation order per output (batch-invariant)";
     mod.def("matmul", &matmul, py::arg("x"), py::arg("M"), py::arg("K"), py::arg("w"),
-            py::arg("N"), py::arg("y"), py::arg("bf16"), py::arg("nthreads") = 0,
-            py::arg("portable") = false,
-            "y[M,N] (fp32) = x[M,K] @ W[N,K]^T, x and W both fp32 or both bf16 (contiguous); "
-            "portable: the scalar loops (the same bits) instead of AVX2");
+            py::arg("N"), py::arg("y"), py::arg("x_bf16"), py::arg("w_bf16"),
+            py::arg("nthreads") = 0, py::arg("portable") = false,
+            "y[M,N] (fp32) = x[M,K] @ W[N,K]^T, x and W fp32 or bf16 (contiguous; bf16 x "
+            "needs bf16 W); portable: the scalar loops (the same bits) instead of AVX2");
     mod.def("has_avx2", &has_avx2, "the AVX2 kernel runs on this CPU");
 }

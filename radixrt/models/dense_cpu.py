@@ -10,6 +10,11 @@ One kernel, two reasons:
 - --deterministic. The kernel sums each output in one order whatever the row count, so a
   row computed alone and among 40 others rounds the same; under --deterministic every call
   takes it (torch picks its kernel and its split of K by the call's shape).
+
+Float32 activations also run with bfloat16 weights: a bf16 checkpoint served in float32 keeps
+its matrices as published (bf16_storage), half the memory and half the bytes a decode step
+reads, with the results of the widened float32 weights (widening bf16 is exact; torch's route
+widens them per call).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ WIN, CLEAR = 0.95, 0.8  # kernel / torch time that counts as a win, and as a cle
 # RADIXRT_DENSE_ROWS=N routes calls of up to N rows through the kernel without measuring
 # (0: torch always; A/B benchmarks, debugging).
 ROWS_ENV = "RADIXRT_DENSE_ROWS"
+WEIGHTS_ENV = "RADIXRT_BF16_WEIGHTS"
 # In the probe's cache key: bump it when the kernel or its wrapper changes speed.
 PROBE_VERSION = 3
 
@@ -61,28 +67,68 @@ def _ext() -> ModuleType:
     return ext
 
 
+def _kernel_dtypes_ok(x_dtype: torch.dtype, w_dtype: torch.dtype) -> bool:
+    """What the kernel multiplies: both float32, both bfloat16, or float32 x bfloat16 W."""
+    return x_dtype in DTYPES and w_dtype in DTYPES and (
+        x_dtype is w_dtype or x_dtype is torch.float32)
+
+
 def matmul(x: torch.Tensor, weight: torch.Tensor, portable: bool = False) -> torch.Tensor:
-    """y [M, N] float32 = x [M, K] @ weight [N, K]^T, both float32 or both bfloat16 on the
-    CPU, accumulated in float32 in one order per output (portable: the scalar loops, which
-    give the AVX2 kernel's bits)."""
+    """y [M, N] float32 = x [M, K] @ weight [N, K]^T on the CPU (both float32, both bfloat16,
+    or float32 x with bfloat16 weight), accumulated in float32 in one order per output
+    (portable: the scalar loops, which give the AVX2 kernel's bits)."""
     if (x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]
-            or x.dtype not in DTYPES or weight.dtype is not x.dtype
+            or not _kernel_dtypes_ok(x.dtype, weight.dtype)
             or x.device.type != "cpu" or weight.device.type != "cpu"):
-        raise ValueError(f"matmul: x [M, K] and weight [N, K], both float32 or both bfloat16 "
-                         f"on the CPU; got {x.dtype} {tuple(x.shape)} on {x.device}, "
-                         f"{weight.dtype} {tuple(weight.shape)} on {weight.device}")
+        raise ValueError(f"matmul: x [M, K] and weight [N, K] on the CPU, both float32, both "
+                         f"bfloat16 or float32 x bfloat16; got {x.dtype} {tuple(x.shape)} on "
+                         f"{x.device}, {weight.dtype} {tuple(weight.shape)} on {weight.device}")
     x, weight = x.contiguous(), weight.contiguous()
     (rows, k), n = x.shape, weight.shape[0]
     y = torch.empty(rows, n, dtype=torch.float32)
     _ext().matmul(x.data_ptr(), rows, k, weight.data_ptr(), n, y.data_ptr(),
-                  x.dtype is torch.bfloat16, torch.get_num_threads(), portable)
+                  x.dtype is torch.bfloat16, weight.dtype is torch.bfloat16,
+                  torch.get_num_threads(), portable)
     return y
 
 
 def flat_kernel(x: int, rows: int, k: int, w: int, n: int, y: int, threads: int,
                 _code: int) -> None:
-    """The float32 kernel in the signature of radixrt._quant_cpu's (the flat loop's)."""
-    _ext().matmul(x, rows, k, w, n, y, False, threads, False)
+    """float32 x float32 W in the signature of radixrt._quant_cpu's kernels (the flat loop's)."""
+    _ext().matmul(x, rows, k, w, n, y, False, False, threads, False)
+
+
+def flat_kernel_bf16_weights(x: int, rows: int, k: int, w: int, n: int, y: int, threads: int,
+                             _code: int) -> None:
+    """float32 x bfloat16 W, as flat_kernel."""
+    _ext().matmul(x, rows, k, w, n, y, False, True, threads, False)
+
+
+def torch_linear(x: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """torch's linear, the weight widened to x's dtype first where it is stored narrower."""
+    return F.linear(x, weight if weight.dtype is x.dtype else _widened(weight, x.dtype), bias)
+
+
+_scratch: dict[torch.dtype, torch.Tensor] = {}
+SCRATCH_MAX_BYTES = 512 << 20  # a 7-8B model's gate_up in float32 is 470 MiB
+
+
+def _widened(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """weight in dtype, in a buffer reused from call to call: a fresh tensor the size of a
+    weight comes from the kernel page by page, and the page faults cost ~6x the copy (a 1B
+    model's 512-token prefill chunk took 27 % longer that way). Valid until the next call.
+    A weight above SCRATCH_MAX_BYTES (a large vocabulary's lm_head, rarely called with many
+    rows) is widened into a fresh tensor rather than held on to."""
+    if weight.numel() * dtype.itemsize > SCRATCH_MAX_BYTES:
+        return weight.to(dtype)
+    buf = _scratch.get(dtype)
+    if buf is None or buf.numel() < weight.numel():
+        with torch.inference_mode(False):  # a normal tensor: written in and out of the mode
+            buf = _scratch[dtype] = torch.empty(weight.numel(), dtype=dtype)
+    out = buf[: weight.numel()].view(weight.shape)
+    out.copy_(weight)
+    return out
 
 
 class DenseLinear(nn.Module):
@@ -101,16 +147,16 @@ class DenseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if not self.batch_invariant and rows > self.kernel_rows:
-            return F.linear(x, self.weight, self.bias)
+            return torch_linear(x, self.weight, self.bias)
         w = self.weight
-        if x.dtype is w.dtype and x.is_contiguous() and x.device.type == "cpu":
+        if _kernel_dtypes_ok(x.dtype, w.dtype) and x.is_contiguous() and x.device.type == "cpu":
             # Straight to the kernel, into an output of the final shape: matmul's checks and
             # a reshape cost more than a decode call's arithmetic on a small model (the
             # weight was checked at install).
             y = torch.empty((*x.shape[:-1], self.out_features), dtype=torch.float32)
             _ext().matmul(x.data_ptr(), rows, self.in_features, w.data_ptr(),
-                          self.out_features, y.data_ptr(), w.dtype is torch.bfloat16,
-                          torch.get_num_threads(), False)
+                          self.out_features, y.data_ptr(), x.dtype is torch.bfloat16,
+                          w.dtype is torch.bfloat16, torch.get_num_threads(), False)
         else:
             y = matmul(x.reshape(rows, self.in_features), w).view(*x.shape[:-1],
                                                                   self.out_features)
@@ -123,9 +169,10 @@ class DenseLinear(nn.Module):
         calls QuantizedLinear's packed kernels the same way: kernel(x, M, K, *args, y,
         threads, code)."""
         w = self.weight
-        if w.dtype is not torch.float32 or w.device.type != "cpu" or not w.is_contiguous():
-            raise ValueError("the flat loop runs float32 CPU weights only")
-        return w.data_ptr(), flat_kernel, (w.data_ptr(), self.out_features)
+        if w.dtype not in DTYPES or w.device.type != "cpu" or not w.is_contiguous():
+            raise ValueError("the flat loop runs float32 or bfloat16 CPU weights only")
+        kernel = flat_kernel if w.dtype is torch.float32 else flat_kernel_bf16_weights
+        return w.data_ptr(), kernel, (w.data_ptr(), self.out_features)
 
     def extra_repr(self) -> str:
         rows = "all" if self.batch_invariant or self.kernel_rows == UNLIMITED \
@@ -163,19 +210,25 @@ def install(model: nn.Module, kernel_rows: int, batch_invariant: bool = False) -
 
 
 def measure(shapes: list[tuple[int, int]], dtype: torch.dtype, min_seconds: float = 0.01,
-            max_pass_seconds: float = 0.2) -> dict[int, tuple[float, float]]:
+            max_pass_seconds: float = 0.2, weight_dtype: torch.dtype | None = None
+            ) -> dict[int, tuple[float, float]]:
     """rows -> (kernel µs, torch µs): the best of at least 3 passes over every (out, in)
     shape, and of as many as fit in min_seconds (the best, not the median: other processes
     on the machine only ever add time). Larger row counts are left out once one pass takes
-    max_pass_seconds (a big model on few cores: the probe must not hold up the start)."""
+    max_pass_seconds (a big model on few cores: the probe must not hold up the start).
+    weight_dtype: how the weights are stored (default: dtype). torch is then timed on weights
+    widened beforehand: its GEMM alone, a lower bound of its route, which widens per call
+    (timing that would hold up a big model's start for nothing: below the verdict the kernel
+    wins anyway, above it the GEMM's arithmetic dwarfs the widening)."""
     gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(n, k, generator=gen).to(dtype) for n, k in shapes]
+    stored = [torch.randn(n, k, generator=gen).to(weight_dtype or dtype) for n, k in shapes]
+    routes = ((matmul, stored), (F.linear, [w.to(dtype) for w in stored]))
     out: dict[int, tuple[float, float]] = {}
     with torch.inference_mode():
         for rows in PROBE_ROWS:
             xs = [torch.randn(rows, k, generator=gen).to(dtype) for _, k in shapes]
             best = []
-            for fn in (matmul, F.linear):
+            for fn, weights in routes:
                 for x, w in zip(xs, weights):  # warm-up (and oneDNN's first-call setup)
                     fn(x, w)
                 times: list[float] = []
@@ -211,27 +264,63 @@ def verdict(times: dict[int, tuple[float, float]]) -> int:
 
 
 def kernel_rows(model_path: str | Path | None, dtype: torch.dtype,
-                cache_dir: Path | None = None) -> int:
+                cache_dir: Path | None = None, weight_dtype: torch.dtype | None = None) -> int:
     """Calls of up to this many rows are faster through the kernel here: $RADIXRT_DENSE_ROWS,
     else cached, else measured (~0.1-1 s at a model's first start) and cached. 0 where the
-    kernel is not built."""
+    kernel is not built. weight_dtype: how the weights are stored (default: dtype)."""
     if os.environ.get(ROWS_ENV):
         return int(os.environ[ROWS_ENV])
-    if native() is None or dtype not in DTYPES:
+    weight_dtype = weight_dtype or dtype
+    if native() is None or not _kernel_dtypes_ok(dtype, weight_dtype):
         return 0
     from radixrt.default_model import cache_root
 
     shapes = model_shapes(model_path)
-    key = f"{probe_key(shapes)} | dense v{PROBE_VERSION} | {str(dtype).removeprefix('torch.')}"
+    name = str(dtype).removeprefix("torch.")
+    if weight_dtype is not dtype:
+        name += f" x {str(weight_dtype).removeprefix('torch.')} weights"
+    key = f"{probe_key(shapes)} | dense v{PROBE_VERSION} | {name}"
     file = (cache_dir or cache_root()) / CACHE_FILE
     entry = read_entries(file).get(key)
     if isinstance(entry, dict) and isinstance(entry.get("kernel_rows"), int):
         return entry["kernel_rows"]
     logger.info("timing radixrt's dense kernel against torch's linear at the model's shapes "
                 "(first start on this CPU; cached)")
-    times = measure(shapes, dtype)
+    times = measure(shapes, dtype, weight_dtype=weight_dtype)
     rows = verdict(times)
     write_entry(file, key, {"kernel_rows": rows, "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
                             "us": {str(r): [round(a, 1), round(b, 1)] for r, (a, b) in
                                    times.items()}})
     return rows
+
+
+# ------------------------------------------------------------------- bf16 checkpoints
+
+
+def checkpoint_matrix_dtypes(files: list[Path]) -> set[str]:
+    """The safetensors dtypes ("BF16", "F32", ...) of a checkpoint's 2-D tensors, from the
+    files' headers (nothing else is read)."""
+    import json
+    import struct
+
+    found: set[str] = set()
+    for f in files:
+        with open(f, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        found.update(t["dtype"] for name, t in header.items()
+                     if name != "__metadata__" and len(t.get("shape", ())) == 2)
+    return found
+
+
+def bf16_storage(model_path: str | Path, dtype: torch.dtype, device: torch.device,
+                 quantization: str) -> bool:
+    """Keep the linear and embedding matrices in bfloat16 while computing in float32: a CPU
+    float32 run of a checkpoint whose matrices are all bfloat16, with the kernel built.
+    $RADIXRT_BF16_WEIGHTS=0 widens them to float32 at load instead (A/B benchmarks)."""
+    if not (os.environ.get(WEIGHTS_ENV, "1") != "0" and device.type == "cpu"
+            and dtype is torch.float32 and quantization == "none" and native() is not None):
+        return False
+    from radixrt.models.loader import safetensors_files
+
+    return checkpoint_matrix_dtypes(safetensors_files(Path(model_path))) == {"BF16"}

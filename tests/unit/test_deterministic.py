@@ -42,13 +42,18 @@ def forward(runner: ModelRunner, slots: list[int], starts: list[int], chunks: li
 @pytest.fixture(scope="module")
 def float_runners(make_tiny_model) -> dict[str, ModelRunner]:
     """Float checkpoints: untied llama in float32, qwen2 (q/k/v biases, a tied lm_head) in
-    float32, qwen3 (per-head q/k norms) in bfloat16."""
+    float32, qwen3 (per-head q/k norms) in bfloat16; and a bf16 llama checkpoint in float32
+    (its matrices kept bf16)."""
     out = {}
-    for arch, dtype in (("llama", "float32"), ("qwen2", "float32"), ("qwen3", "bfloat16")):
-        cfg = build_engine_config(str(make_tiny_model(arch)), device="cpu", dtype=dtype,
-                                  max_total_tokens=8192, deterministic=True)
+    for arch, saved, dtype in (("llama", "float32", "float32"), ("qwen2", "float32", "float32"),
+                               ("qwen3", "float32", "bfloat16"),
+                               ("llama", "bfloat16", "float32")):
+        cfg = build_engine_config(str(make_tiny_model(arch, save_dtype=saved)), device="cpu",
+                                  dtype=dtype, max_total_tokens=8192, deterministic=True)
         assert (cfg.quantization, cfg.attention_backend) == ("none", "cpu")
-        out[f"{arch}-{dtype}"] = ModelRunner(cfg)
+        name = f"{arch}-{dtype}" if saved == "float32" else f"{arch}-{saved}-as-{dtype}"
+        out[name] = ModelRunner(cfg)
+    assert out["llama-bfloat16-as-float32"].model.lm_head.weight.dtype is torch.bfloat16
     return out
 
 
@@ -81,7 +86,8 @@ def test_logits_do_not_depend_on_the_batch(runner: ModelRunner) -> None:
     assert flat.steps - steps_before == 11  # every step above ran the flat loop
 
 
-@pytest.mark.parametrize("name", ["llama-float32", "qwen2-float32", "qwen3-bfloat16"])
+@pytest.mark.parametrize("name", ["llama-float32", "qwen2-float32", "qwen3-bfloat16",
+                                  "llama-bfloat16-as-float32"])
 def test_float_weights_do_not_depend_on_the_batch(float_runners: dict[str, ModelRunner],
                                                   name: str) -> None:
     runner = float_runners[name]
@@ -92,26 +98,30 @@ def test_float_weights_do_not_depend_on_the_batch(float_runners: dict[str, Model
                if isinstance(m, dense_cpu.DenseLinear))
     if runner.model.config.tie_word_embeddings:  # replaced without untying
         assert runner.model.lm_head.weight is runner.model.embed_tokens.weight
-    # llama in float32 runs the flat loop, as the server would; biases (qwen2), q/k norms
+    # llama with float32 activations (fp32 or bf16 matrices) runs the flat loop, as the
+    # server would; biases (qwen2), q/k norms
     # and bfloat16 (qwen3) the module path.
     flat = cpu_flat.flat_layers(runner.model)
-    assert (flat is not None) == (name == "llama-float32")
+    assert (flat is not None) == name.startswith("llama")
     steps_before = flat.steps if flat else 0
     check_batch_invariance(runner, 49152)
     if flat:
         assert flat.invariant and flat.steps - steps_before == 11
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dense_kernel_one_order_for_every_row(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("x_dtype, w_dtype", [(torch.float32, torch.float32),
+                                              (torch.bfloat16, torch.bfloat16),
+                                              (torch.float32, torch.bfloat16)])
+def test_dense_kernel_one_order_for_every_row(x_dtype: torch.dtype,
+                                              w_dtype: torch.dtype) -> None:
     """radixrt._dense_cpu against float64 and against itself: each row the same alone, in
     any split of the rows, on one thread or two, and in the portable loops (the same order
     with fmaf) as in the AVX2 kernel; K with and without a tail of 8."""
     g = torch.Generator().manual_seed(4)
     threads = torch.get_num_threads()
     for k in (576, 1536, 37):
-        w = torch.randn(203, k, generator=g).to(dtype)
-        x = torch.randn(70, k, generator=g).to(dtype)
+        w = torch.randn(203, k, generator=g).to(w_dtype)
+        x = torch.randn(70, k, generator=g).to(x_dtype)
         y = dense_cpu.matmul(x, w)
         ref = x.double() @ w.double().T
         assert (y.double() - ref).abs().max() < 1e-5 * k ** 0.5 * ref.abs().max()
@@ -124,8 +134,8 @@ def test_dense_kernel_one_order_for_every_row(dtype: torch.dtype) -> None:
             assert torch.equal(dense_cpu.matmul(x, w), y)
         finally:
             torch.set_num_threads(threads)
-    with pytest.raises(ValueError, match="both float32 or both bfloat16"):
-        dense_cpu.matmul(x.float(), w.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="both float32, both bfloat16 or float32 x bfloat16"):
+        dense_cpu.matmul(x.to(torch.bfloat16), w.float())
 
 
 def test_long_context_any_chunking_and_neighbours(runner: ModelRunner) -> None:
