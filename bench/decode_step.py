@@ -121,17 +121,19 @@ def make_runner(model: str | None, backend: str, dtype: str, kv_dtype: str, quan
                 ) -> tuple[ModelRunner, LinearTimer, float]:
     tokens = batch * (context + steps + 64)
     # "int4+det": with --deterministic's kernels; "none+torch": float linears on torch's
-    # BLAS only (not radixrt's dense kernel where its probe found that faster).
+    # BLAS only (not radixrt's dense kernel where its probe found that faster); "none+wide":
+    # a bf16 checkpoint's matrices widened to float32 at load (not kept bf16).
     quant, _, mode = quant.partition("+")
-    if mode not in ("", "det", "torch"):
-        raise SystemExit(f"quantization {quant}+{mode}: the suffixes are +det and +torch")
+    if mode not in ("", "det", "torch", "wide"):
+        raise SystemExit(f"quantization {quant}+{mode}: the suffixes are +det, +torch, +wide")
     cfg = build_engine_config(model, device="cpu", dtype=dtype, attention_backend=backend,
                               kv_cache_dtype=kv_dtype, quantization=quant,
                               max_total_tokens=tokens, max_running_requests=batch,
                               kv_layout=kv_layout, deterministic=mode == "det")
     gc.collect()
     t0 = time.perf_counter()
-    with env_set(dense_cpu.ROWS_ENV, "0" if mode == "torch" else None):
+    with (env_set(dense_cpu.ROWS_ENV, "0" if mode == "torch" else None),
+          env_set(dense_cpu.WEIGHTS_ENV, "0" if mode == "wide" else None)):
         runner = ModelRunner(cfg)
     load_s = time.perf_counter() - t0
     runner.attn = TimedAttention(runner.attn)  # type: ignore[assignment]
@@ -228,18 +230,20 @@ def _run_cases(args: Namespace) -> list[dict[str, Any]]:
     print(f"torch threads {torch.get_num_threads()}; median of {args.steps} decode steps, "
           f"cases interleaved")
     print("| Backend | dtype | KV | Quant | Fused | Context | Batch | Step ms | Attention ms "
-          "| Linear ms | min step ms | load s | weights MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| Linear ms | min step ms | load s | weights MiB | prefill tok/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     warm = 3
     for ctx in (int(x) for x in args.contexts.split(",")):
         for b in (int(x) for x in args.batch_sizes.split(",")):
             total = warm + args.steps + (5 if args.profile else 0)
             built = [make_runner(args.model, *c, b, ctx, total) for c in cases]
             runners = [r for r, _, _ in built]
-            lasts = []
+            lasts, prefill_s = [], []
             for r, (_, f) in zip(runners, cases_fused):
                 set_mode(f)
+                t0 = time.perf_counter()
                 lasts.append(prefill(r, b, ctx, total, seed=ctx + b))
+                prefill_s.append(time.perf_counter() - t0)
             times: list[list[tuple[float, float, float]]] = [[] for _ in cases]
             flat_before = [cpu_flat.flat_steps(r.model) for r in runners]
             for s in range(warm + args.steps):
@@ -266,13 +270,15 @@ def _run_cases(args: Namespace) -> list[dict[str, Any]]:
                     "min_step_ms": 1000 * min(step),
                     "attention_ms": 1000 * statistics.median(t[1] for t in times[i]),
                     "linear_ms": 1000 * statistics.median(t[2] for t in times[i]),
-                    "load_s": built[i][2], "weights_mib": weight_mib(runners[i].model)}
+                    "load_s": built[i][2], "weights_mib": weight_mib(runners[i].model),
+                    "prefill_tok_s": b * ctx / prefill_s[i]}
                 print(f"| {backend} | {dtype} | {row['kv_dtype']} {row['kv_layout']} | "
                       f"{row['quantization']} | "
                       f"{row['fused']} | {ctx} | {b} | {row['step_ms']:.1f} | "
                       f"{row['attention_ms']:.1f} | "
                       f"{row['linear_ms']:.1f} | {row['min_step_ms']:.1f} | "
-                      f"{row['load_s']:.1f} | {row['weights_mib']:.0f} |", flush=True)
+                      f"{row['load_s']:.1f} | {row['weights_mib']:.0f} | "
+                      f"{row['prefill_tok_s']:.0f} |", flush=True)
                 rows.append(row)
             if args.profile:
                 for i, row in enumerate(rows[-len(cases):]):

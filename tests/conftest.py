@@ -5,13 +5,14 @@ default_model_dir (session) -> pathlib.Path
     use in a fresh cache builds it from the GGUF (~15 s).
 
 make_tiny_model (session) -> factory
-    make_tiny_model(arch: str = "llama", **overrides) -> pathlib.Path
+    make_tiny_model(arch: str = "llama", save_dtype="float32", **overrides) -> pathlib.Path
     A tiny random-weight HF model directory, arch in {"llama", "qwen2", "qwen3"}:
     hidden 64, intermediate 128, 2 layers, 4 heads, 2 KV heads, head_dim 16,
     2048 positions, vocab 49152, using the default model's tokenizer and ChatML
     template (bos 1, eos 2). llama: untied lm_head; qwen2: tied, q/k/v bias;
     qwen3: tied, q/k RMSNorm. `overrides` are config fields (e.g. num_hidden_layers=3,
-    tie_word_embeddings=False, initializer_range=0.3). Weights are fp32 safetensors,
+    tie_word_embeddings=False, initializer_range=0.3). Weights are fp32 safetensors
+    (save_dtype="bfloat16": bf16 ones, as most checkpoints are published),
     deterministic for a given (arch, overrides), with random (not 1/0) norm weights and
     biases so that code which skips them gives different logits. Logits have std ~1.6,
     so greedy outputs differ across prompts; random models are chaotic, though, so
@@ -89,7 +90,7 @@ def _randomize(model: Any, std: float) -> None:
 
 
 def build_tiny_model(out_dir: Path, tokenizer_dir: Path, arch: str = "llama",
-                     **overrides: Any) -> Path:
+                     save_dtype: str = "float32", **overrides: Any) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -102,7 +103,8 @@ def build_tiny_model(out_dir: Path, tokenizer_dir: Path, arch: str = "llama",
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         _randomize(model, float(fields["initializer_range"]))
     model.eval()
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    # save_dtype "bfloat16": a checkpoint as most are published (every tensor rounded to bf16).
+    model.to(getattr(torch, save_dtype)).save_pretrained(str(out_dir), safe_serialization=True)
     # The tokenizer (and its chat template) of the default model fits vocab 49152.
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
                  "special_tokens_map.json"):

@@ -43,11 +43,15 @@ def safetensors_files(path: Path) -> list[Path]:
 
 def load_model(path: str | Path, dtype: torch.dtype, device: str | torch.device,
                cfg: ModelConfig | None = None, quantization: str = "none",
-               tp: TensorParallel | None = None) -> LlamaForCausalLM:
+               tp: TensorParallel | None = None, matrix_dtype: torch.dtype | None = None
+               ) -> LlamaForCausalLM:
     """quantization: none, int8 or int4 (resolved names, see radixrt.config). int4 of a
     directory with a packed checkpoint (the default model: its GGUF's own blocks) loads
     that; otherwise the safetensors weights are quantized round-to-nearest.
-    tp: this rank of a tensor-parallel group; it reads only its slices of the tensors."""
+    tp: this rank of a tensor-parallel group; it reads only its slices of the tensors.
+    matrix_dtype: how the linear and embedding matrices are stored, where not dtype (a bf16
+    checkpoint computed in float32 on the CPU: dense_cpu.bf16_storage); the linears then
+    need radixrt's dense kernel or its widening torch route (dense_cpu.install)."""
     path = Path(path)
     cfg = cfg or ModelConfig.from_dir(path)
     device = torch.device(device)
@@ -73,6 +77,8 @@ def load_model(path: str | Path, dtype: torch.dtype, device: str | torch.device,
     model = model.to_empty(device=device).to(dtype)
     # Buffers (rope tables) were lost by to_empty on meta: rebuild them for real.
     model.rope = type(model.rope)(cfg, device)
+    if matrix_dtype is not None and matrix_dtype is not dtype:
+        _store_matrices(model, matrix_dtype, dtype)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     _load_weights(model, files, cfg)
@@ -85,13 +91,27 @@ def load_model(path: str | Path, dtype: torch.dtype, device: str | torch.device,
     return model
 
 
+def _store_matrices(model: LlamaForCausalLM, matrix_dtype: torch.dtype,
+                    dtype: torch.dtype) -> None:
+    """Give every nn.Linear weight and the embedding table matrix_dtype storage (before the
+    checkpoint is copied in: never a float32 copy of the whole model)."""
+    mats = [m.weight for m in model.modules() if type(m) is nn.Linear]
+    mats.append(model.embed_tokens.weight)
+    for p in mats:
+        p.data = torch.empty(p.shape, dtype=matrix_dtype, device=p.device)
+    model.embed_tokens.out_dtype = dtype
+
+
 def _log_loaded(model: nn.Module, path: Path, dtype: torch.dtype, device: torch.device,
                 quantization: str, t0: float) -> None:
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers()) if t is not None}
     mib = sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+    name = str(dtype).removeprefix("torch.")
+    if getattr(model.embed_tokens, "out_dtype", None) is not None:  # _store_matrices
+        stored = model.embed_tokens.weight.dtype
+        name += f", matrices kept {str(stored).removeprefix('torch.')}"
     logger.info("loaded %s (%.0f MiB of weights, %s, quantization %s, %s) in %.1f s",
-                path.name, mib, str(dtype).removeprefix("torch."), quantization, device,
-                time.perf_counter() - t0)
+                path.name, mib, name, quantization, device, time.perf_counter() - t0)
 
 
 def _load_weights(model: LlamaForCausalLM, files: list[Path], cfg: ModelConfig) -> None:

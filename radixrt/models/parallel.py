@@ -76,6 +76,9 @@ class VocabParallelEmbedding(nn.Embedding):
         super().__init__(vocab_size // tp.size, dim)
         self.tp = tp
         self.vocab_start = tp.rank * (vocab_size // tp.size)
+        # The activations' dtype where the table is stored narrower (a bf16 checkpoint run in
+        # float32 on the CPU keeps its table as published): rows are widened as looked up.
+        self.out_dtype: torch.dtype | None = None
 
     def reset_parameters(self) -> None:
         """No random init: the loader sets every weight, and torch's normal_ on the meta
@@ -83,8 +86,11 @@ class VocabParallelEmbedding(nn.Embedding):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            return super().forward(ids)
+            return self._widen(super().forward(ids))
         local = ids - self.vocab_start
         outside = (local < 0) | (local >= self.num_embeddings)
-        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        out = self._widen(F.embedding(local.masked_fill(outside, 0), self.weight))
         return self.tp.all_reduce(out.masked_fill_(outside.unsqueeze(-1), 0))
+
+    def _widen(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows if self.out_dtype is None else rows.to(self.out_dtype)

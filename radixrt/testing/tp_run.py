@@ -110,7 +110,8 @@ def main(argv: list[str]) -> None:
     tokens, logits = greedy_run(runner, steps=6)
     if tp.rank == 0:
         np.savez(out, tokens=tokens, logits=logits, kv_heads=runner.pool.shape.num_kv_heads,
-                 params=sum(p.numel() for p in runner.model.parameters()))
+                 params=sum(p.numel() for p in runner.model.parameters()),
+                 matrix_dtype=str(runner.model.embed_tokens.weight.dtype))
     if tp.size > 1:
         import torch.distributed as dist
 

@@ -51,3 +51,24 @@ def test_ab_quant_kernels_against_its_own_build(capsys: pytest.CaptureFixture[st
                                   "--rounds", "2"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| o ")]
     assert len(rows) == 2 and all(line.endswith("| True |") for line in rows), rows
+
+
+def test_bf16_copy_and_prefill_bench_keep_or_widen_the_matrices(
+        make_tiny_model, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    """bench.bf16_model rounds a checkpoint to bf16; bench_prefill's +wide case widens its
+    matrices (twice the bytes), the plain case keeps them bf16."""
+    from bench import bench_prefill, bf16_model
+    from radixrt.models import dense_cpu
+    from radixrt.models.loader import safetensors_files
+
+    out = bf16_model.bf16_copy(make_tiny_model("llama"), tmp_path / "bf16")
+    assert dense_cpu.checkpoint_matrix_dtypes(safetensors_files(out)) == {"BF16"}
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert bench_prefill.main(["--model", str(out), "--tokens", "40", "--rounds", "2",
+                               "--case", "cpu:float32:auto:none+wide",
+                               "--case", "cpu:float32:auto:none"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    mib = [float(line.split(", ")[-1].split()[0]) for line in lines if line.startswith("loaded")]
+    assert len(mib) == 2 and 1.9 < mib[0] / mib[1] < 2.01  # norms stay float32 in both
+    table = [line for line in lines if line.startswith("| cpu")]
+    assert len(table) == 2 and table[0].endswith("| 1.000x |")

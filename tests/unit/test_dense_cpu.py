@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from transformers import AutoModelForCausalLM
 
 from radixrt.config import EngineConfig
-from radixrt.models import dense_cpu
+from radixrt.models import cpu_flat, dense_cpu
 from radixrt.testing.batches import batch_from_chunks
 from radixrt.testing.native import require_native
 from radixrt.worker.model_runner import ModelRunner
@@ -106,3 +106,105 @@ def test_logits_through_the_kernel_match_transformers(make_tiny_model, arch: str
         with torch.no_grad():
             ref = hf(torch.tensor([ids])).logits[0, -1].float()
         assert (logits[i] - ref).abs().max() < 2e-4
+
+
+# ------------------------------------------------------------------- bf16 checkpoints
+
+
+def test_float32_activations_times_bf16_weights_are_the_widened_weights_product() -> None:
+    g = torch.Generator().manual_seed(3)
+    for rows, k in ((1, 96), (5, 101), (17, 64)):
+        x = torch.randn(rows, k, generator=g)
+        w = torch.randn(37, k, generator=g).to(torch.bfloat16)
+        y = dense_cpu.matmul(x, w)
+        assert torch.equal(y, dense_cpu.matmul(x, w.float()))
+        assert torch.equal(dense_cpu.matmul(x, w, portable=True), y)
+    with pytest.raises(ValueError, match="float32 x bfloat16"):
+        dense_cpu.matmul(x.to(torch.bfloat16), w.float())  # bf16 x, fp32 W: not a route
+    linear = nn.Linear(96, 40, bias=True)
+    linear.weight.data = linear.weight.data.to(torch.bfloat16)
+    dense = dense_cpu.DenseLinear(linear, kernel_rows=4, batch_invariant=False)
+    x4, x9 = torch.randn(4, 96, generator=g), torch.randn(9, 96, generator=g)
+    wide = linear.weight.float()
+    assert torch.equal(dense(x4), dense_cpu.matmul(x4, wide) + linear.bias)  # the kernel
+    assert torch.equal(dense(x9), F.linear(x9, wide, linear.bias))  # torch, widened
+
+
+def test_torch_route_widens_into_one_reused_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(5)
+    a, b = (torch.randn(n, 64, generator=g).to(torch.bfloat16) for n in (48, 32))
+    x = torch.randn(3, 64, generator=g)
+    wa = dense_cpu._widened(a, torch.float32)
+    assert torch.equal(wa, a.float())
+    wb = dense_cpu._widened(b, torch.float32)  # smaller: the same buffer
+    assert torch.equal(wb, b.float()) and wb.data_ptr() == wa.data_ptr()
+    assert torch.equal(dense_cpu.torch_linear(x, a), F.linear(x, a.float()))
+    monkeypatch.setattr(dense_cpu, "SCRATCH_MAX_BYTES", 48 * 64 * 4 - 1)
+    wa2 = dense_cpu._widened(a, torch.float32)  # above the cap: a tensor of its own
+    assert torch.equal(wa2, a.float()) and wa2.data_ptr() != wb.data_ptr()
+
+
+def test_matrix_dtypes_come_from_the_headers(make_tiny_model) -> None:  # noqa: ANN001
+    from radixrt.models.loader import safetensors_files
+
+    f32 = safetensors_files(make_tiny_model("llama"))
+    bf16 = safetensors_files(make_tiny_model("llama", save_dtype="bfloat16"))
+    assert dense_cpu.checkpoint_matrix_dtypes(f32) == {"F32"}
+    assert dense_cpu.checkpoint_matrix_dtypes(bf16) == {"BF16"}
+
+
+def _runner(path: Path, **kw: object) -> ModelRunner:
+    return ModelRunner(EngineConfig(model_path=str(path), page_size=16, max_total_tokens=4096,
+                                    max_running_requests=8, attention_backend="cpu", **kw))
+
+
+def _steps(runner: ModelRunner) -> list[torch.Tensor]:
+    """A prefill of 107 rows, then decode steps of 4 rows and of 1: the logits of each."""
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, 49152, n).tolist() for n in (37, 5, 64, 1)]
+    pages = {s: list(range(13 * s, 13 * s + 13)) for s in range(4)}
+    fb = batch_from_chunks([0, 1, 2, 3], [0] * 4, seqs, pages)
+    runner._apply_updates(fb)
+    out = [runner.forward(fb)]
+    starts = [len(s) for s in seqs]
+    for _ in range(3):
+        fb = batch_from_chunks([0, 1, 2, 3], starts, [[7], [8], [9], [10]], None)
+        runner._apply_updates(fb)
+        out.append(runner.forward(fb))
+        starts = [s + 1 for s in starts]
+    fb = batch_from_chunks([2], [starts[2]], [[11]], None)
+    runner._apply_updates(fb)
+    out.append(runner.forward(fb))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_bf16_checkpoint_keeps_bf16_matrices_and_float32_results(
+        make_tiny_model, arch: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A bf16 checkpoint served in float32 stores its linear and embedding matrices as
+    published (bf16, half the bytes) and computes what the float32 copy computes, bit for
+    bit: on the kernel (decode rows, flat loop where the model allows it) and on torch's
+    route (the 107-row prefill, above the kernel's limit); and close to transformers."""
+    monkeypatch.setenv(dense_cpu.ROWS_ENV, "16")
+    path = make_tiny_model(arch, save_dtype="bfloat16")
+    kept = _runner(path)
+    model = kept.model
+    assert model.embed_tokens.weight.dtype is torch.bfloat16
+    assert model.lm_head.weight.dtype is torch.bfloat16
+    linears = [m for m in model.modules() if isinstance(m, dense_cpu.DenseLinear)]
+    assert linears and all(m.weight.dtype is torch.bfloat16 for m in linears)
+    assert model.norm.weight.dtype is torch.float32
+    monkeypatch.setenv(dense_cpu.WEIGHTS_ENV, "0")
+    wide = _runner(path)
+    assert wide.model.lm_head.weight.dtype is torch.float32
+    ours, theirs = _steps(kept), _steps(wide)
+    for a, b in zip(ours, theirs):
+        assert a.dtype is torch.float32 and torch.equal(a, b)
+    flat = cpu_flat.flat_layers(model)
+    assert (flat is not None and flat.steps == 4) == (arch == "llama")  # qwen3: q/k norm
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 49152, 37).tolist()
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0, -1].float()
+    assert (ours[0][0] - ref).abs().max() < 2e-4

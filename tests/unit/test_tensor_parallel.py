@@ -31,11 +31,14 @@ def check_parity(model: Path, tp: int, tmp_path: Path, backend: str = "torch") -
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_tp2_tiny_models_match_tp1(make_tiny_model, tmp_path: Path, arch: str) -> None:
-    """4 query heads, 2 KV heads (GQA): each rank keeps 2 query heads and 1 KV head."""
-    got = check_parity(make_tiny_model(arch), 2, tmp_path)
+@pytest.mark.parametrize("arch, saved", [("llama", "float32"), ("qwen3", "bfloat16")])
+def test_tp2_tiny_models_match_tp1(make_tiny_model, tmp_path: Path, arch: str,
+                                   saved: str) -> None:
+    """4 query heads, 2 KV heads (GQA): each rank keeps 2 query heads and 1 KV head. The
+    bf16 checkpoint keeps its matrices bf16 on each rank (float32 math)."""
+    got = check_parity(make_tiny_model(arch, save_dtype=saved), 2, tmp_path)
     assert int(got["kv_heads"]) == 1
+    assert str(got["matrix_dtype"]) == f"torch.{saved}"
 
 
 @pytest.mark.timeout(600)
