@@ -3,7 +3,7 @@ tokens (one chunk, a new request) in every case, the cases alternating round by 
 that a busy neighbour slows each alike; medians over rounds, and each case against the first.
 
 A case is backend:dtype:kv_dtype:quantization, the quantization with bench_decode's
-suffixes (+torch: float linears on torch's BLAS only; +wide: a bf16 checkpoint's matrices
+suffixes (+torch: float linears on torch's BLAS only; +wide: a 16-bit checkpoint's matrices
 widened to float32 at load; +det: --deterministic's kernels).
 
     python -m bench.bench_prefill --model DIR --tokens 512 --rounds 4 \\

@@ -122,7 +122,7 @@ def make_runner(model: str | None, backend: str, dtype: str, kv_dtype: str, quan
     tokens = batch * (context + steps + 64)
     # "int4+det": with --deterministic's kernels; "none+torch": float linears on torch's
     # BLAS only (not radixrt's dense kernel where its probe found that faster); "none+wide":
-    # a bf16 checkpoint's matrices widened to float32 at load (not kept bf16).
+    # a 16-bit checkpoint's matrices widened to float32 at load (not kept 16-bit).
     quant, _, mode = quant.partition("+")
     if mode not in ("", "det", "torch", "wide"):
         raise SystemExit(f"quantization {quant}+{mode}: the suffixes are +det, +torch, +wide")
@@ -133,7 +133,7 @@ def make_runner(model: str | None, backend: str, dtype: str, kv_dtype: str, quan
     gc.collect()
     t0 = time.perf_counter()
     with (env_set(dense_cpu.ROWS_ENV, "0" if mode == "torch" else None),
-          env_set(dense_cpu.WEIGHTS_ENV, "0" if mode == "wide" else None)):
+          env_set(dense_cpu.WEIGHTS_ENV, "1" if mode == "wide" else None)):
         runner = ModelRunner(cfg)
     load_s = time.perf_counter() - t0
     runner.attn = TimedAttention(runner.attn)  # type: ignore[assignment]

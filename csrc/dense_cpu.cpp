@@ -1,4 +1,4 @@
-// radixrt._dense_cpu: y[M, N] = x[M, K] @ W^T from float32 or bfloat16 weights with one
+// radixrt._dense_cpu: y[M, N] = x[M, K] @ W^T from float32, bfloat16 or float16 weights with one
 // summation order per output element, whatever M, the tile or the thread count: the engine's
 // --deterministic on a float checkpoint. torch's BLAS picks kernel, blocking and K split by
 // the shape, so there a row's result depends on how many rows share the call.
@@ -10,9 +10,9 @@
 // which (m, n). The portable loops follow the same order with fmaf, so they give the AVX2
 // kernel's bits (tests/unit/test_deterministic.py compares them).
 //
-// Accumulation in fp32; bf16 inputs are widened exactly, so fp32 activations times bf16 weights
-// (a bf16 checkpoint kept as published, half the bytes a decode step reads) give the bits of
-// the same activations times those weights widened to fp32. No torch headers: Python passes data
+// Accumulation in fp32; bf16 and fp16 inputs are widened exactly, so fp32 activations times
+// 16-bit weights (a checkpoint kept as published, half the bytes a decode step reads) give the
+// bits of the same activations times those weights widened to fp32. No torch headers: Python passes data
 // pointers and checks dtypes, shapes and contiguity (radixrt/models/dense_cpu.py).
 
 #include <pybind11/pybind11.h>
@@ -38,12 +38,36 @@ constexpr int kRowTile = 4;
 // Weight bytes per block that all row tiles go through before the next (stays in L2).
 constexpr int64_t kBlockBytes = 192 * 1024;
 
-inline float widen(float v) { return v; }
-inline float widen(uint16_t h) {  // bf16 -> fp32 is exact
-    const uint32_t u = static_cast<uint32_t>(h) << 16;
+// 16-bit storage types, told apart by type (both are 16 bits of a tensor).
+struct BF16 {
+    uint16_t bits;
+};
+struct F16 {
+    uint16_t bits;
+};
+static_assert(sizeof(BF16) == 2 && sizeof(F16) == 2, "16-bit storage");
+
+inline float from_bits(uint32_t u) {
     float f;
     std::memcpy(&f, &u, 4);
     return f;
+}
+
+inline float widen(float v) { return v; }
+inline float widen(BF16 h) { return from_bits(static_cast<uint32_t>(h.bits) << 16); }  // exact
+inline float widen(F16 h) {  // exact, subnormals, infinities and NaNs included
+    const uint32_t sign = static_cast<uint32_t>(h.bits & 0x8000u) << 16;
+    const uint32_t exp = (h.bits >> 10) & 0x1fu;
+    uint32_t man = h.bits & 0x3ffu;
+    if (exp == 31) return from_bits(sign | 0x7f800000u | (man << 13));
+    if (exp != 0) return from_bits(sign | ((exp + 112) << 23) | (man << 13));
+    if (man == 0) return from_bits(sign);
+    uint32_t e = 113;  // a subnormal man * 2^-24: normalise it
+    while (!(man & 0x400u)) {
+        man <<= 1;
+        --e;
+    }
+    return from_bits(sign | (e << 23) | ((man & 0x3ffu) << 13));
 }
 
 // The lanes' sum, in the order of the AVX2 hsum8 below: (0+4) + (2+6), then (1+5) + (3+7).
@@ -76,17 +100,21 @@ void rows_portable(const TX* x, int64_t M, int64_t K, const TW* w, int64_t n0, i
 // ---------------------------------------------------------------------------------- AVX2
 
 #ifdef RADIXRT_X86
-#define AVX2_TARGET __attribute__((target("avx2,fma")))
+#define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
 
-bool has_avx2() {
-    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+bool has_avx2() {  // every AVX2 CPU has F16C too; checked all the same
+    static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                           __builtin_cpu_supports("f16c");
     return ok;
 }
 
 AVX2_TARGET inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-AVX2_TARGET inline __m256 load8(const uint16_t* p) {
+AVX2_TARGET inline __m256 load8(const BF16* p) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+AVX2_TARGET inline __m256 load8(const F16* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
 AVX2_TARGET inline float hsum8(__m256 v) {
@@ -180,26 +208,36 @@ void matmul_typed(const TX* x, int64_t M, int64_t K, const TW* w, int64_t N, flo
     });
 }
 
-void matmul(uintptr_t x, int64_t M, int64_t K, uintptr_t w, int64_t N, uintptr_t y, bool x_bf16,
-            bool w_bf16, int nthreads, bool portable) {
+// Storage codes of the Python side: 0 fp32, 1 bf16, 2 fp16.
+enum Code : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+template <typename TX>
+void matmul_weights(const TX* x, int64_t M, int64_t K, uintptr_t w, int w_code, int64_t N,
+                    float* y, int nthreads, bool portable) {
+    switch (w_code) {
+        case kF32: return matmul_typed(x, M, K, reinterpret_cast<const float*>(w), N, y, nthreads, portable);
+        case kBF16: return matmul_typed(x, M, K, reinterpret_cast<const BF16*>(w), N, y, nthreads, portable);
+        case kF16: return matmul_typed(x, M, K, reinterpret_cast<const F16*>(w), N, y, nthreads, portable);
+        default: throw std::invalid_argument("dense_cpu: unknown weight code");
+    }
+}
+
+void matmul(uintptr_t x, int64_t M, int64_t K, uintptr_t w, int64_t N, uintptr_t y, int x_code,
+            int w_code, int nthreads, bool portable) {
     if (M < 0 || K <= 0 || N <= 0) {
         throw std::invalid_argument("dense_cpu: need M >= 0, K > 0 and N > 0");
     }
     if (M == 0) return;  // an empty x or y may have no storage
     if (x == 0 || w == 0 || y == 0) throw std::invalid_argument("dense_cpu: null pointer");
     float* yp = reinterpret_cast<float*>(y);
-    const auto* xb = reinterpret_cast<const uint16_t*>(x);
-    const auto* xf = reinterpret_cast<const float*>(x);
-    const auto* wb = reinterpret_cast<const uint16_t*>(w);
-    const auto* wf = reinterpret_cast<const float*>(w);
-    if (x_bf16 && w_bf16) {
-        matmul_typed(xb, M, K, wb, N, yp, nthreads, portable);
-    } else if (w_bf16) {
-        matmul_typed(xf, M, K, wb, N, yp, nthreads, portable);
-    } else if (!x_bf16) {
-        matmul_typed(xf, M, K, wf, N, yp, nthreads, portable);
+    if (x_code == kBF16 && w_code == kBF16) {
+        matmul_typed(reinterpret_cast<const BF16*>(x), M, K, reinterpret_cast<const BF16*>(w), N,
+                     yp, nthreads, portable);
+    } else if (x_code == kF32) {
+        matmul_weights(reinterpret_cast<const float*>(x), M, K, w, w_code, N, yp, nthreads,
+                       portable);
     } else {
-        throw std::invalid_argument("dense_cpu: bf16 activations need bf16 weights");
+        throw std::invalid_argument("dense_cpu: fp32 activations (any weights) or bf16 x bf16");
     }
 }
 
@@ -208,9 +246,10 @@ void matmul(uintptr_t x, int64_t M, int64_t K, uintptr_t w, int64_t N, uintptr_t
 PYBIND11_MODULE(_dense_cpu, mod) {
     mod.doc() = "Dense matmuls with one summation order per output (batch-invariant)";
     mod.def("matmul", &matmul, py::arg("x"), py::arg("M"), py::arg("K"), py::arg("w"),
-            py::arg("N"), py::arg("y"), py::arg("x_bf16"), py::arg("w_bf16"),
+            py::arg("N"), py::arg("y"), py::arg("x_code"), py::arg("w_code"),
             py::arg("nthreads") = 0, py::arg("portable") = false,
-            "y[M,N] (fp32) = x[M,K] @ W[N,K]^T, x and W fp32 or bf16 (contiguous; bf16 x "
-            "needs bf16 W); portable: the scalar loops (the same bits) instead of AVX2");
+            "y[M,N] (fp32) = x[M,K] @ W[N,K]^T (contiguous); codes 0 fp32, 1 bf16, 2 fp16: "
+            "fp32 x with any W, or bf16 x bf16; portable: the scalar loops (the same bits) "
+            "instead of AVX2");
     mod.def("has_avx2", &has_avx2, "the AVX2 kernel runs on this CPU");
 }

@@ -3,7 +3,7 @@
 Through nn.Module, every layer of a CPU step pays ~0.3 ms of Python: module dispatch, each
 kernel wrapper's input checks, a fresh output tensor per op. At the default model's 30 layers
 that is ~10 ms of a 40-55 ms decode step. When every op of a layer has a native kernel (int4 /
-int8 QuantizedLinear or DenseLinear with float32 or bfloat16 weights, the fused RMSNorm and
+int8 QuantizedLinear or DenseLinear with float32 or 16-bit weights, the fused RMSNorm and
 RoPE, the cpu attention backend) and nothing needs the general path (float32 activations, one rank, no biases, no q/k
 norm, the default linear route, for dense weights a call the dense kernel takes),
 FlatCpuLayers runs those kernels in the same order on buffers allocated once a step.
@@ -32,7 +32,7 @@ enabled = os.environ.get("RADIXRT_FLAT_CPU", "1") != "0"
 
 
 class _Linear(NamedTuple):
-    kernel: object  # radixrt._quant_cpu.gemm_q4 / gemm_q8, or dense_cpu.flat_kernel(_bf16_weights)
+    kernel: object  # radixrt._quant_cpu.gemm_q4 / gemm_q8, or one of dense_cpu.FLAT_KERNELS
     args: tuple  # the weight's pointers and N (QuantizedLinear / DenseLinear._decode_call)
     k: int
     n: int
@@ -100,8 +100,9 @@ class FlatCpuLayers:
                 return None
             if any(x.batch_invariant != invariant for x in lins):
                 return None  # one kernel path for the whole loop
-            if kind is dense_cpu.DenseLinear and any(  # float32 math on fp32 or bf16 weights
-                    x.weight.dtype not in dense_cpu.DTYPES or x.weight.dtype != first.weight.dtype
+            if kind is dense_cpu.DenseLinear and any(  # float32 math on fp32 or 16-bit weights
+                    x.weight.dtype not in dense_cpu.FLAT_KERNELS
+                    or x.weight.dtype != first.weight.dtype
                     or x.kernel_rows != first.kernel_rows for x in lins):
                 return None
             norms = (layer.input_layernorm, layer.post_attention_layernorm)

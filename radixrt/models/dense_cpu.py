@@ -11,9 +11,9 @@ One kernel, two reasons:
   row computed alone and among 40 others rounds the same; under --deterministic every call
   takes it (torch picks its kernel and its split of K by the call's shape).
 
-Float32 activations also run with bfloat16 weights: a bf16 checkpoint served in float32 keeps
-its matrices as published (bf16_storage), half the memory and half the bytes a decode step
-reads, with the results of the widened float32 weights (widening bf16 is exact; torch's route
+Float32 activations also run with 16-bit weights: a bf16 or fp16 checkpoint served in float32
+keeps its matrices as published (narrow_storage), half the memory and half the bytes a decode
+step reads, with the results of the widened float32 weights (widening is exact; torch's route
 widens them per call).
 """
 
@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -36,7 +37,10 @@ from radixrt.json_cache import read_entries, write_entry
 
 logger = logging.getLogger("radixrt")
 
-DTYPES = (torch.float32, torch.bfloat16)
+DTYPES = (torch.float32, torch.bfloat16)  # what the kernel computes in
+# How weights may be stored under float32 activations (16-bit checkpoints kept as published).
+NARROW = (torch.bfloat16, torch.float16)
+_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc/dense_cpu.cpp's
 CACHE_FILE = "dense_probe.json"
 PROBE_ROWS = (1, 4, 16, 64, 256)
 UNLIMITED = sys.maxsize  # clearly faster at every probed row count: every call
@@ -44,7 +48,8 @@ WIN, CLEAR = 0.95, 0.8  # kernel / torch time that counts as a win, and as a cle
 # RADIXRT_DENSE_ROWS=N routes calls of up to N rows through the kernel without measuring
 # (0: torch always; A/B benchmarks, debugging).
 ROWS_ENV = "RADIXRT_DENSE_ROWS"
-WEIGHTS_ENV = "RADIXRT_BF16_WEIGHTS"
+# RADIXRT_WIDEN_WEIGHTS=1: a 16-bit checkpoint run in float32 is widened at load (A/B).
+WEIGHTS_ENV = "RADIXRT_WIDEN_WEIGHTS"
 # In the probe's cache key: bump it when the kernel or its wrapper changes speed.
 PROBE_VERSION = 3
 
@@ -68,40 +73,42 @@ def _ext() -> ModuleType:
 
 
 def _kernel_dtypes_ok(x_dtype: torch.dtype, w_dtype: torch.dtype) -> bool:
-    """What the kernel multiplies: both float32, both bfloat16, or float32 x bfloat16 W."""
-    return x_dtype in DTYPES and w_dtype in DTYPES and (
-        x_dtype is w_dtype or x_dtype is torch.float32)
+    """What the kernel multiplies: both float32, both bfloat16, or float32 x 16-bit W."""
+    return x_dtype in DTYPES and (x_dtype is w_dtype or (
+        x_dtype is torch.float32 and w_dtype in NARROW))
 
 
 def matmul(x: torch.Tensor, weight: torch.Tensor, portable: bool = False) -> torch.Tensor:
     """y [M, N] float32 = x [M, K] @ weight [N, K]^T on the CPU (both float32, both bfloat16,
-    or float32 x with bfloat16 weight), accumulated in float32 in one order per output
-    (portable: the scalar loops, which give the AVX2 kernel's bits)."""
+    or float32 x with a bfloat16 or float16 weight), accumulated in float32 in one order per
+    output (portable: the scalar loops, which give the AVX2 kernel's bits)."""
     if (x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]
             or not _kernel_dtypes_ok(x.dtype, weight.dtype)
             or x.device.type != "cpu" or weight.device.type != "cpu"):
         raise ValueError(f"matmul: x [M, K] and weight [N, K] on the CPU, both float32, both "
-                         f"bfloat16 or float32 x bfloat16; got {x.dtype} {tuple(x.shape)} on "
+                         f"bfloat16 or float32 x 16-bit; got {x.dtype} {tuple(x.shape)} on "
                          f"{x.device}, {weight.dtype} {tuple(weight.shape)} on {weight.device}")
     x, weight = x.contiguous(), weight.contiguous()
     (rows, k), n = x.shape, weight.shape[0]
     y = torch.empty(rows, n, dtype=torch.float32)
     _ext().matmul(x.data_ptr(), rows, k, weight.data_ptr(), n, y.data_ptr(),
-                  x.dtype is torch.bfloat16, weight.dtype is torch.bfloat16,
-                  torch.get_num_threads(), portable)
+                  _CODES[x.dtype], _CODES[weight.dtype], torch.get_num_threads(), portable)
     return y
 
 
-def flat_kernel(x: int, rows: int, k: int, w: int, n: int, y: int, threads: int,
-                _code: int) -> None:
-    """float32 x float32 W in the signature of radixrt._quant_cpu's kernels (the flat loop's)."""
-    _ext().matmul(x, rows, k, w, n, y, False, False, threads, False)
+def _flat_kernel(w_dtype: torch.dtype) -> Callable[..., None]:
+    """float32 x W (stored as w_dtype) in the signature of radixrt._quant_cpu's kernels, the
+    flat loop's: kernel(x, M, K, w, N, y, threads, path code, unused here)."""
+    w_code = _CODES[w_dtype]
+
+    def kernel(x: int, rows: int, k: int, w: int, n: int, y: int, threads: int,
+               _path: int) -> None:
+        _ext().matmul(x, rows, k, w, n, y, 0, w_code, threads, False)
+
+    return kernel
 
 
-def flat_kernel_bf16_weights(x: int, rows: int, k: int, w: int, n: int, y: int, threads: int,
-                             _code: int) -> None:
-    """float32 x bfloat16 W, as flat_kernel."""
-    _ext().matmul(x, rows, k, w, n, y, False, True, threads, False)
+FLAT_KERNELS = {dtype: _flat_kernel(dtype) for dtype in (torch.float32, *NARROW)}
 
 
 def torch_linear(x: torch.Tensor, weight: torch.Tensor,
@@ -155,8 +162,8 @@ class DenseLinear(nn.Module):
             # weight was checked at install).
             y = torch.empty((*x.shape[:-1], self.out_features), dtype=torch.float32)
             _ext().matmul(x.data_ptr(), rows, self.in_features, w.data_ptr(),
-                          self.out_features, y.data_ptr(), x.dtype is torch.bfloat16,
-                          w.dtype is torch.bfloat16, torch.get_num_threads(), False)
+                          self.out_features, y.data_ptr(), _CODES[x.dtype], _CODES[w.dtype],
+                          torch.get_num_threads(), False)
         else:
             y = matmul(x.reshape(rows, self.in_features), w).view(*x.shape[:-1],
                                                                   self.out_features)
@@ -169,10 +176,9 @@ class DenseLinear(nn.Module):
         calls QuantizedLinear's packed kernels the same way: kernel(x, M, K, *args, y,
         threads, code)."""
         w = self.weight
-        if w.dtype not in DTYPES or w.device.type != "cpu" or not w.is_contiguous():
-            raise ValueError("the flat loop runs float32 or bfloat16 CPU weights only")
-        kernel = flat_kernel if w.dtype is torch.float32 else flat_kernel_bf16_weights
-        return w.data_ptr(), kernel, (w.data_ptr(), self.out_features)
+        if w.dtype not in FLAT_KERNELS or w.device.type != "cpu" or not w.is_contiguous():
+            raise ValueError("the flat loop runs float32 or 16-bit CPU weights only")
+        return w.data_ptr(), FLAT_KERNELS[w.dtype], (w.data_ptr(), self.out_features)
 
     def extra_repr(self) -> str:
         rows = "all" if self.batch_invariant or self.kernel_rows == UNLIMITED \
@@ -187,13 +193,17 @@ def float_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]
 
 
-def install(model: nn.Module, kernel_rows: int, batch_invariant: bool = False) -> int:
-    """Replace every CPU float32 / bfloat16 nn.Linear of `model` by a DenseLinear (same
-    parameters, no copy); returns how many. batch_invariant: every call through the kernel,
-    and any other linear is an error (it would break the promise)."""
+def install(model: nn.Module, kernel_rows: int, batch_invariant: bool = False,
+            activation_dtype: torch.dtype | None = None) -> int:
+    """Replace every CPU nn.Linear of `model` that the kernel multiplies by a DenseLinear
+    (same parameters, no copy); returns how many. activation_dtype: the model's (default:
+    each weight's own; float32 takes 16-bit weights too). batch_invariant: every call through
+    the kernel, and any other linear is an error (it would break the promise)."""
     count = 0
     for name, module in float_linears(model):
-        if module.weight.dtype not in DTYPES or module.weight.device.type != "cpu":
+        w_dtype = module.weight.dtype
+        if (not _kernel_dtypes_ok(activation_dtype or w_dtype, w_dtype)
+                or module.weight.device.type != "cpu"):
             if batch_invariant:
                 raise ValueError(f"{name}: no batch-invariant kernel for "
                                  f"{module.weight.dtype} weights on {module.weight.device}")
@@ -313,14 +323,16 @@ def checkpoint_matrix_dtypes(files: list[Path]) -> set[str]:
     return found
 
 
-def bf16_storage(model_path: str | Path, dtype: torch.dtype, device: torch.device,
-                 quantization: str) -> bool:
-    """Keep the linear and embedding matrices in bfloat16 while computing in float32: a CPU
-    float32 run of a checkpoint whose matrices are all bfloat16, with the kernel built.
-    $RADIXRT_BF16_WEIGHTS=0 widens them to float32 at load instead (A/B benchmarks)."""
-    if not (os.environ.get(WEIGHTS_ENV, "1") != "0" and device.type == "cpu"
+def narrow_storage(model_path: str | Path, dtype: torch.dtype, device: torch.device,
+                   quantization: str) -> torch.dtype | None:
+    """bfloat16 or float16 where a CPU float32 run keeps the linear and embedding matrices
+    as the checkpoint has them (all bf16, or all fp16) and the kernel is built; else None
+    (widened to dtype at load). $RADIXRT_WIDEN_WEIGHTS=1 always widens (A/B benchmarks)."""
+    if not (os.environ.get(WEIGHTS_ENV, "0") != "1" and device.type == "cpu"
             and dtype is torch.float32 and quantization == "none" and native() is not None):
-        return False
+        return None
     from radixrt.models.loader import safetensors_files
 
-    return checkpoint_matrix_dtypes(safetensors_files(Path(model_path))) == {"BF16"}
+    found = checkpoint_matrix_dtypes(safetensors_files(Path(model_path)))
+    return {frozenset({"BF16"}): torch.bfloat16,
+            frozenset({"F16"}): torch.float16}.get(frozenset(found))

@@ -49,8 +49,8 @@ def load_model(path: str | Path, dtype: torch.dtype, device: str | torch.device,
     directory with a packed checkpoint (the default model: its GGUF's own blocks) loads
     that; otherwise the safetensors weights are quantized round-to-nearest.
     tp: this rank of a tensor-parallel group; it reads only its slices of the tensors.
-    matrix_dtype: how the linear and embedding matrices are stored, where not dtype (a bf16
-    checkpoint computed in float32 on the CPU: dense_cpu.bf16_storage); the linears then
+    matrix_dtype: how the linear and embedding matrices are stored, where not dtype (a 16-bit
+    checkpoint computed in float32 on the CPU: dense_cpu.narrow_storage); the linears then
     need radixrt's dense kernel or its widening torch route (dense_cpu.install)."""
     path = Path(path)
     cfg = cfg or ModelConfig.from_dir(path)

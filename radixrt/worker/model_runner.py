@@ -101,24 +101,25 @@ class ModelRunner:
         full_cfg = model_cfg or ModelConfig.from_dir(config.model_path)
         self.model_cfg = shard_config(full_cfg, tp.size)  # this rank's heads and MLP width
         torch.manual_seed(config.seed)
-        # A bf16 checkpoint computed in float32 keeps its matrices bf16 (same results, half
-        # the bytes a decode step reads); its linears then must be DenseLinear.
-        keep_bf16 = dense_cpu.bf16_storage(config.model_path, self.dtype, self.device,
-                                           config.quantization)
+        # A 16-bit checkpoint computed in float32 keeps its matrices 16-bit (same results,
+        # half the bytes a decode step reads); its linears then must be DenseLinear.
+        narrow = dense_cpu.narrow_storage(config.model_path, self.dtype, self.device,
+                                          config.quantization)
         self.model = load_model(config.model_path, self.dtype, self.device, full_cfg,
-                                quantization=config.quantization, tp=tp,
-                                matrix_dtype=torch.bfloat16 if keep_bf16 else None)
+                                quantization=config.quantization, tp=tp, matrix_dtype=narrow)
         if config.deterministic:  # build_engine_config checked that the kernels are there
             logger.info("--deterministic: %d linears on batch-invariant kernels",
                         set_batch_invariant(self.model)
-                        + dense_cpu.install(self.model, 0, batch_invariant=True))
+                        + dense_cpu.install(self.model, 0, batch_invariant=True,
+                                            activation_dtype=self.dtype))
         elif self.device.type == "cpu" and dense_cpu.float_linears(self.model):
-            rows = dense_cpu.kernel_rows(config.model_path, self.dtype,
-                                         weight_dtype=torch.bfloat16 if keep_bf16 else None)
-            if (rows > 0 or keep_bf16) and dense_cpu.install(self.model, rows):
+            rows = dense_cpu.kernel_rows(config.model_path, self.dtype, weight_dtype=narrow)
+            if (rows > 0 or narrow) and dense_cpu.install(self.model, rows,
+                                                          activation_dtype=self.dtype):
                 logger.info("float linears%s: calls of up to %s rows through radixrt's "
                             "dense kernel (faster here; measured once, cached)",
-                            " (bf16 matrices, float32 math)" if keep_bf16 else "",
+                            f" ({str(narrow).removeprefix('torch.')} matrices, float32 math)"
+                            if narrow else "",
                             "any number of" if rows == dense_cpu.UNLIMITED else rows)
         self.kv_dtype = torch_dtype(config.kv_dtype)
         num_pages = tp.agree_min(size_kv_pool(config, self.model_cfg, self.kv_dtype,

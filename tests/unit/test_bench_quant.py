@@ -55,13 +55,13 @@ def test_ab_quant_kernels_against_its_own_build(capsys: pytest.CaptureFixture[st
 
 def test_bf16_copy_and_prefill_bench_keep_or_widen_the_matrices(
         make_tiny_model, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
-    """bench.bf16_model rounds a checkpoint to bf16; bench_prefill's +wide case widens its
+    """bench.model_16bit rounds a checkpoint to bf16; bench_prefill's +wide case widens its
     matrices (twice the bytes), the plain case keeps them bf16."""
-    from bench import bench_prefill, bf16_model
+    from bench import bench_prefill, model_16bit
     from radixrt.models import dense_cpu
     from radixrt.models.loader import safetensors_files
 
-    out = bf16_model.bf16_copy(make_tiny_model("llama"), tmp_path / "bf16")
+    out = model_16bit.copy_16bit(make_tiny_model("llama"), tmp_path / "bf16")
     assert dense_cpu.checkpoint_matrix_dtypes(safetensors_files(out)) == {"BF16"}
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert bench_prefill.main(["--model", str(out), "--tokens", "40", "--rounds", "2",

@@ -111,23 +111,39 @@ def test_logits_through_the_kernel_match_transformers(make_tiny_model, arch: str
 # ------------------------------------------------------------------- bf16 checkpoints
 
 
-def test_float32_activations_times_bf16_weights_are_the_widened_weights_product() -> None:
+@pytest.mark.parametrize("w_dtype", dense_cpu.NARROW)
+def test_float32_activations_times_16bit_weights_are_the_widened_weights_product(
+        w_dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(3)
     for rows, k in ((1, 96), (5, 101), (17, 64)):
         x = torch.randn(rows, k, generator=g)
-        w = torch.randn(37, k, generator=g).to(torch.bfloat16)
+        w = torch.randn(37, k, generator=g).to(w_dtype)
         y = dense_cpu.matmul(x, w)
         assert torch.equal(y, dense_cpu.matmul(x, w.float()))
         assert torch.equal(dense_cpu.matmul(x, w, portable=True), y)
-    with pytest.raises(ValueError, match="float32 x bfloat16"):
+    with pytest.raises(ValueError, match="float32 x 16-bit"):
         dense_cpu.matmul(x.to(torch.bfloat16), w.float())  # bf16 x, fp32 W: not a route
     linear = nn.Linear(96, 40, bias=True)
-    linear.weight.data = linear.weight.data.to(torch.bfloat16)
+    linear.weight.data = linear.weight.data.to(w_dtype)
     dense = dense_cpu.DenseLinear(linear, kernel_rows=4, batch_invariant=False)
     x4, x9 = torch.randn(4, 96, generator=g), torch.randn(9, 96, generator=g)
     wide = linear.weight.float()
     assert torch.equal(dense(x4), dense_cpu.matmul(x4, wide) + linear.bias)  # the kernel
     assert torch.equal(dense(x9), F.linear(x9, wide, linear.bias))  # torch, widened
+
+
+def test_float16_weights_widen_exactly_subnormals_included() -> None:
+    """x = the identity picks each weight alone: y must be the weight widened, in the AVX2
+    loads (F16C) and in the portable loops' software conversion alike."""
+    specials = [0.0, -0.0, 2.0 ** -24, -(2.0 ** -24), 3 * 2.0 ** -20, 1023 * 2.0 ** -24,
+                2.0 ** -14, 65504.0, -65504.0, 1.0, -1.5, 0.1, 1e-3]
+    g = torch.Generator().manual_seed(9)
+    w = torch.cat([torch.tensor(specials), torch.randn(64 - len(specials), generator=g) * 100])
+    w = w.reshape(4, 16).to(torch.float16)
+    eye = torch.eye(16)
+    for portable in (False, True):
+        y = dense_cpu.matmul(eye, w, portable=portable)
+        assert torch.equal(y, w.float().T)  # (-0.0 sums to +0.0 with the other zeros)
 
 
 def test_torch_route_widens_into_one_reused_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,8 +165,10 @@ def test_matrix_dtypes_come_from_the_headers(make_tiny_model) -> None:  # noqa: 
 
     f32 = safetensors_files(make_tiny_model("llama"))
     bf16 = safetensors_files(make_tiny_model("llama", save_dtype="bfloat16"))
+    f16 = safetensors_files(make_tiny_model("llama", save_dtype="float16"))
     assert dense_cpu.checkpoint_matrix_dtypes(f32) == {"F32"}
     assert dense_cpu.checkpoint_matrix_dtypes(bf16) == {"BF16"}
+    assert dense_cpu.checkpoint_matrix_dtypes(f16) == {"F16"}
 
 
 def _runner(path: Path, **kw: object) -> ModelRunner:
@@ -178,23 +196,25 @@ def _steps(runner: ModelRunner) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_bf16_checkpoint_keeps_bf16_matrices_and_float32_results(
-        make_tiny_model, arch: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    """A bf16 checkpoint served in float32 stores its linear and embedding matrices as
-    published (bf16, half the bytes) and computes what the float32 copy computes, bit for
-    bit: on the kernel (decode rows, flat loop where the model allows it) and on torch's
-    route (the 107-row prefill, above the kernel's limit); and close to transformers."""
+@pytest.mark.parametrize("arch, saved", [("llama", torch.bfloat16), ("qwen3", torch.bfloat16),
+                                         ("llama", torch.float16)])
+def test_16bit_checkpoint_keeps_its_matrices_and_float32_results(
+        make_tiny_model, arch: str, saved: torch.dtype,  # noqa: ANN001
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bf16 / fp16 checkpoint served in float32 stores its linear and embedding matrices as
+    published (half the bytes) and computes what the float32 copy computes, bit for bit: on
+    the kernel (decode rows, flat loop where the model allows it) and on torch's route (the
+    107-row prefill, above the kernel's limit); and close to transformers."""
     monkeypatch.setenv(dense_cpu.ROWS_ENV, "16")
-    path = make_tiny_model(arch, save_dtype="bfloat16")
+    path = make_tiny_model(arch, save_dtype=str(saved).removeprefix("torch."))
     kept = _runner(path)
     model = kept.model
-    assert model.embed_tokens.weight.dtype is torch.bfloat16
-    assert model.lm_head.weight.dtype is torch.bfloat16
+    assert model.embed_tokens.weight.dtype is saved
+    assert model.lm_head.weight.dtype is saved
     linears = [m for m in model.modules() if isinstance(m, dense_cpu.DenseLinear)]
-    assert linears and all(m.weight.dtype is torch.bfloat16 for m in linears)
+    assert linears and all(m.weight.dtype is saved for m in linears)
     assert model.norm.weight.dtype is torch.float32
-    monkeypatch.setenv(dense_cpu.WEIGHTS_ENV, "0")
+    monkeypatch.setenv(dense_cpu.WEIGHTS_ENV, "1")
     wide = _runner(path)
     assert wide.model.lm_head.weight.dtype is torch.float32
     ours, theirs = _steps(kept), _steps(wide)

@@ -111,7 +111,8 @@ def test_float_weights_do_not_depend_on_the_batch(float_runners: dict[str, Model
 
 @pytest.mark.parametrize("x_dtype, w_dtype", [(torch.float32, torch.float32),
                                               (torch.bfloat16, torch.bfloat16),
-                                              (torch.float32, torch.bfloat16)])
+                                              (torch.float32, torch.bfloat16),
+                                              (torch.float32, torch.float16)])
 def test_dense_kernel_one_order_for_every_row(x_dtype: torch.dtype,
                                               w_dtype: torch.dtype) -> None:
     """radixrt._dense_cpu against float64 and against itself: each row the same alone, in
@@ -134,7 +135,7 @@ def test_dense_kernel_one_order_for_every_row(x_dtype: torch.dtype,
             assert torch.equal(dense_cpu.matmul(x, w), y)
         finally:
             torch.set_num_threads(threads)
-    with pytest.raises(ValueError, match="both float32, both bfloat16 or float32 x bfloat16"):
+    with pytest.raises(ValueError, match="both float32, both bfloat16 or float32 x 16-bit"):
         dense_cpu.matmul(x.to(torch.bfloat16), w.float())
 
 

@@ -1,10 +1,10 @@
-"""A bfloat16 copy of a Hugging Face model directory: every floating tensor of its safetensors
-rounded to bf16, the other files copied. Most checkpoints are published this way (the default
-model's own upstream release is bf16); radixrt's directory of it is float32 (widened from the
-GGUF). For benchmarks of the bf16-checkpoint paths.
+"""A bfloat16 (or float16) copy of a Hugging Face model directory: every floating tensor of its
+safetensors rounded, the other files copied. Most checkpoints are published in bf16 (the
+default model's own upstream release too), some in fp16; radixrt's directory of the default
+model is float32 (widened from the GGUF). For benchmarks of the 16-bit-checkpoint paths.
 
-    python -m bench.bf16_model OUT_DIR [--model DIR]   # default: radixrt's default model
-    python -m bench.bf16_model OUT_DIR --random-llama-1b   # Llama-3.2-1B's shape, random
+    python -m bench.model_16bit OUT_DIR [--model DIR] [--dtype float16]   # default model
+    python -m bench.model_16bit OUT_DIR --random-llama-1b   # Llama-3.2-1B's shape, random
 
 --random-llama-1b writes a random-weight model of Llama 3.2 1B's shape (1.24 B parameters,
 hidden 2048, 16 layers, GQA 32/8, vocab 128256, tied) with transformers, 2.5 GB, ~1 min.
@@ -21,18 +21,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def bf16_copy(src: Path, out: Path) -> Path:
+def copy_16bit(src: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
         if f.is_file() and f.suffix == ".safetensors":
-            tensors = {k: v.to(torch.bfloat16) if v.is_floating_point() else v
+            tensors = {k: v.to(dtype) if v.is_floating_point() else v
                        for k, v in load_file(str(f)).items()}
             save_file(tensors, str(out / f.name), metadata={"format": "pt"})
-            print(f"{f.name}: {len(tensors)} tensors -> bfloat16", flush=True)
+            print(f"{f.name}: {len(tensors)} tensors -> {dtype}", flush=True)
         elif f.is_file() and not f.name.startswith("."):
             shutil.copy2(f, out / f.name)
     cfg = json.loads((out / "config.json").read_text())
-    cfg["torch_dtype"] = cfg["dtype"] = "bfloat16"
+    cfg["torch_dtype"] = cfg["dtype"] = str(dtype).removeprefix("torch.")
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return out
 
@@ -58,10 +58,11 @@ def random_llama_1b(out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.bf16_model", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench.model_16bit", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
     ap.add_argument("--model", type=Path, default=None, help="source dir (default: radixrt's)")
+    ap.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16")
     ap.add_argument("--random-llama-1b", action="store_true",
                     help="a random-weight model of Llama 3.2 1B's shape instead")
     args = ap.parse_args(argv)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         from radixrt.default_model import default_model_dir
 
         args.model = default_model_dir()
-    print(bf16_copy(args.model, args.out))
+    print(copy_16bit(args.model, args.out, getattr(torch, args.dtype)))
     return 0
 
 
