@@ -12,8 +12,8 @@
 //
 // Accumulation in fp32; bf16 and fp16 inputs are widened exactly, so fp32 activations times
 // 16-bit weights (a checkpoint kept as published, half the bytes a decode step reads) give the
-// bits of the same activations times those weights widened to fp32. No torch headers: Python passes data
-// pointers and checks dtypes, shapes and contiguity (radixrt/models/dense_cpu.py).
+// bits of the same activations times those weights widened to fp32. No torch headers: Python
+// passes data pointers and checks dtypes, shapes and contiguity (radixrt/models/dense_cpu.py).
 
 #include <pybind11/pybind11.h>
 
@@ -215,10 +215,17 @@ template <typename TX>
 void matmul_weights(const TX* x, int64_t M, int64_t K, uintptr_t w, int w_code, int64_t N,
                     float* y, int nthreads, bool portable) {
     switch (w_code) {
-        case kF32: return matmul_typed(x, M, K, reinterpret_cast<const float*>(w), N, y, nthreads, portable);
-        case kBF16: return matmul_typed(x, M, K, reinterpret_cast<const BF16*>(w), N, y, nthreads, portable);
-        case kF16: return matmul_typed(x, M, K, reinterpret_cast<const F16*>(w), N, y, nthreads, portable);
-        default: throw std::invalid_argument("dense_cpu: unknown weight code");
+        case kF32:
+            return matmul_typed(x, M, K, reinterpret_cast<const float*>(w), N, y, nthreads,
+                                portable);
+        case kBF16:
+            return matmul_typed(x, M, K, reinterpret_cast<const BF16*>(w), N, y, nthreads,
+                                portable);
+        case kF16:
+            return matmul_typed(x, M, K, reinterpret_cast<const F16*>(w), N, y, nthreads,
+                                portable);
+        default:
+            throw std::invalid_argument("dense_cpu: unknown weight code");
     }
 }
 
