@@ -1,14 +1,15 @@
 """The decoder layers' CPU forward pass as one flat loop of native calls.
 
 Through nn.Module, every layer of a CPU step pays ~0.3 ms of Python: module dispatch, each
-kernel wrapper's input checks, a fresh output tensor per op. At the default model's 30 layers
-that is ~10 ms of a 40-55 ms decode step. When every op of a layer has a native kernel (int4 / int8 QuantizedLinear or DenseLinear with
-float32 or 16-bit weights, the fused RMSNorm and RoPE, the cpu attention backend) and nothing
-needs the general path (float32 activations, one rank, no biases, no q/k norm, the default
-linear route, for dense weights a call the dense kernel takes), FlatCpuLayers runs those
-kernels in the same order on buffers allocated once a step. The arithmetic is the module
-path's, bit for bit (tests/unit/test_cpu_flat.py compares logits with torch.equal); the module
-path stays the reference and the route for everything else.
+kernel wrapper's input checks, a fresh output tensor per op. At the default model's 30
+layers that is ~10 ms of a 40-55 ms decode step. When every op of a layer has a native
+kernel (int4 / int8 QuantizedLinear or DenseLinear with float32 or 16-bit weights, the fused
+RMSNorm and RoPE, the cpu attention backend) and nothing needs the general path (float32
+activations, one rank, no biases, no q/k norm, the default linear route, for dense weights a
+call the dense kernel takes), FlatCpuLayers runs those kernels in the same order on buffers
+allocated once a step. The arithmetic is the module path's, bit for bit
+(tests/unit/test_cpu_flat.py compares logits with torch.equal); the module path stays the
+reference and the route for everything else.
 """
 
 from __future__ import annotations
