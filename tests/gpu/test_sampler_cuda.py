@@ -22,9 +22,11 @@ def test_truncation_on_cuda_matches_the_cpu_and_never_syncs() -> None:
         [6.0, 1.5, 0.05, 6.0, 1.5, 6.0])[:, None], dim=-1)
     args = ([0, 50, 0, 0, 0, 200], [0.9, 0.9, 0.95, 1.0, 0.8, 0.7], [0.0, 0.0, 0.0, 0.05, 0.0, 0.0])
     want = truncate_rows(x.clone(), *args)
+    on_dev = x.to(DEV)  # a pageable upload waits for the device: before the check
+    torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # a host read of a CUDA tensor raises
     try:
-        got = truncate_rows(x.to(DEV), *args)
+        got = truncate_rows(on_dev, *args)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(got.cpu() > 0, want > 0)
