@@ -677,7 +677,7 @@ class Bench:
         batches = sorted({1, max(a.decode_batches)})
         rows = []
         try:
-            for kernel in ("fa2", "fa3", "cuda-cores"):
+            for kernel in a.decode_kernels:
                 row: dict[str, Any] = {"kernel": kernel}
                 try:
                     r.attn = FlashInferAttentionBackend(r.pool, r.model_cfg, r.config,
@@ -1082,6 +1082,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--overlap-rounds", type=int, default=1, help="rounds per mode")
     ap.add_argument("--sections", type=lambda v: v.split(","), default=None,
                     help="run only these sections (comma-separated; weights and load always)")
+    ap.add_argument("--decode-kernels", type=lambda v: v.split(","),
+                    default=["fa2", "xqa", "cuda-cores", "fa3"],
+                    help="the decode_kernels section's FlashInfer decode kernels, in order")
     ap.add_argument("--no-graphs", action="store_true")
     ap.add_argument("--torch-attention", action="store_true")
     ap.add_argument("--out-json")

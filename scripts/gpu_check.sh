@@ -15,7 +15,8 @@
 #      written as docs/gpu/<card>_results.json (and $OUT/<card>_results.json)
 # Writes to $OUT (or .gpu_cache/out): gpu_results.json, gpu_summary.md, pytest.log, bench.log,
 # jit.log, check.log. Whole run: GPU_CHECK_BUDGET_S (default 470 s, under 8 minutes).
-# GPU_BENCH_ARGS: extra benchmark arguments (e.g. "--sections decode,overlap" for a short rerun).
+# GPU_BENCH_ARGS: extra benchmark arguments (e.g. "--decode-kernels fa2,xqa" for a short rerun).
+# GPU_TESTS: the tests to run (default tests/gpu).
 # GPU_BENCH_SECTIONS: the sections a run takes (default: the targets' numbers, the A/Bs of
 # what is new since the last lease, the profile; "all": every section, time permitting).
 # GPU_CHECK_DRY_RUN=1: the plumbing only, on a CPU: no bundle, JIT or GPU tests; a tiny model
@@ -141,9 +142,15 @@ RADIXRT_FLASHINFER_PREFILL_BACKEND=fa3 RADIXRT_FLASHINFER_DECODE_KERNEL=fa3 time
 import warmup_kernels as w; import time; t=time.time(); w(32, 8, 128, which='both'); \
 print('jit fa3 prefill + decode: %.1f s' % (time.time()-t))" > "$CACHE/jit_fa3.log" 2>&1 &
 fa3_pid=$!
+# xqa (TensorRT-LLM's decode kernel in FlashInfer) at the 8B head shape: decode_kernels times it.
+RADIXRT_FLASHINFER_DECODE_KERNEL=xqa timeout 240 $PY -c "from radixrt.attention.flashinfer_backend \
+import warmup_kernels as w; import time; t=time.time(); w(32, 8, 128, which='decode'); \
+print('jit xqa decode 128: %.1f s' % (time.time()-t))" > "$CACHE/jit_xqa.log" 2>&1 &
+xqa_pid=$!
 jit_rc=0
 for p in "${pids[@]}"; do wait "$p" || jit_rc=1; done
 wait $fa3_pid || log "fa3 prefill JIT failed (the benchmark's fa3 section will say why)"
+wait $xqa_pid || { log "xqa decode JIT failed:"; tail -5 "$CACHE/jit_xqa.log"; }
 JIT_S=$(( $(date +%s) - jit0 ))
 cat "$CACHE"/jit_*.log > "$RES/jit.log"
 grep -h "^jit \|^{" "$CACHE"/jit_*.log
@@ -155,8 +162,10 @@ if [ "${GPU_CHECK_STEPS:-all}" = jit ]; then log "done (GPU_CHECK_STEPS=jit)"; e
 left=$(( BUDGET - $(elapsed) ))
 tbudget=$(( left < TEST_BUDGET ? left : TEST_BUDGET ))
 TP_TESTS=tests/gpu/test_tensor_parallel_gpu.py
-timeout "$tbudget" $PY -m pytest tests/gpu -q -rs -p no:cacheprovider --ignore="$TP_TESTS" \
-  > "$RES/pytest.log" 2>&1
+# GPU_TESTS: the test files or node ids to run instead of all of tests/gpu (a short rerun).
+# shellcheck disable=SC2086  # a word list
+timeout "$tbudget" $PY -m pytest ${GPU_TESTS:-tests/gpu} -q -rs -p no:cacheprovider \
+  --ignore="$TP_TESTS" > "$RES/pytest.log" 2>&1
 TEST_RC=$?
 tail -25 "$RES/pytest.log"
 TESTS=$(grep -E "passed|failed|error|skipped" "$RES/pytest.log" | tail -1)

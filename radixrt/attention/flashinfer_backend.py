@@ -39,10 +39,16 @@ PREFILL_BACKEND_ENV = "RADIXRT_FLASHINFER_PREFILL_BACKEND"
 DEFAULT_PREFILL_BACKEND = "fa2"
 # The kernel of decode-only steps. auto: tensor cores (fa2) where a KV head serves >= 4 query
 # heads, else the CUDA-core decode kernel. fa3 runs tensor-core decode through the Hopper
-# kernels. Which is fastest depends on card, batch and GQA group: bench/gpu_bench.py's
-# decode_kernels section times them all in one run.
+# kernels. xqa is TensorRT-LLM's decode kernel as FlashInfer ships it (SM90 and newer): no
+# plan, it reads the page table and sequence lengths the metadata already holds. Which is
+# fastest depends on card, batch and GQA group: bench/gpu_bench.py's decode_kernels section
+# times them all in one run.
 DECODE_KERNEL_ENV = "RADIXRT_FLASHINFER_DECODE_KERNEL"
-DECODE_KERNELS = ("auto", "fa2", "fa3", "cuda-cores")
+DECODE_KERNELS = ("auto", "fa2", "fa3", "cuda-cores", "xqa")
+# xqa's workspace: FlashInfer reserves its first 8 MiB for the semaphores of multi-block
+# decode (zero at rest); the rest holds the split rows' partial results, a few MiB at most.
+XQA_WORKSPACE_BYTES = 40 * 1024 * 1024
+XQA_PAGE_SIZES = (16, 32, 64, 128)
 
 
 def import_flashinfer() -> ModuleType:
@@ -70,6 +76,8 @@ def decode_wrapper_kwargs(kernel: str, num_qo_heads: int, num_kv_heads: int
                          f"choose one of {', '.join(DECODE_KERNELS)}")
     if kernel == "auto":
         kernel = "fa2" if use_tensor_cores(num_qo_heads, num_kv_heads) else "cuda-cores"
+    if kernel == "xqa":  # decode-only steps bypass the wrapper (xqa has no plan)
+        kernel = "fa2"
     if kernel == "cuda-cores":
         return {"use_tensor_cores": False}
     return {"use_tensor_cores": True, "backend": kernel}
@@ -132,6 +140,15 @@ class FlashInferAttentionBackend(AttentionBackend):
         self.decode_kernel = decode_kernel or os.environ.get(DECODE_KERNEL_ENV, "auto")
         self.decode_kwargs = decode_wrapper_kwargs(self.decode_kernel, self.num_qo_heads,
                                                    self.num_kv_heads)
+        self.xqa = self.decode_kernel == "xqa"
+        if self.xqa:
+            check_xqa(pool.device, self.page_size, self.head_dim)
+            self.xqa_workspace = torch.zeros(XQA_WORKSPACE_BYTES, dtype=torch.uint8,
+                                             device=pool.device)
+        # xqa's inputs this step: the page table and sequence lengths (graph mode: the fixed
+        # buffers the captured kernels read).
+        self._xqa_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._xqa_bufs: tuple[torch.Tensor, torch.Tensor] | None = None
         # FlashInfer wants the workspace zeroed before its first use.
         self.workspace = (workspace if workspace is not None else
                           torch.zeros(WORKSPACE_BYTES, dtype=torch.uint8, device=pool.device))
@@ -154,6 +171,12 @@ class FlashInferAttentionBackend(AttentionBackend):
 
     def init_capture(self, max_batch_size: int, max_pages_per_req: int) -> None:
         dev, B = self.pool.device, max_batch_size
+        if self.xqa:
+            self._xqa_bufs = (
+                torch.full((B, max_pages_per_req), self.pool.scratch_page, dtype=torch.int32,
+                           device=dev),  # page table
+                torch.ones(B, dtype=torch.int32, device=dev))  # sequence lengths
+            return
         self._graph_bufs = (
             torch.arange(B + 1, dtype=torch.int32, device=dev),  # kv_indptr
             torch.full((B * max_pages_per_req,), self.pool.scratch_page, dtype=torch.int32,
@@ -178,6 +201,15 @@ class FlashInferAttentionBackend(AttentionBackend):
         """Plan into the fixed buffers of the wrapper of size meta.batch_size, which the
         captured kernels read."""
         self.meta = meta
+        if self.xqa:
+            assert self._xqa_bufs is not None, "init_capture() must run first"
+            table, lens = self._xqa_bufs
+            bs, w = meta.page_table.shape
+            table[:bs, :w].copy_(meta.page_table, non_blocking=True)
+            lens[:bs].copy_(meta.seq_lens, non_blocking=True)
+            self._xqa_inputs = (table[:bs], lens[:bs])
+            self._wrapper = None
+            return
         inputs = build_paged_kv_inputs(meta)
         wrapper = self._graph_wrapper(meta.batch_size)
         wrapper.plan(inputs.kv_indptr, inputs.kv_indices, inputs.kv_last_page_len,
@@ -190,6 +222,10 @@ class FlashInferAttentionBackend(AttentionBackend):
 
     def plan(self, meta: AttentionMetadata) -> None:
         self.meta = meta
+        if meta.is_decode and self.xqa:
+            self._xqa_inputs = (meta.page_table.contiguous(), meta.seq_lens.contiguous())
+            self._wrapper = None
+            return
         inputs = build_paged_kv_inputs(meta)
         if meta.is_decode:
             self.decode_wrapper.plan(
@@ -228,9 +264,29 @@ class FlashInferAttentionBackend(AttentionBackend):
 
     def _attend(self, q: torch.Tensor, layer_id: int) -> torch.Tensor:
         kv = (self.pool.k_pages(layer_id), self.pool.v_pages(layer_id))
+        if self._wrapper is None:  # xqa
+            assert self._xqa_inputs is not None
+            table, lens = self._xqa_inputs
+            # xqa reads q as dense [B, heads, head_dim] rows; the page table's width times
+            # the page size is the longest sequence it allows.
+            return self.fi.decode.xqa_batch_decode_with_kv_cache(
+                q.to(self.dtype).contiguous(), kv, self.xqa_workspace, table, lens,
+                table.shape[1] * self.page_size, bmm1_scale=self.sm_scale, bmm2_scale=1.0)
         # q may be a view into the qkv projection's output (rows strided): the paged kernels
         # take q's strides (FlashInfer PR #553), so no copy.
         return self._wrapper.run(q.to(self.dtype), kv)
+
+
+def check_xqa(device: torch.device, page_size: int, head_dim: int) -> None:
+    """xqa's limits (FlashInfer's gen_xqa_module), said before a step finds them."""
+    if page_size not in XQA_PAGE_SIZES:
+        raise ValueError(f"the xqa decode kernel takes page sizes {XQA_PAGE_SIZES}, "
+                         f"not {page_size}")
+    if head_dim % 16 or not 16 <= head_dim <= 256:
+        raise ValueError(f"the xqa decode kernel takes head_dim 16..256 in steps of 16, "
+                         f"not {head_dim}")
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
+        raise ValueError("the xqa decode kernel needs an SM90 (Hopper) or newer GPU")
 
 
 def warmup_kernels(num_qo_heads: int, num_kv_heads: int, head_dim: int,

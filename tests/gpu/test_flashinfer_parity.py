@@ -133,7 +133,7 @@ def test_tiny_models(make_tiny_model, name: str, page_size: int) -> None:
     run_scenario(path, page_size, vocab=49152)
 
 
-@pytest.mark.parametrize("kernel", ["fa2", "fa3", "cuda-cores"])
+@pytest.mark.parametrize("kernel", ["fa2", "fa3", "cuda-cores", "xqa"])
 def test_each_decode_kernel(make_tiny_model, monkeypatch: pytest.MonkeyPatch,
                             kernel: str) -> None:
     """Every FlashInfer decode kernel the server can be told to use (DECODE_KERNEL_ENV), eager

@@ -270,20 +270,49 @@ class _FakePrefill(_FakeWrapper):
                    head_dim_qk, page_size, kw)
 
 
+def _fake_xqa(query: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
+              workspace_buffer: torch.Tensor, block_tables: torch.Tensor,
+              seq_lens: torch.Tensor, max_seq_len: int, bmm1_scale: float = 1.0,
+              bmm2_scale: float = 1.0) -> torch.Tensor:
+    """flashinfer.decode.xqa_batch_decode_with_kv_cache as documented: one query row per
+    request, request i reads its first seq_lens[i] tokens through block_tables[i] (a dense
+    [B, max_pages] int32 table whose width times the page size bounds the sequence)."""
+    k_pages, v_pages = kv_cache
+    B, hq, d = query.shape
+    ps, hkv = k_pages.shape[1], k_pages.shape[2]
+    assert query.is_contiguous() and k_pages.shape[1:] == (ps, hkv, d)
+    assert workspace_buffer.dtype == torch.uint8 and workspace_buffer.numel() > 8 << 20
+    assert block_tables.dtype == torch.int32 and block_tables.is_contiguous()
+    assert block_tables.shape[0] == B and seq_lens.shape == (B,)
+    assert seq_lens.dtype == torch.int32 and seq_lens.is_contiguous()
+    lens = seq_lens.tolist()
+    assert max(lens) <= block_tables.shape[1] * ps
+    _FakeWrapper.log.append(("xqa", {"bmm1_scale": bmm1_scale, "bmm2_scale": bmm2_scale}))
+    out = torch.empty(query.shape, dtype=torch.float32)
+    for i, L in enumerate(lens):
+        pages = block_tables[i, : -(-L // ps)].long()
+        k = k_pages[pages].reshape(-1, hkv, d)[:L].float().repeat_interleave(hq // hkv, 1)
+        v = v_pages[pages].reshape(-1, hkv, d)[:L].float().repeat_interleave(hq // hkv, 1)
+        scores = torch.einsum("hd,lhd->hl", query[i].float(), k) * bmm1_scale
+        out[i] = torch.einsum("hl,lhd->hd", scores.softmax(-1), v) * bmm2_scale
+    return out.to(query.dtype)
+
+
 @pytest.fixture
 def fake_flashinfer(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     mod = types.ModuleType("flashinfer")
     mod.BatchDecodeWithPagedKVCacheWrapper = _FakeDecode  # type: ignore[attr-defined]
     mod.BatchPrefillWithPagedKVCacheWrapper = _FakePrefill  # type: ignore[attr-defined]
+    mod.decode = SimpleNamespace(xqa_batch_decode_with_kv_cache=_fake_xqa)  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "flashinfer", mod)
     _FakeWrapper.log = []
     return mod
 
 
-@pytest.mark.parametrize("ps", [1, 16])
+@pytest.mark.parametrize(("ps", "kernel"), [(1, "auto"), (16, "auto"), (16, "xqa")])
 @pytest.mark.parametrize("heads", [(4, 2), (8, 2)])
 def test_backend_matches_torch_backend(fake_flashinfer: types.ModuleType, ps: int,
-                                       heads: tuple[int, int]) -> None:
+                                       kernel: str, heads: tuple[int, int]) -> None:
     from radixrt.attention.flashinfer_backend import FlashInferAttentionBackend
 
     hq, hkv = heads
@@ -299,27 +328,32 @@ def test_backend_matches_torch_backend(fake_flashinfer: types.ModuleType, ps: in
             for p in pools:
                 getattr(p, cache)[layer].copy_(init)
     cfg = SimpleNamespace(num_heads=hq)
-    fi = FlashInferAttentionBackend(pools[0], cfg, None)  # type: ignore[arg-type]
+    fi = FlashInferAttentionBackend(pools[0], cfg, None, decode_kernel=kernel)  # type: ignore[arg-type]
     ref = TorchAttentionBackend(pools[1], num_heads=hq, head_dim=D)
-    assert fi.decode_wrapper.kw["use_tensor_cores"] == (hq // hkv >= 4)
-    assert fi.decode_wrapper.kw["backend"] == ("fa2" if hq // hkv >= 4 else "auto")
+    if kernel == "auto":
+        assert fi.decode_wrapper.kw["use_tensor_cores"] == (hq // hkv >= 4)
+        assert fi.decode_wrapper.kw["backend"] == ("fa2" if hq // hkv >= 4 else "auto")
     for trial in range(6):
         batch, table = random_batch(rng, ps, max_pages, n_slots, decode=trial % 2 == 0)
         meta = runner_metadata(batch, table, ps)
         T = int(batch.num_new.sum())
         fi.plan(meta)
         ref.plan(meta)
-        kind, kw = _FakeWrapper.log[-1]
-        assert kind == ("decode" if meta.is_decode else "prefill")
-        assert kw["sm_scale"] == D**-0.5 and kw["q_data_type"] == dtype
-        if kind == "prefill":
-            assert kw["causal"] is True
+        xqa = kernel == "xqa" and meta.is_decode
+        if not xqa:
+            kind, kw = _FakeWrapper.log[-1]
+            assert kind == ("decode" if meta.is_decode else "prefill")
+            assert kw["sm_scale"] == D**-0.5 and kw["q_data_type"] == dtype
+            if kind == "prefill":
+                assert kw["causal"] is True
         for layer in range(2):
             q = torch.randn(T, hq, D, dtype=dtype)
             k, v = torch.randn(T, hkv, D, dtype=dtype), torch.randn(T, hkv, D, dtype=dtype)
             got = fi.forward(q, k, v, layer)
             expect = ref.forward(q, k, v, layer)
             torch.testing.assert_close(got.float(), expect.float(), atol=2e-2, rtol=2e-2)
+            if xqa:  # decode-only steps went through xqa, at the softmax scale
+                assert _FakeWrapper.log[-1] == ("xqa", {"bmm1_scale": D**-0.5, "bmm2_scale": 1.0})
     for layer in range(2):  # both wrote the same new KV at the same slots
         assert torch.equal(pools[0].k_cache[layer], pools[1].k_cache[layer])
         assert torch.equal(pools[0].v_cache[layer], pools[1].v_cache[layer])
@@ -395,8 +429,20 @@ def test_unknown_decode_kernel_is_refused_with_the_choices(
 
     pool = KVPool(KVPoolShape(1, 8, 16, 2, 8), torch.bfloat16, "cpu")
     monkeypatch.setenv(DECODE_KERNEL_ENV, "fa4")
-    with pytest.raises(ValueError, match="fa4.*auto, fa2, fa3, cuda-cores"):
+    with pytest.raises(ValueError, match="fa4.*auto, fa2, fa3, cuda-cores, xqa"):
         FlashInferAttentionBackend(pool, SimpleNamespace(num_heads=8), None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("page_size", "head_dim", "says"), [
+    (1, 64, "page sizes"), (8, 64, "page sizes"), (16, 72, "head_dim"), (16, 512, "head_dim")])
+def test_xqa_refuses_shapes_it_cannot_run(fake_flashinfer: types.ModuleType, page_size: int,
+                                          head_dim: int, says: str) -> None:
+    from radixrt.attention.flashinfer_backend import FlashInferAttentionBackend
+
+    pool = KVPool(KVPoolShape(1, 8, page_size, 2, head_dim), torch.bfloat16, "cpu")
+    with pytest.raises(ValueError, match=f"xqa.*{says}"):
+        FlashInferAttentionBackend(pool, SimpleNamespace(num_heads=8), None,  # type: ignore[arg-type]
+                                   decode_kernel="xqa")
 
 
 # ----------------------------------------------------------------------------- CUDA-graph helpers
@@ -464,20 +510,26 @@ def eager_record(fn: Any) -> tuple[EagerGraph, torch.Tensor]:
     return EagerGraph(fn, out), out
 
 
-@pytest.mark.parametrize("backend", ["flashinfer", "torch", "cpu"])
+@pytest.mark.parametrize("backend", ["flashinfer", "flashinfer-xqa", "torch", "cpu"])
 def test_graph_runner_replays_padded_batches(backend: str, make_tiny_model: Any,
-                                             request: pytest.FixtureRequest) -> None:
+                                             request: pytest.FixtureRequest,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The model runner's one graph runner, through each backend's graph hooks, on the CPU:
     padding to captured sizes, static buffers reused, logits equal to the eager torch path."""
+    from radixrt.attention.flashinfer_backend import DECODE_KERNEL_ENV
     from radixrt.config import EngineConfig
     from radixrt.ipc.messages import NewSlot
     from radixrt.sampling_params import SamplingParams
 
-    if backend == "flashinfer":
-        request.getfixturevalue("fake_flashinfer")
     ps = 4
+    if backend.startswith("flashinfer"):
+        request.getfixturevalue("fake_flashinfer")
+    if backend == "flashinfer-xqa":  # xqa's graphs read fixed page-table buffers
+        monkeypatch.setenv(DECODE_KERNEL_ENV, "xqa")
+        backend, ps = "flashinfer", 16
     cfg = EngineConfig(model_path=str(make_tiny_model("llama")), dtype="bfloat16", page_size=ps,
-                       max_total_tokens=1024, max_running_requests=8, cuda_graph_max_bs=8)
+                       max_total_tokens=max(1024, 160 * ps),  # page ids up to 149 below
+                       max_running_requests=8, cuda_graph_max_bs=8)
     ref = ModelRunner(cfg)
     gr = ModelRunner(cfg.replace(attention_backend=backend))
     assert ref.graphs is None and gr.graphs is None  # no CUDA here
@@ -529,6 +581,8 @@ def test_graph_runner_replays_padded_batches(backend: str, make_tiny_model: Any,
     assert static == [t.data_ptr() for t in (graphs.input_ids, graphs.positions,
                                              graphs.out_slots)]
     assert outputs == {bs: graphs.outputs[bs].data_ptr() for bs in graphs.batch_sizes}
+    if os.environ.get(DECODE_KERNEL_ENV) == "xqa":  # the graphs' decode ran through xqa
+        assert any(kind == "xqa" for kind, _ in _FakeWrapper.log)
     # The padding rows wrote only the scratch page's first slot.
     scratch = gr.pool.scratch_page * ps
     assert torch.equal(gr.pool.k_cache[0][scratch + 1 : scratch + ps],
