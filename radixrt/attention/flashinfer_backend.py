@@ -23,6 +23,7 @@ import torch
 
 from radixrt.attention import rope_kv_cuda
 from radixrt.attention.base import AttentionBackend, AttentionMetadata, Rope, build_metadata
+from radixrt.attention.staging import PinnedHostArrays
 
 if TYPE_CHECKING:
     from radixrt.config import EngineConfig
@@ -96,21 +97,21 @@ class PagedKVInputs(NamedTuple):
     kv_last_page_len: torch.Tensor  # [B]: valid slots of the last page, 1..page_size
 
 
-def build_paged_kv_inputs(meta: AttentionMetadata) -> PagedKVInputs:
+def build_paged_kv_inputs(meta: AttentionMetadata, host: PinnedHostArrays | None = None
+                          ) -> PagedKVInputs:
     """FlashInfer's CSR page lists of a batch: the ones the metadata carries (built on the host
     with the step's inputs, kv_indices in the step's one upload), as tensors. Request i reads
-    page_table[i, :ceil(seq_len_i / page_size)]."""
+    page_table[i, :ceil(seq_len_i / page_size)]. host: where the host arrays go (pinned on
+    CUDA); default plain tensors over them."""
     if meta.kv_indptr_host is None or meta.kv_indices is None or (
             meta.kv_last_page_len_host is None):
         raise ValueError("metadata built without page lists (page_lists=False)")
     qo_indptr = np.zeros(meta.batch_size + 1, dtype=np.int32)
     np.cumsum(meta.num_new_host, out=qo_indptr[1:])
-    return PagedKVInputs(
-        qo_indptr=torch.from_numpy(qo_indptr),
-        kv_indptr=torch.from_numpy(meta.kv_indptr_host),
-        kv_indices=meta.kv_indices,
-        kv_last_page_len=torch.from_numpy(meta.kv_last_page_len_host),
-    )
+    qo, kv, last = (host or PinnedHostArrays("cpu")).views(
+        [qo_indptr, meta.kv_indptr_host, meta.kv_last_page_len_host])
+    return PagedKVInputs(qo_indptr=qo, kv_indptr=kv, kv_indices=meta.kv_indices,
+                         kv_last_page_len=last)
 
 
 class FlashInferAttentionBackend(AttentionBackend):
@@ -155,11 +156,21 @@ class FlashInferAttentionBackend(AttentionBackend):
         backend = prefill_backend or os.environ.get(PREFILL_BACKEND_ENV, DEFAULT_PREFILL_BACKEND)
         self.decode_wrapper = self.fi.BatchDecodeWithPagedKVCacheWrapper(
             self.workspace, "NHD", **self.decode_kwargs)
+        # Tensor-core decode is FlashInfer's prefill kernel over one-token queries; eagerly it
+        # runs through a prefill wrapper, which takes our (pinned) query offsets where the
+        # decode wrapper would upload its own from pageable memory (a wait for the stream).
+        self.decode_tc_wrapper = (
+            self.fi.BatchPrefillWithPagedKVCacheWrapper(
+                self.workspace, "NHD", backend=self.decode_kwargs["backend"])
+            if self.decode_kwargs["use_tensor_cores"] else None)
         self.prefill_wrapper = self.fi.BatchPrefillWithPagedKVCacheWrapper(
             self.workspace, "NHD", backend=backend)
         # RoPE and the K/V write as one kernel, where it checks out on this device.
         self.rope_kv = rope_kv_cuda.check(pool.device, pool.dtype, self.num_qo_heads,
                                           self.num_kv_heads, self.head_dim)
+        # The plan's host arrays (FlashInfer copies them to the device itself): pinned, so
+        # planning step N+1 does not wait for step N (see PinnedHostArrays).
+        self.host = PinnedHostArrays(pool.device)
         self.meta: AttentionMetadata | None = None
         self._wrapper: Any = None
         # Graph mode (init_capture): one decode wrapper per captured size over fixed buffers.
@@ -210,11 +221,12 @@ class FlashInferAttentionBackend(AttentionBackend):
             self._xqa_inputs = (table[:bs], lens[:bs])
             self._wrapper = None
             return
-        inputs = build_paged_kv_inputs(meta)
+        inputs = build_paged_kv_inputs(meta, self.host)
         wrapper = self._graph_wrapper(meta.batch_size)
         wrapper.plan(inputs.kv_indptr, inputs.kv_indices, inputs.kv_last_page_len,
                      self.num_qo_heads, self.num_kv_heads, self.head_dim, meta.page_size,
                      **self.plan_kwargs())
+        self.host.fence()
         self._wrapper = wrapper
 
     def plan_kwargs(self) -> dict[str, Any]:
@@ -226,8 +238,14 @@ class FlashInferAttentionBackend(AttentionBackend):
             self._xqa_inputs = (meta.page_table.contiguous(), meta.seq_lens.contiguous())
             self._wrapper = None
             return
-        inputs = build_paged_kv_inputs(meta)
-        if meta.is_decode:
+        inputs = build_paged_kv_inputs(meta, self.host)
+        if meta.is_decode and self.decode_tc_wrapper is not None:
+            self.decode_tc_wrapper.plan(
+                inputs.qo_indptr, inputs.kv_indptr, inputs.kv_indices, inputs.kv_last_page_len,
+                self.num_qo_heads, self.num_kv_heads, self.head_dim, meta.page_size,
+                causal=False, **self.plan_kwargs())
+            self._wrapper = self.decode_tc_wrapper
+        elif meta.is_decode:
             self.decode_wrapper.plan(
                 inputs.kv_indptr, inputs.kv_indices, inputs.kv_last_page_len,
                 self.num_qo_heads, self.num_kv_heads, self.head_dim, meta.page_size,
@@ -241,6 +259,7 @@ class FlashInferAttentionBackend(AttentionBackend):
                 self.num_qo_heads, self.num_kv_heads, self.head_dim, meta.page_size,
                 causal=True, **self.plan_kwargs())
             self._wrapper = self.prefill_wrapper
+        self.host.fence()
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_id: int
                 ) -> torch.Tensor:

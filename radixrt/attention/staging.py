@@ -71,40 +71,85 @@ def upload_each(device: torch.device | str) -> Uploader:
     return upload
 
 
+class PinnedRing:
+    """A ring of pinned host buffers; each is handed out again only once the device work
+    enqueued before its last `fence()` (the copies that read it) has run."""
+
+    def __init__(self, buffers: int) -> None:
+        self._bufs: list[torch.Tensor | None] = [None] * buffers
+        self._events: list[torch.cuda.Event | None] = [None] * buffers
+        self._next = 0
+
+    def take(self, nbytes: int) -> tuple[int, torch.Tensor]:
+        """(index, uint8 pinned buffer of at least nbytes) free to overwrite."""
+        i = self._next
+        self._next = (i + 1) % len(self._bufs)
+        ev = self._events[i]
+        if ev is not None:
+            ev.synchronize()  # its previous copies must have left the buffer
+        buf = self._bufs[i]
+        if buf is None or buf.numel() < nbytes:
+            size = max(nbytes, 32768, 2 * (buf.numel() if buf is not None else 0))
+            buf = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            self._bufs[i] = buf
+        return i, buf
+
+    def fence(self, i: int) -> None:
+        """Buffer i is in use by the copies enqueued so far on the current stream."""
+        ev = torch.cuda.Event()
+        ev.record()
+        self._events[i] = ev
+
+
 class Staging:
     """The per-step uploader of one device (see the module docstring)."""
 
     def __init__(self, device: torch.device | str, buffers: int = 2) -> None:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        self._bufs: list[torch.Tensor | None] = [None] * buffers
-        self._events: list[torch.cuda.Event | None] = [None] * buffers
-        self._next = 0
+        self._ring = PinnedRing(buffers)
         self.transfers = 0  # host-to-device copies issued
-
-    def _buffer(self, nbytes: int) -> tuple[int, torch.Tensor]:
-        i = self._next
-        self._next = (i + 1) % len(self._bufs)
-        ev = self._events[i]
-        if ev is not None:
-            ev.synchronize()  # its previous copy must have left the buffer
-        buf = self._bufs[i]
-        if buf is None or buf.numel() < nbytes:
-            size = max(nbytes, 32768, 2 * (buf.numel() if buf is not None else 0))
-            buf = torch.empty(size, dtype=torch.uint8, pin_memory=self.cuda)
-            self._bufs[i] = buf
-        return i, buf
 
     def upload(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
         if not self.cuda:  # same memory: views, no copy
             return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         arrays = [np.ascontiguousarray(a) for a in arrays]
         offsets, total = pack_layout(arrays)
-        i, buf = self._buffer(total)
+        i, buf = self._ring.take(total)
         pack_into(buf.numpy(), arrays, offsets)
         dev = buf[:total].to(self.device, non_blocking=True)
         self.transfers += 1
-        ev = torch.cuda.Event()
-        ev.record()
-        self._events[i] = ev
+        self._ring.fence(i)
         return unpack(dev, arrays, offsets)
+
+
+class PinnedHostArrays:
+    """Host arrays that a library copies to the device itself (FlashInfer's plan), in pinned
+    memory. A non-blocking copy from pageable memory is not: CUDA first waits for the work
+    already queued on the stream (the driver stages the bytes), so planning step N+1 would
+    wait for step N and undo overlap scheduling. On CPU: plain tensors over the arrays.
+
+    Usage: `views(arrays)`, hand them to the library, then `fence()` once it has enqueued
+    its copies; three buffers, so the worker running a step ahead never waits on one.
+    """
+
+    def __init__(self, device: torch.device | str, buffers: int = 3) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self._ring = PinnedRing(buffers) if self.cuda else None
+        self._current: int | None = None
+
+    def views(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        if self._ring is None:
+            return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        offsets, total = pack_layout(arrays)
+        i, buf = self._ring.take(total)
+        pack_into(buf.numpy(), arrays, offsets)
+        self._current = i
+        return unpack(buf, arrays, offsets)
+
+    def fence(self) -> None:
+        """The copies of the last views() are enqueued: reuse its buffer only after them."""
+        if self._ring is not None and self._current is not None:
+            self._ring.fence(self._current)
+            self._current = None

@@ -174,4 +174,4 @@ def test_staging_one_transfer_per_step() -> None:
         for a, t in zip(arrays, out, strict=True):
             assert t.is_cuda and t.shape == a.shape
             assert np.array_equal(t.cpu().numpy(), a)
-    assert all(b is None or b.is_pinned() for b in st._bufs)  # noqa: SLF001
+    assert all(b is None or b.is_pinned() for b in st._ring._bufs)  # noqa: SLF001

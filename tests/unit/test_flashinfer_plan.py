@@ -209,6 +209,8 @@ class _FakeWrapper:
 
     def _plan(self, inp: PagedKVInputs, hq: int, hkv: int, d: int, ps: int, kw: dict) -> None:
         assert inp.kv_indptr.device.type == "cpu" and inp.kv_last_page_len.device.type == "cpu"
+        assert inp.qo_indptr.device.type == "cpu"
+        assert all(t.is_contiguous() for t in inp)
         assert all(t.dtype == torch.int32 for t in inp)
         self.inputs, self.heads, self.ps, self.plan_kw = inp, (hq, hkv, d), ps, kw
         _FakeWrapper.log.append((self.kind, {**self.kw, **kw}))
@@ -342,10 +344,17 @@ def test_backend_matches_torch_backend(fake_flashinfer: types.ModuleType, ps: in
         xqa = kernel == "xqa" and meta.is_decode
         if not xqa:
             kind, kw = _FakeWrapper.log[-1]
-            assert kind == ("decode" if meta.is_decode else "prefill")
+            tc = fi.decode_kwargs["use_tensor_cores"]
+            if meta.is_decode and tc:
+                # Tensor-core decode: FlashInfer's prefill kernel over one-token queries,
+                # through a prefill wrapper of the decode kernel's backend, not causal.
+                assert (kind, kw["causal"], kw["backend"]) == (
+                    "prefill", False, fi.decode_kwargs["backend"])
+            elif meta.is_decode:
+                assert kind == "decode" and kw["use_tensor_cores"] is False
+            else:
+                assert kind == "prefill" and kw["causal"] is True
             assert kw["sm_scale"] == D**-0.5 and kw["q_data_type"] == dtype
-            if kind == "prefill":
-                assert kw["causal"] is True
         for layer in range(2):
             q = torch.randn(T, hq, D, dtype=dtype)
             k, v = torch.randn(T, hkv, D, dtype=dtype), torch.randn(T, hkv, D, dtype=dtype)

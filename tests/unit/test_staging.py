@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from radixrt.attention.base import build_metadata, build_step_inputs
-from radixrt.attention.staging import Staging, upload_each
+from radixrt.attention.staging import PinnedHostArrays, Staging, upload_each
 
 
 def test_cpu_upload_is_views_without_pinning() -> None:
@@ -18,6 +18,16 @@ def test_cpu_upload_is_views_without_pinning() -> None:
     assert ta.dtype == torch.int32 and ta.shape == (2, 3) and tb.dtype == torch.int64
     assert ta.data_ptr() == a.__array_interface__["data"][0]  # the same memory
     assert not ta.is_pinned() and st.transfers == 0
+
+
+
+def test_cpu_host_arrays_are_views_and_fence_is_a_no_op() -> None:
+    host = PinnedHostArrays("cpu")
+    a = np.arange(5, dtype=np.int32)
+    (t,) = host.views([a])
+    assert t.data_ptr() == a.__array_interface__["data"][0] and not t.is_pinned()
+    host.fence()
+    assert torch.equal(t, torch.arange(5, dtype=torch.int32))
 
 
 def test_step_inputs_match_build_metadata() -> None:
