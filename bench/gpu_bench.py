@@ -361,6 +361,7 @@ class Bench:
         self.results["setup"]["attention_backend"] = cfg.attention_backend
         self.results["setup"]["fused_ops"] = dict(self.runner.fused_ops)
         self.results["setup"]["gemv"] = dict(self.runner.gemv)
+        self.results["setup"]["lt_gemm"] = dict(self.runner.lt_gemm)
         self.graphs = None if a.no_graphs else self.runner.graphs
         if self.graphs is not None:
             self.results["setup"]["graph_capture_s"] = round(self.graphs.capture_seconds, 1)
@@ -661,6 +662,22 @@ class Bench:
         say(f"   decode bs=1: {times[True]:.2f} ms/step with the GEMV, {times[False]:.2f} "
             "without")
 
+    def decode_lt_gemm(self) -> None:
+        """Decode steps with the tuned cuBLASLt algorithms (radixrt/models/gemm_cuda.py) on and
+        off, graphs recaptured each way, at the batch sizes above 1 (left on)."""
+        from radixrt.models import gemm_cuda
+
+        batches = [b for b in self.args.decode_batches if b > 1]
+        times = self.switched_step_ms(gemm_cuda, batches)
+        self.results["decode_lt_gemm"] = {
+            "installed": dict(self.runner.lt_gemm),
+            "rows": [{"batch": B, "tuned_step_ms": round(times[True][B], 3),
+                      "cublas_step_ms": round(times[False][B], 3),
+                      "speedup": round(times[False][B] / times[True][B], 3)} for B in batches]}
+        for B in batches:
+            say(f"   decode bs={B}: {times[True][B]:.2f} ms/step with tuned cuBLASLt "
+                f"algorithms, {times[False][B]:.2f} with cuBLAS's picks")
+
     def decode_kernels(self) -> None:
         """The decode step with each FlashInfer decode kernel (fa2 / fa3 tensor cores, CUDA
         cores; attention/flashinfer_backend.py DECODE_KERNELS), graphs recaptured each time, at
@@ -877,6 +894,7 @@ class Bench:
         self.section("prefill", 15 if big else 1, self.prefill)
         self.section("decode", 40 if big else 1, self.decode)
         if self.device.type == "cuda":
+            self.section("decode_lt_gemm", 20 if big else 1, self.decode_lt_gemm)
             if not a.torch_attention:
                 self.section("decode_kernels", 30 if big else 1, self.decode_kernels)
                 self.section("decode_rope_kv", 20 if big else 1, self.decode_rope_kv)
@@ -972,6 +990,14 @@ def markdown(r: dict[str, Any]) -> str:
                                f"{row.get(f'bs{b}_fraction_of_peak', '-')}" for b in sizes)
             lines.append(f"| {row['kernel']} | " + (row.get("error") or cells) + " |")
         lines.append("")
+    if "decode_lt_gemm" in r:
+        lt = r["decode_lt_gemm"]
+        lines += ["## Decode with tuned cuBLASLt algorithms on and off (graphs recaptured)", "",
+                  "| batch | tuned ms/step | cuBLAS picks ms/step | speedup |", "|---|---|---|---|"]
+        lines += [f"| {x['batch']} | {x['tuned_step_ms']} | {x['cublas_step_ms']} | "
+                  f"{x['speedup']} |" for x in lt["rows"]]
+        lines += ["", "Installed: " + ("; ".join(f"{k}: {v}" for k, v in lt["installed"].items())
+                                       or "nothing"), ""]
     if "decode_gemv" in r:
         g = r["decode_gemv"]
         lines += ["## Batch-1 decode with the one-token GEMV on and off (graphs recaptured)", "",

@@ -3,7 +3,7 @@
 # (built here by scripts/prepare_gpu_bundle.sh):
 #   1. installs gpu_bundle into .gpu_cache/site (once per bundle; PYTHONPATH, no pip index)
 #   2. warms FlashInfer's JIT cache (attention at both head dims, CUDA-core decode and fa3
-#      prefill + decode at the 8B head shape, the fused ops),
+#      prefill + decode at the 8B head shape, the fused ops, the cuBLASLt GEMM module),
 #      module builds in parallel, and prints the time;
 #      the cache lives in .gpu_cache/ (FLASHINFER_WORKSPACE_BASE), so a rerun on the same warm
 #      machine loads the compiled kernels instead of building them
@@ -142,6 +142,11 @@ RADIXRT_FLASHINFER_PREFILL_BACKEND=fa3 RADIXRT_FLASHINFER_DECODE_KERNEL=fa3 time
 import warmup_kernels as w; import time; t=time.time(); w(32, 8, 128, which='both'); \
 print('jit fa3 prefill + decode: %.1f s' % (time.time()-t))" > "$CACHE/jit_fa3.log" 2>&1 &
 fa3_pid=$!
+# FlashInfer's cuBLASLt module (models/gemm_cuda.py times its algorithms at load).
+$PY -c "import time, torch; from radixrt.models.gemm_cuda import CublasLt; t=time.time(); \
+CublasLt(torch.device('cuda')); print('jit cublaslt gemm: %.1f s' % (time.time()-t))" \
+  > "$CACHE/jit_lt.log" 2>&1 &
+pids+=($!)
 # xqa (TensorRT-LLM's decode kernel in FlashInfer) at the 8B head shape: decode_kernels times it.
 RADIXRT_FLASHINFER_DECODE_KERNEL=xqa timeout 240 $PY -c "from radixrt.attention.flashinfer_backend \
 import warmup_kernels as w; import time; t=time.time(); w(32, 8, 128, which='decode'); \
@@ -195,9 +200,10 @@ else
 fi
 
 # 4. Benchmark with what is left. The earlier A/Bs (fused_ops, prefill_fa3, decode_unfused,
-# shared_prefix) were measured on the 2026-11-28 lease (docs/benchmarks.md); a lease's ~4
-# minutes of benchmark go to the targets and what changed since.
-SECTIONS=${GPU_BENCH_SECTIONS:-prefill,decode,decode_kernels,decode_rope_kv,decode_gemv,profile,transformers,overlap,gemm}
+# shared_prefix on the 2026-11-28 lease; decode_kernels, decode_rope_kv, decode_gemv on the
+# 2026-11-30 one) are in docs/benchmarks.md; a lease's ~4 minutes of benchmark go to the
+# targets and what changed since.
+SECTIONS=${GPU_BENCH_SECTIONS:-prefill,decode,decode_lt_gemm,profile,transformers,overlap,gemm}
 left=$(( BUDGET - $(elapsed) - 10 ))
 if [ $left -gt 60 ]; then
   timeout "$left" $PY bench/gpu_bench.py --budget-s $(( left - 15 )) --model-dir "$CACHE/bench-model" \

@@ -9,7 +9,8 @@ each of the model's projection shapes at one token, cuBLAS against every block c
 reading the layers' own weights in turn (so no timing reads weights left in the L2 by the
 last), replayed from a CUDA graph when decode steps will be. It swaps in a `GemvLinear` only
 where the best config is faster by MIN_GAIN and agrees with F.linear. Everything else, and
-every batch of more than one token, stays F.linear. RADIXRT_GEMV=0 turns it off; without
+every batch of more than one token, stays F.linear (or the cuBLASLt algorithm gemm_cuda
+tuned for that batch size). RADIXRT_GEMV=0 turns it off; without
 triton it is off.
 
 A GEMV may also apply what comes before the projection as it loads its input (a prologue),
@@ -36,7 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from radixrt.models import fused_cuda
+from radixrt.models import fused_cuda, gemm_cuda
+from radixrt.models.cuda_timing import time_calls
 from radixrt.triton_jit import LazyKernel
 
 ENV = "RADIXRT_GEMV"
@@ -162,7 +164,7 @@ class GemvLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.one_token(x):
             return gemv(x, self.weight, self.config)
-        return F.linear(x, self.weight)
+        return gemm_cuda.linear(self, x)  # F.linear, or a tuned cuBLASLt algorithm
 
 
 def down_from_gate_up(down: nn.Module, gate_up: torch.Tensor) -> torch.Tensor:
@@ -196,36 +198,6 @@ def _projections(model: nn.Module) -> dict[str, list[tuple[nn.Module, str, nn.Li
             if type(child) is nn.Linear and child.bias is None:
                 groups.setdefault(name, []).append((parent, name, child))
     return groups
-
-
-def time_calls(fn: Any, weights: list[torch.Tensor], graphs: bool, reps: int = 3) -> float:
-    """Seconds per call, cycling through `weights` (each layer's own). graphs: the calls
-    replayed from a CUDA graph, as decode steps run them (a Triton launch from Python costs
-    tens of microseconds of host time that a graph does not pay); else launched one by one."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for w in weights[:2]:  # compile, allocate
-            fn(w)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = None
-    if graphs:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            for w in weights:
-                fn(w)
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        if graph is not None:
-            graph.replay()
-        else:
-            for w in weights:
-                fn(w)
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3 / (reps * len(weights))
 
 
 # A candidate: (block config, with the role's prologue fused); BLAS is F.linear.

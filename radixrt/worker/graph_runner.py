@@ -27,6 +27,7 @@ import torch
 from radixrt.attention.base import AttentionBackend, AttentionMetadata, build_metadata
 
 if TYPE_CHECKING:
+    from radixrt.config import EngineConfig
     from radixrt.worker.model_runner import ModelRunner
 
 logger = logging.getLogger("radixrt")
@@ -179,6 +180,11 @@ class GraphRunner:
         return self.outputs[bs][logits_idx]
 
 
+def graph_batch_sizes(config: EngineConfig) -> list[int]:
+    """The batch sizes a model runner with this config captures decode graphs at."""
+    return capture_batch_sizes(min(config.cuda_graph_max_bs, config.max_running_requests))
+
+
 def create_graph_runner(runner: ModelRunner, record: Recorder | None = None
                         ) -> GraphRunner | None:
     """The model runner's graph runner, or None where graphs do not apply (not CUDA unless a
@@ -188,6 +194,6 @@ def create_graph_runner(runner: ModelRunner, record: Recorder | None = None
         return None
     if record is None and (runner.device.type != "cuda" or not runner.attn.supports_cuda_graph):
         return None
-    sizes = capture_batch_sizes(min(cfg.cuda_graph_max_bs, cfg.max_running_requests))
+    sizes = graph_batch_sizes(cfg)
     return GraphRunner(runner.model, runner.attn, runner.device, sizes, runner.page_size,
                        runner.pool.scratch_page, runner.max_pages_per_req, record)

@@ -14,12 +14,17 @@ from radixrt.config import EngineConfig, torch_dtype
 from radixrt.ipc.messages import ForwardBatch, StepResult
 from radixrt.kvcache.pool import KVPool, KVPoolShape
 from radixrt.model_info import resolve_context_length
-from radixrt.models import dense_cpu, fused_cuda, gemv_cuda
+from radixrt.models import dense_cpu, fused_cuda, gemm_cuda, gemv_cuda
 from radixrt.models.config import ModelConfig, shard_config
 from radixrt.models.loader import load_model
 from radixrt.models.parallel import TensorParallel
 from radixrt.models.quant import set_batch_invariant
-from radixrt.worker.graph_runner import GraphRunner, create_graph_runner, pad_decode_rows
+from radixrt.worker.graph_runner import (
+    GraphRunner,
+    create_graph_runner,
+    graph_batch_sizes,
+    pad_decode_rows,
+)
 from radixrt.worker.launched import LaunchedStep
 from radixrt.worker.sampler import Sampler
 
@@ -160,6 +165,15 @@ class ModelRunner:
         if self.gemv:
             logger.info("one-token linears: %s", "; ".join(f"{k}: {v}" for k, v in
                                                            self.gemv.items()))
+        # Decode-batch projections through the cuBLASLt algorithm that measures fastest at
+        # each captured batch size (only graphs run those sizes; prefill stays F.linear).
+        self.lt_gemm: dict[str, str] = {}
+        if (self.device.type == "cuda" and not config.disable_cuda_graph
+                and self.attn.supports_cuda_graph and not config.deterministic):
+            self.lt_gemm = gemm_cuda.install(self.model, self.device, graph_batch_sizes(config))
+            if self.lt_gemm:
+                logger.info("decode-batch linears: %s", "; ".join(
+                    f"{k}: {v}" for k, v in self.lt_gemm.items()))
         # Decode graphs (None on CPU, without a capturable backend, or --disable-cuda-graph).
         self.graphs: GraphRunner | None = create_graph_runner(self)
 

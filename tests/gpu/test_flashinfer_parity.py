@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.gpu,
 flashinfer = pytest.importorskip("flashinfer")
 
 from radixrt.config import EngineConfig  # noqa: E402
-from radixrt.models import gemv_cuda  # noqa: E402
+from radixrt.models import gemm_cuda, gemv_cuda  # noqa: E402
 from radixrt.testing.batches import batch_from_chunks  # noqa: E402
 from radixrt.worker.model_runner import ModelRunner  # noqa: E402
 
@@ -37,18 +37,20 @@ def make_runner(path: Path, backend: str, page_size: int, graphs: bool = False) 
                        attention_backend=backend, page_size=page_size, max_total_tokens=POOL_TOKENS,
                        max_running_requests=MAX_SLOTS, cuda_graph_max_bs=32,
                        disable_cuda_graph=not graphs)
-    # Each runner times the one-token GEMV against cuBLAS for itself and may choose
-    # differently; these tests compare attention paths, so both use cuBLAS (test_gemv.py
-    # covers the GEMV).
-    was = os.environ.get(gemv_cuda.ENV)
-    os.environ[gemv_cuda.ENV] = "0"
+    # Each runner times the one-token GEMV and the cuBLASLt algorithms against cuBLAS for
+    # itself and may choose differently; these tests compare attention paths, so all use
+    # cuBLAS (test_gemv.py and test_lt_gemm.py cover the others).
+    envs = (gemv_cuda.ENV, gemm_cuda.ENV)
+    was = {e: os.environ.get(e) for e in envs}
+    os.environ.update({e: "0" for e in envs})
     try:
         return ModelRunner(cfg)
     finally:
-        if was is None:
-            del os.environ[gemv_cuda.ENV]
-        else:
-            os.environ[gemv_cuda.ENV] = was
+        for e, v in was.items():
+            if v is None:
+                del os.environ[e]
+            else:
+                os.environ[e] = v
 
 
 class Trio:
