@@ -362,6 +362,7 @@ class Bench:
         self.results["setup"]["fused_ops"] = dict(self.runner.fused_ops)
         self.results["setup"]["gemv"] = dict(self.runner.gemv)
         self.results["setup"]["lt_gemm"] = dict(self.runner.lt_gemm)
+        self.results["setup"]["argmax"] = self.runner.argmax_choice
         self.graphs = None if a.no_graphs else self.runner.graphs
         if self.graphs is not None:
             self.results["setup"]["graph_capture_s"] = round(self.graphs.capture_seconds, 1)

@@ -19,6 +19,7 @@ from radixrt.models.config import ModelConfig, shard_config
 from radixrt.models.loader import load_model
 from radixrt.models.parallel import TensorParallel
 from radixrt.models.quant import set_batch_invariant
+from radixrt.worker import argmax_cuda
 from radixrt.worker.graph_runner import (
     GraphRunner,
     create_graph_runner,
@@ -141,7 +142,13 @@ class ModelRunner:
                                   self.pool.scratch_page, dtype=np.int32)
         self.attn = make_attention_backend(config, self.pool, m)
         # Only rank 0 samples (see radixrt/models/parallel.py for why that keeps ranks in step).
-        self.sampler = Sampler(m.vocab_size, self.device, config.seed) if tp.rank == 0 else None
+        self.sampler = None
+        self.argmax_choice = ""  # which row-wise argmax the sampler uses, and why
+        if tp.rank == 0:
+            argmax, self.argmax_choice = argmax_cuda.pick(m.vocab_size, self.device, self.dtype)
+            if self.device.type == "cuda":
+                logger.info("greedy sampling: %s", self.argmax_choice)
+            self.sampler = Sampler(m.vocab_size, self.device, config.seed, argmax=argmax)
         # The token each slot sampled last, on the device: resolves PENDING_TOKEN inputs.
         self.last_token = torch.zeros(max_slots(config), dtype=torch.long, device=self.device)
         self.staging = Staging(self.device)  # one host-to-device copy per step

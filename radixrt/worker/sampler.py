@@ -19,6 +19,7 @@ from radixrt.attention.staging import to_device
 from radixrt.grammar.mask import apply_bitmask
 from radixrt.ipc.messages import NewSlot
 from radixrt.sampling_params import SamplingParams
+from radixrt.worker.argmax_cuda import ArgMax, torch_argmax
 from radixrt.worker.penalties import PenaltyRows, apply_entries
 
 
@@ -48,16 +49,18 @@ class Sampler:
     DRAWS = ("auto", "race", "cdf")
 
     def __init__(self, vocab_size: int, device: torch.device, seed: int = 0,
-                 draw: str = "auto") -> None:
+                 draw: str = "auto", argmax: ArgMax = torch_argmax) -> None:
         """draw: how a row's token is drawn from its probabilities. `race` (argmax of p / E,
         E ~ Exp(1): no host sync, a noise draw per vocabulary entry), `cdf` (one uniform per
-        row against the running sum), `auto`: cdf on a CPU, race elsewhere."""
+        row against the running sum), `auto`: cdf on a CPU, race elsewhere. argmax: the
+        row-wise argmax to use (worker/argmax_cuda.py picks one for CUDA)."""
         if draw not in self.DRAWS:
             raise ValueError(f"draw must be one of {', '.join(self.DRAWS)}, not {draw!r}")
         if draw == "cdf" and device.type != "cpu":
             raise ValueError("draw='cdf' runs on a CPU only (it relies on an in-order cumsum)")
         self.vocab_size = vocab_size
         self.device = device
+        self.argmax = argmax
         self.draw = draw if draw != "auto" else ("cdf" if device.type == "cpu" else "race")
         self.slots: dict[int, SlotState] = {}
         self.rng = torch.Generator(device=device)
@@ -111,7 +114,7 @@ class Sampler:
         temps = [st.params.temperature for st in states]
         greedy = [st.params.greedy for st in states]
         if all(greedy):
-            next_ids = logits.argmax(dim=-1)
+            next_ids = self.argmax(logits)
         else:
             next_ids = self._sample_random(logits, states, temps, greedy)
         out = SampleOutput(next_ids, None, None, None)
@@ -170,10 +173,10 @@ class Sampler:
             for i in seeded:
                 self._reseed_row(states[i])
                 noise[i].exponential_(generator=self._row_gen)
-            sampled = (probs / noise).argmax(dim=-1)
+            sampled = self.argmax(probs / noise)
         if not any(greedy):
             return sampled
-        greedy_ids = logits.argmax(dim=-1)
+        greedy_ids = self.argmax(logits)
         mask = to_device(greedy, torch.bool, dev)
         return torch.where(mask, greedy_ids, sampled)
 

@@ -41,3 +41,29 @@ def test_sampling_on_cuda_uses_the_race_and_respects_top_p() -> None:
     logits[0, [3, 4]] = torch.tensor([5.0, 4.0], device=DEV)
     ids = {int(s.sample(logits, [0]).next_ids[0]) for _ in range(50)}
     assert ids == {3}
+
+
+@pytest.mark.parametrize("rows", [1, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_two_pass_argmax_matches_torch(rows: int, dtype: torch.dtype) -> None:
+    pytest.importorskip("triton")
+    from radixrt.worker import argmax_cuda
+
+    x = torch.randn(rows, 128256, device=DEV).to(dtype)
+    x[:, 77] = x.max()  # ties with each row's maximum somewhere later: the first wins
+    x[:, 128255] = x.max()
+    assert torch.equal(argmax_cuda.row_argmax(x), x.argmax(-1))
+    fn, why = argmax_cuda.pick(128256, DEV, dtype)
+    assert fn in (argmax_cuda.row_argmax, argmax_cuda.torch_argmax) and why
+    assert torch.equal(fn(x), x.argmax(-1))
+    # Greedy sampling through it never reads the device on the host.
+    s = Sampler(128256, DEV, seed=0, argmax=argmax_cuda.row_argmax)
+    for slot in range(rows):
+        s.add(NewSlot(slot, SamplingParams(temperature=0), eos_ids=(0,)))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = s.sample(x, list(range(rows)))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(out.next_ids, x.argmax(-1))

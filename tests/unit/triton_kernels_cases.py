@@ -431,3 +431,35 @@ def test_choose_swaps_what_it_reports_and_keeps_the_step(make_tiny_model) -> Non
     finally:
         cpu_flat.enabled = was_flat
     torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- two-pass argmax
+
+
+@pytest.mark.parametrize("v", [100, 2 * 4096 + 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_argmax_matches_torch(v: int, dtype: torch.dtype) -> None:
+    from radixrt.worker import argmax_cuda
+
+    torch.manual_seed(v)
+    x = torch.randn(3, v).to(dtype)
+    assert torch.equal(argmax_cuda.row_argmax(x), x.argmax(-1))
+    # Strided rows (a view with a longer row stride) read in place.
+    wide = torch.randn(3, v + 5).to(dtype)
+    assert torch.equal(argmax_cuda.row_argmax(wide[:, :v]), wide[:, :v].argmax(-1))
+
+
+def test_row_argmax_ties_and_edges_as_torch() -> None:
+    from radixrt.worker import argmax_cuda
+
+    v = 2 * 4096 + 17  # three pieces, the last one short
+    x = torch.zeros(5, v)
+    x[0, [5000, 8200]] = 3.0  # a tie across pieces: the first
+    x[1, [10, 11]] = 3.0  # a tie inside a piece: the first
+    x[2] = float("-inf")  # nothing allowed: index 0, as torch
+    x[3, v - 1] = 1.0  # the last column of the short last piece
+    x[4, 4095] = 2.0  # a piece's last column
+    got = argmax_cuda.row_argmax(x)
+    assert got.tolist() == x.argmax(-1).tolist() == [5000, 10, 0, v - 1, 4095]
+    assert got.dtype == torch.int64
+    assert argmax_cuda.row_argmax(torch.zeros(0, 7)).shape == (0,)
