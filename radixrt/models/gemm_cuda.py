@@ -38,6 +38,7 @@ MIN_GAIN = 0.03  # an algorithm must be this much faster than F.linear to be use
 WORKSPACE_BYTES = 32 * 2**20  # cuBLASLt's split-K partials; offered to the heuristic too
 ALGO_BYTES, ALGOS_LISTED = 64, 100  # cublasLtMatmulAlgo_t's size; how many to ask for
 enabled = True  # False: tuned linears run F.linear (benchmarks' A/B; read per call)
+_unavailable: str | None = None  # why this process cannot build the cuBLASLt module
 
 
 class GemmLibrary(Protocol):
@@ -153,10 +154,15 @@ def install(model: nn.Module, device: torch.device, batch_sizes: list[int],
     if device.type != "cuda" or os.environ.get(ENV, "1") == "0" or not sizes:
         return {}
     t0 = time.perf_counter()
-    try:
-        library = CublasLt(device)
-    except Exception as e:  # no flashinfer, no compiler: cuBLAS's own picks stay
-        return {"all": f"F.linear (FlashInfer's cuBLASLt module: {type(e).__name__}: {e})"}
+    global _unavailable
+    if _unavailable is None:
+        try:
+            library = CublasLt(device)
+        except Exception as e:  # no flashinfer, no compiler: cuBLAS's own picks stay
+            # Said once per process: every later runner would only fail the same build again.
+            _unavailable = f"F.linear (FlashInfer's cuBLASLt module: {type(e).__name__}: {e})"
+    if _unavailable is not None:
+        return {"all": _unavailable}
     status = choose(model, library, sizes, min_gain,
                     lambda fn, weights: time_calls(fn, weights, graphs=True))
     logger.info("cuBLASLt algorithms timed at batch sizes %s in %.1f s", sizes,
@@ -218,7 +224,7 @@ def _pick(library: GemmLibrary, weights: list[torch.Tensor], m: int, min_gain: f
     for algo in range(min(library.algorithms(x, w0), max_algos)):
         try:
             got = library.run(x, w0, algo).float()
-        except RuntimeError:  # an algorithm may refuse the shape at run time
+        except Exception:  # an algorithm may refuse the shape at run time
             continue
         if float((got - ref).norm() / ref.norm().clamp_min(1e-12)) > 1e-2:
             continue

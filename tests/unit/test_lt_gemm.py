@@ -124,3 +124,24 @@ def test_install_is_off_on_cpu_and_by_environment(monkeypatch: pytest.MonkeyPatc
     assert gemm_cuda.install(model(), torch.device("cpu"), [1, 4, 8]) == {}
     monkeypatch.setenv(gemm_cuda.ENV, "0")
     assert gemm_cuda.install(model(), torch.device("cuda"), [4]) == {}
+
+
+def test_a_module_that_cannot_build_is_tried_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without FlashInfer (this machine) the install says why and keeps F.linear; later
+    runners in the process do not try the build again."""
+    monkeypatch.setattr(gemm_cuda, "_unavailable", None)
+    calls = []
+
+    class NoModule:
+        def __init__(self, device: torch.device) -> None:
+            calls.append(device)
+            raise ModuleNotFoundError("No module named 'flashinfer'")
+
+    monkeypatch.setattr(gemm_cuda, "CublasLt", NoModule)
+    for _ in range(2):
+        m = model()
+        status = gemm_cuda.install(m, torch.device("cuda"), [1, 4])
+        assert status == {"all": "F.linear (FlashInfer's cuBLASLt module: "
+                                 "ModuleNotFoundError: No module named 'flashinfer')"}
+        assert not any(isinstance(x, gemm_cuda.LtLinear) for x in m.modules())
+    assert len(calls) == 1
