@@ -656,12 +656,22 @@ class Bench:
 
         switched = self.switched_step_ms(gemv_cuda, [1])
         times = {on: t[1] for on, t in switched.items()}
-        self.results["decode_gemv"] = {
+        self.results["decode_gemv"] = g = {
             "batch": 1, "installed": dict(self.runner.gemv),
             "gemv_step_ms": round(times[True], 3), "cublas_step_ms": round(times[False], 3),
             "speedup": round(times[False] / times[True], 3)}
         say(f"   decode bs=1: {times[True]:.2f} ms/step with the GEMV, {times[False]:.2f} "
             "without")
+        if any(getattr(m, "pdl", False) for m in self.runner.model.modules()):
+            # The GEMVs install chose with PDL, launched without it (graphs recaptured).
+            gemv_cuda.pdl_enabled = False
+            try:
+                no_pdl = self.recaptured_step_ms([1])[1]
+            finally:
+                gemv_cuda.pdl_enabled = True
+                self.recaptured_step_ms([1])
+            g["no_pdl_step_ms"] = round(no_pdl, 3)
+            say(f"   decode bs=1: {no_pdl:.2f} ms/step with those GEMVs launched without PDL")
 
     def decode_lt_gemm(self) -> None:
         """Decode steps with the tuned cuBLASLt algorithms (radixrt/models/gemm_cuda.py) on and
@@ -1003,7 +1013,9 @@ def markdown(r: dict[str, Any]) -> str:
         g = r["decode_gemv"]
         lines += ["## Batch-1 decode with the one-token GEMV on and off (graphs recaptured)", "",
                   f"{g['gemv_step_ms']} ms/step with it, {g['cublas_step_ms']} without "
-                  f"({g['speedup']}x). Installed: "
+                  f"({g['speedup']}x)"
+                  + (f"; {g['no_pdl_step_ms']} with its PDL launches off"
+                     if "no_pdl_step_ms" in g else "") + ". Installed: "
                   + "; ".join(f"{k}: {v}" for k, v in g["installed"].items()), ""]
     if "prefill_fa3" in r:
         p3 = r["prefill_fa3"]

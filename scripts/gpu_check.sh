@@ -122,15 +122,11 @@ print(verify(torch.device('cuda'), torch.bfloat16, 4096, 128, 32, 8, 14336)); \
 print('jit fused ops: %.1f s' % (time.time()-t))" > "$CACHE/jit_fused.log" 2>&1 &
 pids+=($!)
 # The one-token Triton GEMV's block configs, plain and with each prologue fused
-# (SiLU-and-mul, add + RMSNorm, RMSNorm; models/gemv_cuda.py); no triton: says so.
+# (SiLU-and-mul, add + RMSNorm, RMSNorm), each launched plainly and with PDL
+# (models/gemv_cuda.py warm_up); no triton or no PDL: says so.
 $PY -c "import time, torch; from radixrt.models import gemv_cuda as g; t=time.time(); \
-x=torch.randn(1, 4096, device='cuda', dtype=torch.bfloat16); \
-w=torch.randn(4096, 4096, device='cuda', dtype=torch.bfloat16); \
-ok=g._load_kernel() is not None; [g.gemv(x, w, c) for c in g.CONFIGS if ok]; \
-[g.gemv(x.repeat(1, 2), w, c, silu_mul=True) for c in g.CONFIGS if ok]; \
-[g.gemv_rms_norm(x, r, w[0], 1e-5, w, c) for c in g.CONFIGS for r in (None, x) if ok]; \
-torch.cuda.synchronize(); print('jit triton gemv: %.1f s%s' % (time.time()-t, '' if ok else \
- ' (no triton)'))" > "$CACHE/jit_gemv.log" 2>&1 &
+print('jit triton gemv: %s, %.1f s' % (g.warm_up(torch.device('cuda')), time.time()-t))" \
+  > "$CACHE/jit_gemv.log" 2>&1 &
 pids+=($!)
 # The CUDA-core decode kernel at the 8B shape (its default there is tensor cores): the
 # benchmark's decode_kernels section and tests/gpu compare it with fa2 and fa3.
@@ -200,10 +196,10 @@ else
 fi
 
 # 4. Benchmark with what is left. The earlier A/Bs (fused_ops, prefill_fa3, decode_unfused,
-# shared_prefix on the 2026-11-28 lease; decode_kernels, decode_rope_kv, decode_gemv on the
+# shared_prefix on the 2026-11-28 lease; decode_kernels, decode_rope_kv on the
 # 2026-11-30 one) are in docs/benchmarks.md; a lease's ~4 minutes of benchmark go to the
 # targets and what changed since.
-SECTIONS=${GPU_BENCH_SECTIONS:-prefill,decode,decode_lt_gemm,profile,transformers,overlap,gemm}
+SECTIONS=${GPU_BENCH_SECTIONS:-prefill,decode,decode_lt_gemm,decode_gemv,profile,transformers,overlap,gemm}
 left=$(( BUDGET - $(elapsed) - 10 ))
 if [ $left -gt 60 ]; then
   timeout "$left" $PY bench/gpu_bench.py --budget-s $(( left - 15 )) --model-dir "$CACHE/bench-model" \

@@ -20,15 +20,48 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+PDL = [False, True] if gemv_cuda.pdl_supported(DEV) else [False]
+
+
+@pytest.mark.parametrize("pdl", PDL)
 @pytest.mark.parametrize(("n", "k"), [(6144, 4096), (4096, 14336), (1000, 576), (49152, 576)])
-def test_gemv_matches_linear_in_every_config(n: int, k: int) -> None:
+def test_gemv_matches_linear_in_every_config(n: int, k: int, pdl: bool) -> None:
     w = torch.randn(n, k, device=DEV, dtype=torch.bfloat16) / k**0.5
     x = torch.randn(1, k, device=DEV, dtype=torch.bfloat16)
     ref = F.linear(x.float(), w.float())
     for cfg in gemv_cuda.CONFIGS:
-        y = gemv_cuda.gemv(x, w, cfg)
+        y = gemv_cuda.gemv(x, w, cfg, pdl=pdl)
         assert y.shape == (1, n) and y.dtype == torch.bfloat16
         assert rel_err(y, ref) < 1e-2, cfg
+
+
+@pytest.mark.skipif(PDL == [False], reason="PDL needs SM90+ and a Triton with gdc_wait")
+def test_pdl_gemvs_back_to_back_in_a_graph_read_what_the_kernel_before_wrote() -> None:
+    """A chain where each GEMV's input is the previous one's output, launched as
+    programmatic dependents and captured in a CUDA graph: each waits for its input (a
+    missing wait would read a stale or half-written x)."""
+    n = 4096
+    ws = [torch.randn(n, n, device=DEV, dtype=torch.bfloat16) / n**0.5 for _ in range(6)]
+    x0 = torch.randn(1, n, device=DEV, dtype=torch.bfloat16)
+
+    def chain(pdl: bool) -> torch.Tensor:
+        x = x0
+        for w in ws:
+            x = gemv_cuda.gemv(x, w, (4, 1024, 4), pdl=pdl)
+        return x
+
+    want = chain(False)
+    chain(True)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain(True)
+    for _ in range(3):
+        x0.normal_()
+        want = chain(False)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(out, want) < 1e-2
 
 
 @pytest.mark.parametrize(("n", "k"), [(4096, 14336), (576, 1536)])

@@ -463,3 +463,43 @@ def test_row_argmax_ties_and_edges_as_torch() -> None:
     assert got.tolist() == x.argmax(-1).tolist() == [5000, 10, 0, v - 1, 4095]
     assert got.dtype == torch.int64
     assert argmax_cuda.row_argmax(torch.zeros(0, 7)).shape == (0,)
+
+
+# ----------------------------------------------------------------------------- GEMV prefetch
+
+
+@pytest.mark.parametrize("k", [100, 1000])
+@pytest.mark.parametrize("prologue", [None, "silu_mul", "rms_norm", "add_rms_norm"])
+def test_gemv_with_weights_loaded_up_front_matches(k: int, prologue: str | None) -> None:
+    """The PDL variant's arithmetic (its first prefetch_width columns loaded before the rest,
+    the interpreter has no PDL itself): the same results as the plain GEMV's."""
+    from radixrt.models import fused_cuda
+
+    cfg = (16, 32, 1)
+    assert gemv_cuda.prefetch_width(cfg, k) == (256 if k == 1000 else 128)  # 1000: then a loop
+    torch.manual_seed(k)
+    n = 40
+    w = torch.randn(n, k) / k**0.5
+    g = 1 + 0.1 * torch.randn(k)
+    x = torch.randn(1, 2 * k if prologue == "silu_mul" else k)
+    r = torch.randn(1, k) if prologue == "add_rms_norm" else None
+    kw: dict = {}
+    if prologue == "silu_mul":
+        kw = {"silu_mul": True}
+        h = silu_mul_reference(x)
+    elif prologue is not None:
+        kw = {"norm_weight": g, "eps": 1e-5, "residual": r}
+        h = fused_cuda.rms_norm(x + r if r is not None else x, g, 1e-5)
+    else:
+        h = x
+    y, summed = gemv_cuda._launch(x, w, cfg, prefetch=True, **kw)
+    torch.testing.assert_close(y, F.linear(h, w), atol=1e-4, rtol=1e-4)
+    if r is not None:
+        assert summed is not None and torch.equal(summed, x + r)
+    plain, _ = gemv_cuda._launch(x, w, cfg, **kw)
+    torch.testing.assert_close(y, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_warm_up_compiles_every_variant_and_says_so() -> None:
+    said = gemv_cuda.warm_up(torch.device("cpu"), k=64)
+    assert said == f"{len(gemv_cuda.CONFIGS)} configs x 4 prologues, no PDL here"
