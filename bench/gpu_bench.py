@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import math
 import os
@@ -525,10 +526,13 @@ class Bench:
 
         a, r = self.args, self.runner
         C = a.decode_context
-        use_graphs(r, None)
         out: dict[str, Any] = {}
+        # Eager steps, then graph replays (what a served step runs: the graphs' own plans
+        # and kernel choices; the profiler sees the kernels a replay launches).
+        modes = [("", None)] + ([("graph_", self.graphs)] if self.graphs is not None else [])
         try:
-            for B in sorted({1, max(a.decode_batches)}):
+            for (mode, graphs), B in itertools.product(modes, sorted({1, max(a.decode_batches)})):
+                use_graphs(r, graphs)
                 slots = list(range(B))
                 self.pages.reset()
                 r._apply_updates(self.pages.batch(slots, [0] * B, [[0]] * B,
@@ -547,13 +551,13 @@ class Bench:
                         rows.append((us / 3, ev.count // 3, ev.key[:90]))
                 rows.sort(reverse=True)
                 total = sum(x[0] for x in rows)
-                out[f"batch_{B}"] = {
+                out[f"{mode}batch_{B}"] = {
                     "gpu_ms_per_step": round(total / 1e3, 3),
                     "kernels_per_step": sum(x[1] for x in rows),
                     "top": [{"us": round(us, 1), "calls": n, "kernel": k}
                             for us, n, k in rows[:14]]}
                 say(f"   profile bs={B}: {total / 1e3:.2f} ms GPU, "
-                    f"{sum(x[1] for x in rows)} kernels per eager step")
+                    f"{sum(x[1] for x in rows)} kernels per {mode or 'eager '}step")
                 for us, n, k in rows[:8]:
                     say(f"      {us:9.1f} us {n:5d}x {k[:70]}")
         finally:
@@ -688,6 +692,31 @@ class Bench:
         for B in batches:
             say(f"   decode bs={B}: {times[True][B]:.2f} ms/step with tuned cuBLASLt "
                 f"algorithms, {times[False][B]:.2f} with cuBLAS's picks")
+
+    def decode_unsplit(self) -> None:
+        """Large decode graphs planned without FlashInfer's split-KV (no merge kernel; see
+        attention/flashinfer_backend.py unsplit_batch_size) and with it, graphs recaptured
+        each way, at the batch sizes it applies to (left on)."""
+        from radixrt.attention import flashinfer_backend as fb
+
+        start = getattr(self.runner.attn, "unsplit_from", None)
+        batches = [b for b in self.args.decode_batches if start is not None and b >= start]
+        if not batches:
+            self.results["decode_unsplit"] = {"unsplit_from": start, "rows": []}
+            say(f"   no decode batch >= {start}: nothing to compare")
+            return
+        times = {}
+        for on in (False, True):  # left on
+            fb.unsplit_graphs = on
+            times[on] = self.recaptured_step_ms(batches)
+        self.results["decode_unsplit"] = {
+            "unsplit_from": start,
+            "rows": [{"batch": B, "unsplit_step_ms": round(times[True][B], 3),
+                      "split_step_ms": round(times[False][B], 3),
+                      "speedup": round(times[False][B] / times[True][B], 3)} for B in batches]}
+        for B in batches:
+            say(f"   decode bs={B}: {times[True][B]:.2f} ms/step planned without split-KV, "
+                f"{times[False][B]:.2f} with it")
 
     def decode_kernels(self) -> None:
         """The decode step with each FlashInfer decode kernel (fa2 / fa3 tensor cores, CUDA
@@ -907,6 +936,8 @@ class Bench:
         if self.device.type == "cuda":
             self.section("decode_lt_gemm", 20 if big else 1, self.decode_lt_gemm)
             if not a.torch_attention:
+                self.section("decode_unsplit", 10 if big else 1, self.decode_unsplit)
+            if not a.torch_attention:
                 self.section("decode_kernels", 30 if big else 1, self.decode_kernels)
                 self.section("decode_rope_kv", 20 if big else 1, self.decode_rope_kv)
             self.section("decode_gemv", 15 if big else 1, self.decode_gemv)
@@ -1009,6 +1040,14 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{x['speedup']} |" for x in lt["rows"]]
         lines += ["", "Installed: " + ("; ".join(f"{k}: {v}" for k, v in lt["installed"].items())
                                        or "nothing"), ""]
+    if r.get("decode_unsplit", {}).get("rows"):
+        us = r["decode_unsplit"]
+        lines += [f"## Decode graphs of {us['unsplit_from']}+ rows without split-KV and with it "
+                  "(graphs recaptured)", "",
+                  "| batch | unsplit ms/step | split ms/step | speedup |", "|---|---|---|---|"]
+        lines += [f"| {x['batch']} | {x['unsplit_step_ms']} | {x['split_step_ms']} | "
+                  f"{x['speedup']} |" for x in us["rows"]]
+        lines.append("")
     if "decode_gemv" in r:
         g = r["decode_gemv"]
         lines += ["## Batch-1 decode with the one-token GEMV on and off (graphs recaptured)", "",
@@ -1022,7 +1061,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [f"Prefill with FlashInfer's fa3 kernels: {p3['tokens_per_s']:,} tok/s "
                   f"({p3['step_ms']} ms).", ""]
     for key, prof in r.get("profile", {}).items():
-        lines += [f"## Profile, eager decode step, {key.replace('_', ' ')}: "
+        kind = "graph replay" if key.startswith("graph_") else "eager decode step"
+        lines += [f"## Profile, {kind}, {key.removeprefix('graph_').replace('_', ' ')}: "
                   f"{prof['gpu_ms_per_step']} ms GPU, {prof['kernels_per_step']} kernels", "",
                   "| us/step | calls | kernel |", "|---|---|---|"]
         lines += [f"| {t['us']} | {t['calls']} | `{t['kernel']}` |" for t in prof["top"]]

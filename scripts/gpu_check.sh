@@ -199,7 +199,7 @@ fi
 # shared_prefix on the 2026-11-28 lease; decode_kernels, decode_rope_kv on the
 # 2026-11-30 one) are in docs/benchmarks.md; a lease's ~4 minutes of benchmark go to the
 # targets and what changed since.
-SECTIONS=${GPU_BENCH_SECTIONS:-prefill,decode,decode_lt_gemm,decode_gemv,profile,transformers,overlap,gemm}
+SECTIONS=${GPU_BENCH_SECTIONS:-prefill,decode,decode_lt_gemm,decode_unsplit,decode_gemv,profile,transformers,overlap,gemm}
 left=$(( BUDGET - $(elapsed) - 10 ))
 if [ $left -gt 60 ]; then
   timeout "$left" $PY bench/gpu_bench.py --budget-s $(( left - 15 )) --model-dir "$CACHE/bench-model" \

@@ -50,6 +50,24 @@ DECODE_KERNELS = ("auto", "fa2", "fa3", "cuda-cores", "xqa")
 # decode (zero at rest); the rest holds the split rows' partial results, a few MiB at most.
 XQA_WORKSPACE_BYTES = 40 * 1024 * 1024
 XQA_PAGE_SIZES = (16, 32, 64, 128)
+# FlashInfer's tensor-core (prefill-kernel) planner sizes split-KV for 2 CTAs per SM.
+FI_CTAS_PER_SM = 2
+unsplit_graphs = True  # False: every decode graph keeps FlashInfer's split-KV (benchmark A/B)
+
+
+def unsplit_batch_size(device: torch.device, num_kv_heads: int) -> int | None:
+    """The smallest decode batch whose graph can drop FlashInfer's split-KV for nothing.
+
+    In CUDA-graph mode FlashInfer's tensor-core decode always runs split-KV: the kernel
+    writes float32 partial outputs and a merge kernel combines them, every layer. But its
+    planner gives each request more than one KV chunk only while the chunks fit in
+    FI_CTAS_PER_SM x SMs / num_kv_heads work items; from a batch that large on, every
+    request is one chunk, and the merge only copies. Planning those graphs with
+    disable_split_kv keeps the same partition and drops the merge (a kernel per layer)."""
+    if device.type != "cuda":
+        return None
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return FI_CTAS_PER_SM * sms // num_kv_heads
 
 
 def import_flashinfer() -> ModuleType:
@@ -168,6 +186,9 @@ class FlashInferAttentionBackend(AttentionBackend):
         # RoPE and the K/V write as one kernel, where it checks out on this device.
         self.rope_kv = rope_kv_cuda.check(pool.device, pool.dtype, self.num_qo_heads,
                                           self.num_kv_heads, self.head_dim)
+        # Decode graphs of at least this many rows plan without split-KV (fa2 tensor cores).
+        self.unsplit_from = (unsplit_batch_size(pool.device, self.num_kv_heads)
+                             if self.decode_kwargs.get("backend") == "fa2" else None)
         # The plan's host arrays (FlashInfer copies them to the device itself): pinned, so
         # planning step N+1 does not wait for step N (see PinnedHostArrays).
         self.host = PinnedHostArrays(pool.device)
@@ -223,9 +244,12 @@ class FlashInferAttentionBackend(AttentionBackend):
             return
         inputs = build_paged_kv_inputs(meta, self.host)
         wrapper = self._graph_wrapper(meta.batch_size)
+        # The same choice at capture and at every replay: it depends on the size alone.
+        unsplit = (unsplit_graphs and self.unsplit_from is not None
+                   and meta.batch_size >= self.unsplit_from)
         wrapper.plan(inputs.kv_indptr, inputs.kv_indices, inputs.kv_last_page_len,
                      self.num_qo_heads, self.num_kv_heads, self.head_dim, meta.page_size,
-                     **self.plan_kwargs())
+                     **self.plan_kwargs(), **({"disable_split_kv": True} if unsplit else {}))
         self.host.fence()
         self._wrapper = wrapper
 

@@ -596,3 +596,34 @@ def test_graph_runner_replays_padded_batches(backend: str, make_tiny_model: Any,
     scratch = gr.pool.scratch_page * ps
     assert torch.equal(gr.pool.k_cache[0][scratch + 1 : scratch + ps],
                        torch.zeros_like(gr.pool.k_cache[0][scratch + 1 : scratch + ps]))
+
+
+def test_large_decode_graphs_plan_without_split_kv(fake_flashinfer: types.ModuleType,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graphs of at least unsplit_from rows plan with disable_split_kv (same partition, no
+    merge kernel); smaller graphs, eager steps and the A/B switch keep FlashInfer's split."""
+    from radixrt.attention import flashinfer_backend as fb
+
+    pool = KVPool(KVPoolShape(1, 64, 16, 2, 8), torch.bfloat16, "cpu")
+    fi = fb.FlashInferAttentionBackend(pool, SimpleNamespace(num_heads=8), None)  # type: ignore[arg-type]
+    assert fi.decode_kwargs == {"use_tensor_cores": True, "backend": "fa2"}
+    assert fi.unsplit_from is None  # on a CPU there are no SMs to count
+    fi.unsplit_from = 4
+    fi.init_capture(max_batch_size=8, max_pages_per_req=2)
+
+    def planned(bs: int) -> dict[str, Any]:
+        meta, _ = build_metadata(np.full(bs, 5), np.ones(bs, np.int64),
+                                 np.arange(2 * bs).reshape(bs, 2), 16)
+        fi.prepare_for_replay(meta)
+        kind, kw = _FakeWrapper.log[-1]
+        assert kind == "decode"
+        return kw
+
+    assert planned(8).get("disable_split_kv") is True
+    assert planned(4).get("disable_split_kv") is True
+    assert "disable_split_kv" not in planned(2)
+    monkeypatch.setattr(fb, "unsplit_graphs", False)
+    assert "disable_split_kv" not in planned(8)
+    meta, _ = build_metadata(np.full(8, 5), np.ones(8, np.int64), np.arange(16).reshape(8, 2), 16)
+    fi.plan(meta)  # eager: FlashInfer decides
+    assert "disable_split_kv" not in _FakeWrapper.log[-1][1]
