@@ -105,14 +105,17 @@ def decode_wrapper_kwargs(kernel: str, num_qo_heads: int, num_kv_heads: int
 class PagedKVInputs(NamedTuple):
     """FlashInfer's CSR description of one batch.
 
-    qo_indptr, kv_indptr and kv_last_page_len are int32 CPU tensors (the wrappers' planners
-    read them on the host); kv_indices is int32 on the page table's device.
+    qo_indptr, kv_indptr, kv_last_page_len and kv_lens are int32 CPU tensors (the wrappers'
+    planners read them on the host); kv_indices is int32 on the page table's device.
     """
 
     qo_indptr: torch.Tensor  # [B+1]: request i's queries are rows qo_indptr[i]:qo_indptr[i+1]
     kv_indptr: torch.Tensor  # [B+1]: its pages are kv_indices[kv_indptr[i]:kv_indptr[i+1]]
     kv_indices: torch.Tensor  # [kv_indptr[-1]]
     kv_last_page_len: torch.Tensor  # [B]: valid slots of the last page, 1..page_size
+    # [B]: each request's KV length. The prefill planner uploads it; handed none, it derives
+    # one in pageable memory, and that upload would wait for the stream.
+    kv_lens: torch.Tensor | None = None
 
 
 def build_paged_kv_inputs(meta: AttentionMetadata, host: PinnedHostArrays | None = None
@@ -126,10 +129,11 @@ def build_paged_kv_inputs(meta: AttentionMetadata, host: PinnedHostArrays | None
         raise ValueError("metadata built without page lists (page_lists=False)")
     qo_indptr = np.zeros(meta.batch_size + 1, dtype=np.int32)
     np.cumsum(meta.num_new_host, out=qo_indptr[1:])
-    qo, kv, last = (host or PinnedHostArrays("cpu")).views(
-        [qo_indptr, meta.kv_indptr_host, meta.kv_last_page_len_host])
+    kv_lens = np.add(meta.start_pos_host, meta.num_new_host, dtype=np.int32)
+    qo, kv, last, lens = (host or PinnedHostArrays("cpu")).views(
+        [qo_indptr, meta.kv_indptr_host, meta.kv_last_page_len_host, kv_lens])
     return PagedKVInputs(qo_indptr=qo, kv_indptr=kv, kv_indices=meta.kv_indices,
-                         kv_last_page_len=last)
+                         kv_last_page_len=last, kv_lens=lens)
 
 
 class FlashInferAttentionBackend(AttentionBackend):
@@ -267,7 +271,7 @@ class FlashInferAttentionBackend(AttentionBackend):
             self.decode_tc_wrapper.plan(
                 inputs.qo_indptr, inputs.kv_indptr, inputs.kv_indices, inputs.kv_last_page_len,
                 self.num_qo_heads, self.num_kv_heads, self.head_dim, meta.page_size,
-                causal=False, **self.plan_kwargs())
+                causal=False, seq_lens=inputs.kv_lens, **self.plan_kwargs())
             self._wrapper = self.decode_tc_wrapper
         elif meta.is_decode:
             self.decode_wrapper.plan(
@@ -281,7 +285,7 @@ class FlashInferAttentionBackend(AttentionBackend):
             self.prefill_wrapper.plan(
                 inputs.qo_indptr, inputs.kv_indptr, inputs.kv_indices, inputs.kv_last_page_len,
                 self.num_qo_heads, self.num_kv_heads, self.head_dim, meta.page_size,
-                causal=True, **self.plan_kwargs())
+                causal=True, seq_lens=inputs.kv_lens, **self.plan_kwargs())
             self._wrapper = self.prefill_wrapper
         self.host.fence()
 

@@ -125,7 +125,8 @@ def test_csr_lists_match_page_table_and_torch_backend(ps: int) -> None:
         assert inp.qo_indptr.tolist() == meta.cu_new.tolist()
         assert np.diff(inp.kv_indptr.numpy()).tolist() == (-(-seq // ps)).tolist()
         assert all(1 <= x <= ps for x in inp.kv_last_page_len.tolist())
-        assert all(t.dtype == torch.int32 for t in inp)
+        assert inp.kv_lens is not None and inp.kv_lens.tolist() == seq.tolist()
+        assert all(t.dtype == torch.int32 for t in inp if t is not None)
         assert len(inp.kv_indices) == int(inp.kv_indptr[-1])
         # What the torch backend gathers for the same metadata.
         pool = KVPool(KVPoolShape(1, max_pages * n_slots, ps, 1, 2), torch.float32, "cpu")
@@ -210,8 +211,13 @@ class _FakeWrapper:
     def _plan(self, inp: PagedKVInputs, hq: int, hkv: int, d: int, ps: int, kw: dict) -> None:
         assert inp.kv_indptr.device.type == "cpu" and inp.kv_last_page_len.device.type == "cpu"
         assert inp.qo_indptr.device.type == "cpu"
-        assert all(t.is_contiguous() for t in inp)
-        assert all(t.dtype == torch.int32 for t in inp)
+        assert all(t.is_contiguous() and t.dtype == torch.int32 for t in inp if t is not None)
+        if self.kind == "prefill":
+            # The lengths the planner would otherwise derive in pageable memory.
+            lens = kw["seq_lens"]
+            assert lens.dtype == torch.int32 and lens.device.type == "cpu"
+            assert torch.equal(lens, (inp.kv_indptr[1:] - inp.kv_indptr[:-1] - 1) * ps
+                               + inp.kv_last_page_len)
         self.inputs, self.heads, self.ps, self.plan_kw = inp, (hq, hkv, d), ps, kw
         _FakeWrapper.log.append((self.kind, {**self.kw, **kw}))
 
