@@ -147,7 +147,8 @@ def prefetch_width(config: tuple[int, int, int], k: int) -> int:
 
 def pdl_supported(device: torch.device) -> bool:
     """Programmatic dependent launch: Hopper or newer, and a Triton that exposes it."""
-    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+    if (device.type != "cuda" or not torch.cuda.is_available()
+            or torch.cuda.get_device_capability(device)[0] < 9):
         return False
     try:
         from triton.language.extra import cuda as tl_cuda

@@ -503,3 +503,9 @@ def test_gemv_with_weights_loaded_up_front_matches(k: int, prologue: str | None)
 def test_warm_up_compiles_every_variant_and_says_so() -> None:
     said = gemv_cuda.warm_up(torch.device("cpu"), k=64)
     assert said == f"{len(gemv_cuda.CONFIGS)} configs x 4 prologues, no PDL here"
+
+
+def test_pdl_is_not_claimed_without_a_cuda_device() -> None:
+    # Asked on a machine without CUDA (the GPU tests ask at import): False, no error.
+    assert not gemv_cuda.pdl_supported(torch.device("cuda"))
+    assert not gemv_cuda.pdl_supported(torch.device("cpu"))
