@@ -241,18 +241,25 @@ class ModelRunner:
                                  extra, page_lists=self.attn.wants_page_lists)
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        """Logits (float32) [num sampled rows, vocab] for the rows with batch.sample set."""
-        return self._forward(batch)[0].float()
+        """Logits (float32) [num sampled rows, vocab] for the rows with batch.sample set (a
+        tensor of the caller's own)."""
+        logits = self._forward(batch)[0]
+        return logits.float() if logits.dtype != torch.float32 else logits.clone()
 
     def _forward(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits of the sampling rows in the model's dtype, their slots on the device)."""
+        """(logits of the sampling rows in the model's dtype, their slots on the device).
+        From a graph the logits may be a view of its output: valid until the next step."""
         bs = self.graphs.padded_size(batch.num_new) if self.graphs is not None else None
         meta, positions, (logits_idx, input_ids, sample_slots, *tok_slots) = \
             self.step_inputs(batch, bs)
         if tok_slots:  # PENDING_TOKEN inputs: the slot's last sampled token, on the device
             input_ids = torch.where(input_ids < 0, self.last_token[tok_slots[0]], input_ids)
         if self.graphs is not None and bs is not None:
-            return self.graphs.replay(meta, input_ids, positions, logits_idx), sample_slots
+            # Every row of a decode batch samples (the usual case): its logits are the graph
+            # output's leading rows, no gather needed.
+            every = bool(batch.sample.all())
+            return self.graphs.replay(meta, input_ids, positions, logits_idx,
+                                      batch.batch_size if every else None), sample_slots
         self.attn.plan(meta)
         return self.model(input_ids, positions, self.attn, logits_idx), sample_slots
 

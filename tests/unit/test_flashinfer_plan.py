@@ -556,7 +556,8 @@ def test_graph_runner_replays_padded_batches(backend: str, make_tiny_model: Any,
     rng = np.random.default_rng(0)
     lens: dict[int, int] = {}
 
-    def step(slots: list[int], chunks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(slots: list[int], chunks: list[list[int]], sample: list[bool] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         new = [s for s in slots if s not in lens]
         pages = {s: list(range((s + 1) * 30 - 1, s * 30 - 1, -1)) for s in new}
         fb = ForwardBatch(
@@ -564,7 +565,8 @@ def test_graph_runner_replays_padded_batches(backend: str, make_tiny_model: Any,
             start_pos=np.array([lens.get(s, 0) for s in slots], np.int32),
             num_new=np.array([len(c) for c in chunks], np.int32),
             input_ids=np.concatenate([np.array(c, np.int32) for c in chunks]),
-            sample=np.ones(len(slots), bool), page_slots=np.array(list(pages), np.int32),
+            sample=np.array(sample if sample is not None else [True] * len(slots)),
+            page_slots=np.array(list(pages), np.int32),
             page_offsets=np.zeros(len(pages), np.int32),
             page_lens=np.array([len(p) for p in pages.values()], np.int32),
             page_ids=np.array([x for p in pages.values() for x in p], np.int32),
@@ -598,6 +600,21 @@ def test_graph_runner_replays_padded_batches(backend: str, make_tiny_model: Any,
     assert outputs == {bs: graphs.outputs[bs].data_ptr() for bs in graphs.batch_sizes}
     if os.environ.get(DECODE_KERNEL_ENV) == "xqa":  # the graphs' decode ran through xqa
         assert any(kind == "xqa" for kind, _ in _FakeWrapper.log)
+    # A decode batch where one row does not sample: its logits are gathered (rows 0 and 2).
+    r, g = step([0, 1, 2], [[7], [8], [9]], sample=[True, False, True])
+    assert g.shape == r.shape == (2, 49152) and close(g, r)
+    # Every row samples: the sampler reads the graph's output rows in place (no gather), and
+    # forward() hands its caller a copy all the same.
+    fb = ForwardBatch(step=0, slots=np.array([0, 1], np.int32),
+                      start_pos=np.array([lens[0], lens[1]], np.int32),
+                      num_new=np.ones(2, np.int32), input_ids=np.array([5, 6], np.int32),
+                      sample=np.ones(2, bool), page_slots=np.zeros(0, np.int32),
+                      page_offsets=np.zeros(0, np.int32), page_lens=np.zeros(0, np.int32),
+                      page_ids=np.zeros(0, np.int32))
+    gr._apply_updates(fb)
+    view = gr._forward(fb)[0]
+    assert view.data_ptr() == graphs.outputs[2].data_ptr() and view.shape == (2, 49152)
+    assert gr.forward(fb).data_ptr() != graphs.outputs[2].data_ptr()
     # The padding rows wrote only the scratch page's first slot.
     scratch = gr.pool.scratch_page * ps
     assert torch.equal(gr.pool.k_cache[0][scratch + 1 : scratch + ps],
