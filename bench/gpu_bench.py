@@ -666,16 +666,21 @@ class Bench:
             "speedup": round(times[False] / times[True], 3)}
         say(f"   decode bs=1: {times[True]:.2f} ms/step with the GEMV, {times[False]:.2f} "
             "without")
-        if any(getattr(m, "pdl", False) for m in self.runner.model.modules()):
-            # The GEMVs install chose with PDL, launched without it (graphs recaptured).
-            gemv_cuda.pdl_enabled = False
+        from radixrt.attention import rope_kv_cuda
+
+        if (any(getattr(m, "pdl", False) for m in self.runner.model.modules())
+                or getattr(self.runner.attn, "rope_kv_pdl", False)):
+            # radixrt's PDL launches (the GEMVs install chose with it, the RoPE + K/V write)
+            # off, graphs recaptured.
+            gemv_cuda.pdl_enabled = rope_kv_cuda.pdl_enabled = False
             try:
                 no_pdl = self.recaptured_step_ms([1])[1]
             finally:
-                gemv_cuda.pdl_enabled = True
+                gemv_cuda.pdl_enabled = rope_kv_cuda.pdl_enabled = True
                 self.recaptured_step_ms([1])
             g["no_pdl_step_ms"] = round(no_pdl, 3)
-            say(f"   decode bs=1: {no_pdl:.2f} ms/step with those GEMVs launched without PDL")
+            g["rope_kv_pdl"] = bool(getattr(self.runner.attn, "rope_kv_pdl", False))
+            say(f"   decode bs=1: {no_pdl:.2f} ms/step with radixrt's PDL launches off")
 
     def decode_lt_gemm(self) -> None:
         """Decode steps with the tuned cuBLASLt algorithms (radixrt/models/gemm_cuda.py) on and

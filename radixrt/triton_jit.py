@@ -6,6 +6,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import torch
+
 
 class LazyKernel:
     """Calling it returns (triton, kernel), the kernel built by `define(triton, tl)` the first
@@ -25,3 +27,15 @@ class LazyKernel:
                 return None
             self.loaded = (triton, self.define(triton, tl))
         return self.loaded
+
+
+def pdl_supported(device: torch.device) -> bool:
+    """Programmatic dependent launch: Hopper or newer, and a Triton that exposes it."""
+    if (device.type != "cuda" or not torch.cuda.is_available()
+            or torch.cuda.get_device_capability(device)[0] < 9):
+        return False
+    try:
+        from triton.language.extra import cuda as tl_cuda
+    except ImportError:
+        return False
+    return hasattr(tl_cuda, "gdc_wait") and hasattr(tl_cuda, "gdc_launch_dependents")

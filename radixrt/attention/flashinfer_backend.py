@@ -190,6 +190,8 @@ class FlashInferAttentionBackend(AttentionBackend):
         # RoPE and the K/V write as one kernel, where it checks out on this device.
         self.rope_kv = rope_kv_cuda.check(pool.device, pool.dtype, self.num_qo_heads,
                                           self.num_kv_heads, self.head_dim)
+        self.rope_kv_pdl = self.rope_kv == "fused" and rope_kv_cuda.check_pdl(
+            pool.device, pool.dtype, self.num_qo_heads, self.num_kv_heads, self.head_dim)
         # Decode graphs of at least this many rows plan without split-KV (fa2 tensor cores).
         self.unsplit_from = (unsplit_batch_size(pool.device, self.num_kv_heads)
                              if self.decode_kwargs.get("backend") == "fa2" else None)
@@ -306,7 +308,7 @@ class FlashInferAttentionBackend(AttentionBackend):
             return super().forward_rope(positions, q, k, v, layer_id, rope)
         assert rope.cos_sin is not None
         rope_kv_cuda.rope_and_write(positions, q, k, v, rope.cos_sin, k_cache, v_cache,
-                                    meta.out_slots)
+                                    meta.out_slots, pdl=self.rope_kv_pdl)
         return self._attend(q, layer_id)
 
     def _attend(self, q: torch.Tensor, layer_id: int) -> torch.Tensor:

@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 
-from radixrt.triton_jit import LazyKernel
+from radixrt.triton_jit import LazyKernel, pdl_supported
 
 ENV = "RADIXRT_ROPE_KV"
 logger = logging.getLogger("radixrt")
 enabled = True
+pdl_enabled = True  # False: launched without PDL even where check_pdl passed (benchmark A/B)
 
 
 def _define(triton: ModuleType, tl: ModuleType) -> Any:
@@ -35,14 +36,22 @@ def _define(triton: ModuleType, tl: ModuleType) -> Any:
     @triton.jit
     def rope_kv(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, slot_ptr, cs_ptr,  # noqa: ANN001
                 q_st, q_sh, k_st, k_sh, v_st, v_sh, c_slot, c_head, HQ, HK,  # noqa: ANN001
-                BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, HALF: tl.constexpr):
+                BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, HALF: tl.constexpr,
+                PDL: tl.constexpr):
         # One program per token, every head of it: [heads, HALF] tiles, first and second
         # halves of each head rotated against each other (neox).
+        # PDL (launched as a programmatic dependent): the positions, slots and cos/sin rows
+        # (the step's inputs and a constant table, not the kernel ahead's output) load before
+        # waiting for that kernel; q, k, v and every store come after.
         t = tl.program_id(0)
         d = tl.arange(0, HALF)[None, :]
         pos = tl.load(pos_ptr + t).to(tl.int64)
+        slot = tl.load(slot_ptr + t).to(tl.int64)
         cos = tl.load(cs_ptr + pos * (2 * HALF) + d)
         sin = tl.load(cs_ptr + pos * (2 * HALF) + HALF + d)
+        if PDL:
+            tl.extra.cuda.gdc_launch_dependents()
+            tl.extra.cuda.gdc_wait()
         hq = tl.arange(0, BLOCK_HQ)[:, None]
         q_ok = hq < HQ
         q = q_ptr + t * q_st + hq * q_sh + d
@@ -54,7 +63,6 @@ def _define(triton: ModuleType, tl: ModuleType) -> Any:
                  mask=q_ok)
         hk = tl.arange(0, BLOCK_HK)[:, None]
         k_ok = hk < HK
-        slot = tl.load(slot_ptr + t).to(tl.int64)
         k = k_ptr + t * k_st + hk * k_sh + d
         kc = kc_ptr + slot * c_slot + hk * c_head + d
         x1 = tl.load(k, mask=k_ok).to(tl.float32)
@@ -88,10 +96,11 @@ def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Ten
 
 def rope_and_write(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                    v: torch.Tensor, cos_sin: torch.Tensor, k_cache: torch.Tensor,
-                   v_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+                   v_cache: torch.Tensor, slots: torch.Tensor, pdl: bool = False
+                   ) -> torch.Tensor:
     """Rotate q [T, Hq, D] in place (neox halves, cos/sin rows cos_sin[positions]); rotate
     k [T, Hk, D] into k_cache[slots] and copy v into v_cache[slots] (caches [S, Hk, D], the
-    same strides). Returns q."""
+    same strides). Returns q. pdl: launched as a programmatic dependent (check_pdl)."""
     loaded = _load_kernel()
     if loaded is None:
         raise RuntimeError("the fused RoPE + KV write needs the triton package")
@@ -106,7 +115,8 @@ def rope_and_write(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                  q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                  k_cache.stride(0), k_cache.stride(1), hq, hk,
                  BLOCK_HQ=triton.next_power_of_2(hq), BLOCK_HK=triton.next_power_of_2(hk),
-                 HALF=d // 2, num_warps=4)
+                 HALF=d // 2, PDL=pdl and pdl_enabled, num_warps=4,
+                 **({"launch_pdl": True} if pdl and pdl_enabled else {}))
     return q
 
 
@@ -145,8 +155,20 @@ def check(device: torch.device, dtype: torch.dtype, num_heads: int, num_kv_heads
     return "fused"
 
 
+def check_pdl(device: torch.device, dtype: torch.dtype, num_heads: int, num_kv_heads: int,
+              head_dim: int) -> bool:
+    """Whether the kernel, launched with PDL, agrees with `reference` here (SM90+ with a Triton
+    that has it); a failure only costs the PDL launch."""
+    if not pdl_supported(device):
+        return False
+    why = compare(device, dtype, num_heads, num_kv_heads, head_dim, pdl=True)
+    if why:
+        logger.warning("fused RoPE + KV write without PDL: %s", why)
+    return not why
+
+
 def compare(device: torch.device, dtype: torch.dtype, num_heads: int, num_kv_heads: int,
-            head_dim: int, tol: float = 2e-2) -> str:
+            head_dim: int, tol: float = 2e-2, pdl: bool = False) -> str:
     """check's comparison on any device (the tests run it on a CPU under Triton's
     interpreter): "" when the kernel agrees with `reference`, else why not."""
     try:
@@ -164,7 +186,8 @@ def compare(device: torch.device, dtype: torch.dtype, num_heads: int, num_kv_hea
         caches = [torch.zeros(2, 32, hk, d, device=device, dtype=dtype) for _ in range(2)]
         ref_q = reference(pos, q.clone(), k, v, cos_sin, caches[0][0], caches[0][1], slots)
         kept = qkv[:, hq * d:].clone()
-        got_q = rope_and_write(pos, q, k, v, cos_sin, caches[1][0], caches[1][1], slots)
+        got_q = rope_and_write(pos, q, k, v, cos_sin, caches[1][0], caches[1][1], slots,
+                               pdl=pdl)
         err = max(_rel_err(got_q, ref_q), _rel_err(caches[1], caches[0]))
         if err >= tol:
             return f"rel err {err:.1e}"

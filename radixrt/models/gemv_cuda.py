@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 from radixrt.models import fused_cuda, gemm_cuda
 from radixrt.models.cuda_timing import time_calls
-from radixrt.triton_jit import LazyKernel
+from radixrt.triton_jit import LazyKernel, pdl_supported
 
 ENV = "RADIXRT_GEMV"
 logger = logging.getLogger("radixrt")
@@ -143,18 +143,6 @@ def prefetch_width(config: tuple[int, int, int], k: int) -> int:
     while width * 2 * block_n <= 4096 * warps and width < k:
         width *= 2
     return width
-
-
-def pdl_supported(device: torch.device) -> bool:
-    """Programmatic dependent launch: Hopper or newer, and a Triton that exposes it."""
-    if (device.type != "cuda" or not torch.cuda.is_available()
-            or torch.cuda.get_device_capability(device)[0] < 9):
-        return False
-    try:
-        from triton.language.extra import cuda as tl_cuda
-    except ImportError:
-        return False
-    return hasattr(tl_cuda, "gdc_wait") and hasattr(tl_cuda, "gdc_launch_dependents")
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, config: tuple[int, int, int], *,

@@ -327,7 +327,7 @@ def test_flashinfer_backend_rotates_and_writes_in_one_kernel(
     calls: list[int] = []
     real = rope_kv_cuda.rope_and_write
     monkeypatch.setattr(rope_kv_cuda, "rope_and_write",
-                        lambda *a: calls.append(1) or real(*a))
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
     # A prefill of 6 and 3 tokens, then a decode step of both.
     steps = [(np.array([0, 0]), np.array([6, 3])), (np.array([6, 3]), np.array([1, 1]))]
     pages = np.array([[0, 1, 2], [5, 6, 7]])
