@@ -36,3 +36,23 @@ def time_calls(fn: Any, weights: list[torch.Tensor], graphs: bool, reps: int = 3
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / 1e3 / (reps * len(weights))
+
+
+def cold_cycle(weights: list[torch.Tensor], l2_multiple: int = 4) -> list[torch.Tensor]:
+    """The fewest of `weights` (in order) that together exceed l2_multiple x the device's L2,
+    so a timing cycling through them never finds the next one's bytes still cached: a few
+    layers' worth, not all of them, for what costs start-up time."""
+    if not weights:
+        return weights
+    dev = weights[0].device
+    l2 = 64 * 2**20
+    if dev.type == "cuda":
+        l2 = getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", l2) or l2
+    out, total = [], 0
+    for w in weights:
+        out.append(w)
+        total += w.numel() * w.element_size()
+        if total > l2_multiple * l2 and len(out) >= 2:
+            break
+    return out
+

@@ -8,8 +8,8 @@ splits down's K in two with a reduce kernel after it, where the card gives 4.8
 split-K factors, ...); which one is fastest depends on card and shape, so nothing is assumed:
 when a CUDA model runner with decode graphs starts, `install` times, for every projection and
 every batch size a graph is captured at, the first MAX_ALGOS algorithms of that list against
-F.linear, replayed from a CUDA graph and cycling through the layers' own weights (no timing
-reads weights the last one left in L2). A projection runs an algorithm at a batch size only
+F.linear, replayed from a CUDA graph and cycling through the layers' own weights (as many
+layers as exceed 4x the L2, so no timing reads weights the last one left there). A projection runs an algorithm at a batch size only
 where it beats F.linear by MIN_GAIN and agrees with it; everything else stays F.linear.
 
 The calls go through FlashInfer's cuBLASLt module (built by its JIT once per machine):
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from radixrt.models.cuda_timing import time_calls
+from radixrt.models.cuda_timing import cold_cycle, time_calls
 
 ENV = "RADIXRT_LT_GEMM"
 logger = logging.getLogger("radixrt")
@@ -164,7 +164,7 @@ def install(model: nn.Module, device: torch.device, batch_sizes: list[int],
     if _unavailable is not None:
         return {"all": _unavailable}
     status = choose(model, library, sizes, min_gain,
-                    lambda fn, weights: time_calls(fn, weights, graphs=True))
+                    lambda fn, weights: time_calls(fn, cold_cycle(weights), graphs=True))
     logger.info("cuBLASLt algorithms timed at batch sizes %s in %.1f s", sizes,
                 time.perf_counter() - t0)
     return status

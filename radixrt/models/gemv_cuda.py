@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from radixrt.models import fused_cuda, gemm_cuda
-from radixrt.models.cuda_timing import time_calls
+from radixrt.models.cuda_timing import cold_cycle, time_calls
 from radixrt.triton_jit import LazyKernel, pdl_supported
 
 ENV = "RADIXRT_GEMV"
@@ -318,7 +318,7 @@ def install(model: nn.Module, device: torch.device, graphs: bool = True,
     if _load_kernel() is None:
         return {"all": "F.linear (no triton)"}
     return choose(model, device, min_gain,
-                  lambda fn, weights: time_calls(fn, weights, graphs),
+                  lambda fn, weights: time_calls(fn, cold_cycle(weights), graphs),
                   pdl=graphs and pdl_supported(device))
 
 

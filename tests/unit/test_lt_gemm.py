@@ -145,3 +145,15 @@ def test_a_module_that_cannot_build_is_tried_once(monkeypatch: pytest.MonkeyPatc
                                  "ModuleNotFoundError: No module named 'flashinfer')"}
         assert not any(isinstance(x, gemm_cuda.LtLinear) for x in m.modules())
     assert len(calls) == 1
+
+
+def test_cold_cycle_takes_the_fewest_layers_past_the_l2() -> None:
+    from radixrt.models.cuda_timing import cold_cycle
+
+    mib = 2**20 // 4  # float32 elements in a MiB
+    layers = [torch.empty(40 * mib) for _ in range(32)]  # 40 MiB each; CPU: a 64 MiB "L2"
+    got = cold_cycle(layers)
+    assert got == layers[:7]  # 7 x 40 = 280 MiB > 4 x 64 MiB, 6 x 40 is not
+    assert cold_cycle(layers, l2_multiple=0) == layers[:2]  # always two at least
+    small = [torch.empty(1) for _ in range(3)]
+    assert cold_cycle(small) == small and cold_cycle([]) == []
