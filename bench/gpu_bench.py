@@ -227,6 +227,14 @@ def card_slug(device: str) -> str:
     return "_".join("".join(c for c in w if c.isalnum()) for w in words[:2]) or "unknown"
 
 
+def ab_rows(times: dict[bool, dict[int, float]], on_key: str, off_key: str
+            ) -> list[dict[str, Any]]:
+    """One row per batch size of an on/off A/B (switched_step_ms): both ms/step, and the
+    speedup of on over off."""
+    return [{"batch": B, on_key: round(times[True][B], 3), off_key: round(times[False][B], 3),
+             "speedup": round(times[False][B] / times[True][B], 3)} for B in times[True]]
+
+
 def use_graphs(runner: Any, graphs: Any) -> None:
     """Decode steps through the runner's graph runner, or eagerly (graphs=None)."""
     runner.graphs = graphs
@@ -623,11 +631,12 @@ class Bench:
                 + (f" (fused {row['fused_step_ms']})" if "fused_step_ms" in row else ""))
         self.results["decode_unfused"] = rows
 
-    def switched_step_ms(self, module: Any, batches: list[int]) -> dict[bool, dict[int, float]]:
-        """recaptured_step_ms with `module.enabled` off, then on (as it is left)."""
+    def switched_step_ms(self, module: Any, batches: list[int], flag: str = "enabled"
+                         ) -> dict[bool, dict[int, float]]:
+        """recaptured_step_ms with `module.<flag>` off, then on (as it is left)."""
         times = {}
         for on in (False, True):
-            module.enabled = on
+            setattr(module, flag, on)
             times[on] = self.recaptured_step_ms(batches)
         return times
 
@@ -645,9 +654,7 @@ class Bench:
         self.results["decode_rope_kv"] = {
             "status": self.runner.attn.rope_kv,
             "prefill_tokens_per_s": {"fused": prefill[True], "unfused": prefill[False]},
-            "rows": [{"batch": B, "fused_step_ms": round(times[True][B], 3),
-                      "unfused_step_ms": round(times[False][B], 3),
-                      "speedup": round(times[False][B] / times[True][B], 3)} for B in batches]}
+            "rows": ab_rows(times, "fused_step_ms", "unfused_step_ms")}
         for B in batches:
             say(f"   decode bs={B}: {times[True][B]:.2f} ms/step with RoPE + KV write fused, "
                 f"{times[False][B]:.2f} without")
@@ -656,6 +663,7 @@ class Bench:
     def decode_gemv(self) -> None:
         """Batch 1 with the Triton GEMV (radixrt/models/gemv_cuda.py) on and off, graphs
         recaptured each way, in one run."""
+        from radixrt.attention import rope_kv_cuda
         from radixrt.models import gemv_cuda
 
         switched = self.switched_step_ms(gemv_cuda, [1])
@@ -666,8 +674,6 @@ class Bench:
             "speedup": round(times[False] / times[True], 3)}
         say(f"   decode bs=1: {times[True]:.2f} ms/step with the GEMV, {times[False]:.2f} "
             "without")
-        from radixrt.attention import rope_kv_cuda
-
         if (any(getattr(m, "pdl", False) for m in self.runner.model.modules())
                 or getattr(self.runner.attn, "rope_kv_pdl", False)):
             # radixrt's PDL launches (the GEMVs install chose with it, the RoPE + K/V write)
@@ -691,9 +697,7 @@ class Bench:
         times = self.switched_step_ms(gemm_cuda, batches)
         self.results["decode_lt_gemm"] = {
             "installed": dict(self.runner.lt_gemm),
-            "rows": [{"batch": B, "tuned_step_ms": round(times[True][B], 3),
-                      "cublas_step_ms": round(times[False][B], 3),
-                      "speedup": round(times[False][B] / times[True][B], 3)} for B in batches]}
+            "rows": ab_rows(times, "tuned_step_ms", "cublas_step_ms")}
         for B in batches:
             say(f"   decode bs={B}: {times[True][B]:.2f} ms/step with tuned cuBLASLt "
                 f"algorithms, {times[False][B]:.2f} with cuBLAS's picks")
@@ -710,15 +714,9 @@ class Bench:
             self.results["decode_unsplit"] = {"unsplit_from": start, "rows": []}
             say(f"   no decode batch >= {start}: nothing to compare")
             return
-        times = {}
-        for on in (False, True):  # left on
-            fb.unsplit_graphs = on
-            times[on] = self.recaptured_step_ms(batches)
+        times = self.switched_step_ms(fb, batches, flag="unsplit_graphs")
         self.results["decode_unsplit"] = {
-            "unsplit_from": start,
-            "rows": [{"batch": B, "unsplit_step_ms": round(times[True][B], 3),
-                      "split_step_ms": round(times[False][B], 3),
-                      "speedup": round(times[False][B] / times[True][B], 3)} for B in batches]}
+            "unsplit_from": start, "rows": ab_rows(times, "unsplit_step_ms", "split_step_ms")}
         for B in batches:
             say(f"   decode bs={B}: {times[True][B]:.2f} ms/step planned without split-KV, "
                 f"{times[False][B]:.2f} with it")
