@@ -9,8 +9,9 @@ split-K factors, ...); which one is fastest depends on card and shape, so nothin
 when a CUDA model runner with decode graphs starts, `install` times, for every projection and
 every batch size a graph is captured at, the first MAX_ALGOS algorithms of that list against
 F.linear, replayed from a CUDA graph and cycling through the layers' own weights (as many
-layers as exceed 4x the L2, so no timing reads weights the last one left there). A projection runs an algorithm at a batch size only
-where it beats F.linear by MIN_GAIN and agrees with it; everything else stays F.linear.
+layers as exceed 4x the L2, so no timing reads weights the last one left there). A
+projection runs an algorithm at a batch size only where it beats F.linear by MIN_GAIN and
+agrees with it; everything else stays F.linear.
 
 The calls go through FlashInfer's cuBLASLt module (built by its JIT once per machine):
 `algorithms` lists a shape's algorithms, `run` calls one by its rank. RADIXRT_LT_GEMM=0 turns
@@ -63,7 +64,8 @@ class CublasLt:
         self.device = device
         self.workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         with torch.cuda.device(device):
-            # torch hands cuBLASLt its cuBLAS handle too (the same object since CUDA 11).
+            # torch's cuBLAS handle serves as the cuBLASLt one, as FlashInfer's own runner
+            # passes it.
             self.handle = torch.cuda.current_blas_handle()
         self._lists: dict[tuple[int, int, int], tuple[torch.Tensor, int]] = {}
 
