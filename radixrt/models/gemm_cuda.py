@@ -34,7 +34,7 @@ from radixrt.models.cuda_timing import cold_cycle, time_calls
 
 ENV = "RADIXRT_LT_GEMM"
 logger = logging.getLogger("radixrt")
-MAX_ALGOS = 8  # of cuBLASLt's ranked list: timing more costs start-up time for rare wins
+MAX_ALGOS = 16  # of cuBLASLt's ranked list (each timing is a few ms at start)
 MIN_GAIN = 0.03  # an algorithm must be this much faster than F.linear to be used
 WORKSPACE_BYTES = 32 * 2**20  # cuBLASLt's split-K partials; offered to the heuristic too
 ALGO_BYTES, ALGOS_LISTED = 64, 100  # cublasLtMatmulAlgo_t's size; how many to ask for
