@@ -128,16 +128,18 @@ class LtLinear(nn.Module):
         return linear(self, x)
 
 
-def _projections(model: nn.Module) -> dict[str, list[tuple[nn.Module, str, nn.Module]]]:
-    """Bias-free linear children (nn.Linear, or another module with a 2-D weight that calls
-    `linear` for its other batch sizes: gemv_cuda.GemvLinear) grouped by role."""
-    from radixrt.models.gemv_cuda import GemvLinear
+# A projection as install finds it: (parent module, attribute name, the module).
+Member = tuple[nn.Module, str, nn.Module]
 
-    groups: dict[str, list[tuple[nn.Module, str, nn.Module]]] = {}
+
+def projections(model: nn.Module, also: tuple[type, ...] = ()) -> dict[str, list[Member]]:
+    """The model's bias-free nn.Linear children, and its children of the `also` types,
+    grouped by attribute name (a role: every layer's qkv_proj, ...)."""
+    groups: dict[str, list[Member]] = {}
     for parent in model.modules():
         for name, child in parent.named_children():
             plain = type(child) is nn.Linear and child.bias is None
-            if plain or isinstance(child, GemvLinear):
+            if plain or isinstance(child, also):
                 groups.setdefault(name, []).append((parent, name, child))
     return groups
 
@@ -177,8 +179,10 @@ def choose(model: nn.Module, library: GemmLibrary, sizes: list[int], min_gain: f
            timer: Timer, max_algos: int = MAX_ALGOS) -> dict[str, str]:
     """install's measurements and swaps with any library and timer (the tests drive it on a
     CPU with stand-ins)."""
+    from radixrt.models.gemv_cuda import GemvLinear  # it calls `linear` beyond one token
+
     status: dict[str, str] = {}
-    for role, members in _projections(model).items():
+    for role, members in projections(model, also=(GemvLinear,)).items():
         weights = [m.weight for _, _, m in members]
         w0 = weights[0]
         if any(w.shape != w0.shape or w.dtype != w0.dtype for w in weights):

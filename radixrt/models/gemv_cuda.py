@@ -276,23 +276,13 @@ def norm_linear(norm: nn.Module, linear: nn.Module, x: torch.Tensor,
     return linear(h), residual
 
 
-def _projections(model: nn.Module) -> dict[str, list[tuple[nn.Module, str, nn.Linear]]]:
-    """Bias-free nn.Linear children grouped by role: (parent, attribute, module)."""
-    groups: dict[str, list[tuple[nn.Module, str, nn.Linear]]] = {}
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if type(child) is nn.Linear and child.bias is None:
-                groups.setdefault(name, []).append((parent, name, child))
-    return groups
-
-
 # A candidate: (block config, with the role's prologue fused, launched with PDL); BLAS is
 # F.linear.
 Candidate = tuple[tuple[int, int, int] | None, bool, bool]
 BLAS: Candidate = (None, False, False)
 
 
-def _prologue_of(members: list[tuple[nn.Module, str, nn.Linear]],
+def _prologue_of(members: list[gemm_cuda.Member],
                  prologues: dict[nn.Module, tuple[str, nn.Module | None]]
                  ) -> tuple[str, nn.Module | None] | tuple[None, None]:
     """The prologue every member of a role shares (the first member's norm), else none."""
@@ -332,7 +322,7 @@ def choose(model: nn.Module, device: torch.device, min_gain: float, timer: Timer
     before it as in the model it overlaps the kernel before it)."""
     prologues = model.linear_prologues() if hasattr(model, "linear_prologues") else {}
     status: dict[str, str] = {}
-    for role, members in _projections(model).items():
+    for role, members in gemm_cuda.projections(model).items():
         if roles is not None and role not in roles:
             continue
         weights = [m.weight for _, _, m in members]
