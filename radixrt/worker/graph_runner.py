@@ -170,7 +170,7 @@ class GraphRunner:
         captured size: meta, input_ids and positions have that many rows. leading_rows=n:
         logits_idx is 0..n-1 (every real row samples), and the result is a view of the
         graph's output, valid until the next replay (no gather: at batch 128 of a 128k
-        vocabulary that copy moves 64 MB)."""
+        vocabulary that copy reads and writes 33 MB each)."""
         bs = meta.batch_size
         if bs not in self.graphs:
             raise ValueError(f"no graph for batch size {bs} (captured {self.batch_sizes})")
