@@ -70,6 +70,30 @@ def unsplit_batch_size(device: torch.device, num_kv_heads: int) -> int | None:
     return FI_CTAS_PER_SM * sms // num_kv_heads
 
 
+def pin_decode_query_offsets(largest_batch: int) -> bool:
+    """Make FlashInfer's eager decode wrapper upload its query offsets from pinned memory.
+
+    Its plan() takes the offsets 0..B from a cached host arange (flashinfer.utils._cache_buf,
+    one per power of two) and copies them to the device; that arange is pageable, and CUDA
+    waits for the stream before staging a pageable copy, so planning an eager CUDA-core decode
+    step would wait for the step in flight. Seeding the cache with pinned aranges (the same
+    values) removes the wait. A FlashInfer without that cache keeps its own; False then."""
+    try:
+        from flashinfer import utils
+        cache = utils._cache_buf
+    except (ImportError, AttributeError):
+        return False
+    if not isinstance(cache, dict):
+        return False
+    n = 1
+    while n < 2 * (largest_batch + 1):  # every power of two up to the offsets of the largest
+        key = (f"range_{n}", "cpu")
+        if key not in cache or not cache[key].is_pinned():
+            cache[key] = torch.arange(n, dtype=torch.int32).pin_memory()
+        n *= 2
+    return True
+
+
 def import_flashinfer() -> ModuleType:
     try:
         import flashinfer
@@ -178,6 +202,8 @@ class FlashInferAttentionBackend(AttentionBackend):
         backend = prefill_backend or os.environ.get(PREFILL_BACKEND_ENV, DEFAULT_PREFILL_BACKEND)
         self.decode_wrapper = self.fi.BatchDecodeWithPagedKVCacheWrapper(
             self.workspace, "NHD", **self.decode_kwargs)
+        if not self.decode_kwargs["use_tensor_cores"] and pool.device.type == "cuda":
+            pin_decode_query_offsets(config.max_running_requests if config else 1024)
         # Tensor-core decode is FlashInfer's prefill kernel over one-token queries; eagerly it
         # runs through a prefill wrapper, which takes our (pinned) query offsets where the
         # decode wrapper would upload its own from pageable memory (a wait for the stream).

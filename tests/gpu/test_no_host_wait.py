@@ -95,13 +95,15 @@ def test_flashinfer_graph_decode_plan_does_not_wait(heads: int) -> None:
 
 
 def test_flashinfer_eager_plans_do_not_wait() -> None:
-    """Prefill and tensor-core decode. (Eager CUDA-core decode still waits: FlashInfer's
-    decode wrapper uploads its own query offsets from pageable memory. The server runs decode
-    eagerly only beyond the largest captured batch.)"""
+    """Prefill, tensor-core decode and CUDA-core decode (whose FlashInfer wrapper uploads its
+    own query offsets: from the pinned aranges pin_decode_query_offsets seeds)."""
     backend = _backend(8)  # GQA group 4: tensor-core decode
     decode, prefill = _meta([1, 1, 1]), _meta([5, 1, 9])
     assert_no_wait(lambda: backend.plan(decode), "eager tensor-core decode planning")
     assert_no_wait(lambda: backend.plan(prefill), "prefill planning")
+    cuda_cores = _backend(4)  # GQA group 2: CUDA-core decode
+    assert not cuda_cores.decode_kwargs["use_tensor_cores"]
+    assert_no_wait(lambda: cuda_cores.plan(decode), "eager CUDA-core decode planning")
 
 
 def _runner(path: Any) -> ModelRunner:
