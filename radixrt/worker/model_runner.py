@@ -181,8 +181,35 @@ class ModelRunner:
             if self.lt_gemm:
                 logger.info("decode-batch linears: %s", "; ".join(
                     f"{k}: {v}" for k, v in self.lt_gemm.items()))
+        # A small prefill and decode step before serving: on CUDA, FlashInfer builds a kernel
+        # module the first time it runs it (a JIT compile: minutes on a machine's first start),
+        # and no decode graph touches the prefill module of a model whose decode runs on CUDA
+        # cores (nor anything, with graphs off), so the first request would wait for the build.
+        self.warm_up_seconds = self._warm_up()
         # Decode graphs (None on CPU, without a capturable backend, or --disable-cuda-graph).
         self.graphs: GraphRunner | None = create_graph_runner(self)
+
+    @torch.inference_mode()
+    def _warm_up(self) -> float:
+        """Run a prefill step of two requests (3 tokens and 1), then a decode step of two,
+        through the model (eagerly), their KV written to the scratch page and their logits
+        dropped; returns the seconds."""
+        t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            logger.info("warm-up: a prefill and a decode step (a machine's first start builds "
+                        "FlashInfer's kernels here, which can take minutes)")
+        rows = np.full((2, -(-4 // self.page_size)), self.pool.scratch_page, dtype=np.int32)
+        for start, num_new in (([0, 0], [3, 1]), ([3, 1], [1, 1])):
+            meta, positions, (input_ids, logits_idx) = build_step_inputs(
+                np.array(start), np.array(num_new), rows, self.page_size, self.staging.upload,
+                [np.zeros(sum(num_new), np.int64), np.cumsum(num_new) - 1],
+                page_lists=self.attn.wants_page_lists)
+            self.attn.plan(meta)
+            self.model(input_ids, positions, self.attn, logits_idx)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            logger.info("warm-up: %.1f s", time.perf_counter() - t0)
+        return time.perf_counter() - t0
 
     @property
     def num_pages(self) -> int:

@@ -63,6 +63,21 @@ def test_logits_match_transformers(make_tiny_model, arch: str, page_size: int,
         assert (logits[i] - hf_last_logits(hf, seqs[i])).abs().max() < TOL
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_warm_up_writes_only_the_scratch_page(make_tiny_model, backend: str) -> None:
+    """The runner's start-up prefill (it builds FlashInfer's kernels on CUDA) leaves every
+    real page of the KV pool as it was (zeros): its tokens went to the scratch page."""
+    runner = ModelRunner(EngineConfig(model_path=str(make_tiny_model("llama")), page_size=4,
+                                      max_total_tokens=256, max_running_requests=4,
+                                      attention_backend=backend))
+    pool = runner.pool
+    assert runner.warm_up_seconds > 0
+    real = pool.scratch_page * pool.shape.page_size  # slots below it belong to real pages
+    for cache in (*pool.k_cache, *pool.v_cache):  # [slots, kv heads, head dim] views
+        assert not cache[:real].any()
+    assert all(cache[real : real + 3].any() for cache in pool.k_cache)
+
+
 def test_greedy_generation_matches_transformers_on_tiny_model(make_tiny_model) -> None:
     path = make_tiny_model("qwen3")
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
