@@ -131,6 +131,7 @@ class GraphRunner:
     @torch.inference_mode()
     def capture(self, record: Recorder) -> None:
         t0 = time.perf_counter()
+        logger.info("capturing decode graphs at batch sizes %s ...", self.batch_sizes)
         # Largest first, so smaller graphs reuse the memory the largest one sized.
         for bs in reversed(self.batch_sizes):
             self.input_ids[:bs].zero_()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -30,6 +32,20 @@ from radixrt.worker.launched import LaunchedStep
 from radixrt.worker.sampler import Sampler
 
 logger = logging.getLogger("radixrt")
+
+
+@contextlib.contextmanager
+def start_stage(device: torch.device, what: str) -> Iterator[None]:
+    """On CUDA, log that a start-up stage begins and, after it, its seconds: on a machine's
+    first start several of them compile kernels (FlashInfer's JIT, Triton) for minutes, which
+    must not look like a hang. Silent on CPU, where they take milliseconds."""
+    if device.type != "cuda":
+        yield
+        return
+    logger.info("%s ...", what)
+    t0 = time.perf_counter()
+    yield
+    logger.info("%s: %.1f s", what, time.perf_counter() - t0)
 
 
 def context_length(config: EngineConfig, model_cfg: ModelConfig) -> int:
@@ -160,15 +176,17 @@ class ModelRunner:
         # any graph captures them (an op that fails here runs as torch ops instead).
         self.fused_ops: dict[str, str] = {}
         if self.device.type == "cuda":
-            self.fused_ops = fused_cuda.verify(
-                self.device, self.dtype, m.hidden_size, m.head_dim, m.num_heads,
-                m.num_kv_heads, m.intermediate_size)
+            with start_stage(self.device, "checking FlashInfer's fused ops against torch"):
+                self.fused_ops = fused_cuda.verify(
+                    self.device, self.dtype, m.hidden_size, m.head_dim, m.num_heads,
+                    m.num_kv_heads, m.intermediate_size)
             logger.info("fused ops: %s", ", ".join(f"{k} {v}" for k, v in
                                                    self.fused_ops.items()))
         # One-token projections through a Triton GEMV where it measures faster than cuBLAS.
-        self.gemv: dict[str, str] = gemv_cuda.install(
-            self.model, self.device,
-            graphs=not config.disable_cuda_graph and self.attn.supports_cuda_graph)
+        with start_stage(self.device, "timing one-token GEMVs against cuBLAS"):
+            self.gemv: dict[str, str] = gemv_cuda.install(
+                self.model, self.device,
+                graphs=not config.disable_cuda_graph and self.attn.supports_cuda_graph)
         if self.gemv:
             logger.info("one-token linears: %s", "; ".join(f"{k}: {v}" for k, v in
                                                            self.gemv.items()))
@@ -177,7 +195,9 @@ class ModelRunner:
         self.lt_gemm: dict[str, str] = {}
         if (self.device.type == "cuda" and not config.disable_cuda_graph
                 and self.attn.supports_cuda_graph and not config.deterministic):
-            self.lt_gemm = gemm_cuda.install(self.model, self.device, graph_batch_sizes(config))
+            with start_stage(self.device, "timing cuBLASLt algorithms for decode batches"):
+                self.lt_gemm = gemm_cuda.install(self.model, self.device,
+                                                 graph_batch_sizes(config))
             if self.lt_gemm:
                 logger.info("decode-batch linears: %s", "; ".join(
                     f"{k}: {v}" for k, v in self.lt_gemm.items()))
@@ -195,20 +215,18 @@ class ModelRunner:
         through the model (eagerly), their KV written to the scratch page and their logits
         dropped; returns the seconds."""
         t0 = time.perf_counter()
-        if self.device.type == "cuda":
-            logger.info("warm-up: a prefill and a decode step (a machine's first start builds "
-                        "FlashInfer's kernels here, which can take minutes)")
         rows = np.full((2, -(-4 // self.page_size)), self.pool.scratch_page, dtype=np.int32)
-        for start, num_new in (([0, 0], [3, 1]), ([3, 1], [1, 1])):
-            meta, positions, (input_ids, logits_idx) = build_step_inputs(
-                np.array(start), np.array(num_new), rows, self.page_size, self.staging.upload,
-                [np.zeros(sum(num_new), np.int64), np.cumsum(num_new) - 1],
-                page_lists=self.attn.wants_page_lists)
-            self.attn.plan(meta)
-            self.model(input_ids, positions, self.attn, logits_idx)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            logger.info("warm-up: %.1f s", time.perf_counter() - t0)
+        with start_stage(self.device, "warm-up: a prefill and a decode step"):
+            for start, num_new in (([0, 0], [3, 1]), ([3, 1], [1, 1])):
+                meta, positions, (input_ids, logits_idx) = build_step_inputs(
+                    np.array(start), np.array(num_new), rows, self.page_size,
+                    self.staging.upload,
+                    [np.zeros(sum(num_new), np.int64), np.cumsum(num_new) - 1],
+                    page_lists=self.attn.wants_page_lists)
+                self.attn.plan(meta)
+                self.model(input_ids, positions, self.attn, logits_idx)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
 
     @property

@@ -136,3 +136,17 @@ def test_default_model_greedy_matches_transformers(default_model_dir, default_mo
     for o, ref in zip(outs, refs):
         assert o.output_ids == ref, tok.decode(o.output_ids) + " != " + tok.decode(ref)
     assert "Paris" in tok.decode(outs[0].output_ids)
+
+
+def test_start_stages_say_when_they_begin_and_how_long_on_cuda(caplog) -> None:
+    """A CUDA start-up stage may compile kernels for minutes: it logs before and after (with
+    its seconds); on CPU, where the stages take milliseconds, it says nothing."""
+    from radixrt.worker.model_runner import start_stage
+
+    with caplog.at_level("INFO", logger="radixrt"):
+        with start_stage(torch.device("cpu"), "timing"):
+            pass
+        assert not caplog.records
+        with start_stage(torch.device("cuda"), "timing one-token GEMVs"):  # no device needed
+            assert [r.getMessage() for r in caplog.records] == ["timing one-token GEMVs ..."]
+    assert caplog.records[-1].getMessage().startswith("timing one-token GEMVs: 0.0 s")
