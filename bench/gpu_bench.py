@@ -372,6 +372,8 @@ class Bench:
         self.results["setup"]["gemv"] = dict(self.runner.gemv)
         self.results["setup"]["lt_gemm"] = dict(self.runner.lt_gemm)
         self.results["setup"]["argmax"] = self.runner.argmax_choice
+        self.results["setup"]["start_stages_s"] = {k: round(v, 2) for k, v in
+                                                   self.runner.start_seconds.items()}
         self.graphs = None if a.no_graphs else self.runner.graphs
         if self.graphs is not None:
             self.results["setup"]["graph_capture_s"] = round(self.graphs.capture_seconds, 1)

@@ -35,17 +35,22 @@ logger = logging.getLogger("radixrt")
 
 
 @contextlib.contextmanager
-def start_stage(device: torch.device, what: str) -> Iterator[None]:
-    """On CUDA, log that a start-up stage begins and, after it, its seconds: on a machine's
-    first start several of them compile kernels (FlashInfer's JIT, Triton) for minutes, which
-    must not look like a hang. Silent on CPU, where they take milliseconds."""
-    if device.type != "cuda":
-        yield
-        return
-    logger.info("%s ...", what)
+def start_stage(device: torch.device, what: str,
+                seconds: dict[str, float] | None = None) -> Iterator[None]:
+    """A start-up stage: its seconds go into `seconds[what]`; on CUDA it is also logged as it
+    begins and ends (on a machine's first start several stages compile kernels, FlashInfer's
+    JIT and Triton's, for minutes, which must not look like a hang). On CPU the stages take
+    milliseconds and say nothing."""
+    cuda = device.type == "cuda"
+    if cuda:
+        logger.info("%s ...", what)
     t0 = time.perf_counter()
     yield
-    logger.info("%s: %.1f s", what, time.perf_counter() - t0)
+    dt = time.perf_counter() - t0
+    if seconds is not None:
+        seconds[what] = dt
+    if cuda:
+        logger.info("%s: %.1f s", what, dt)
 
 
 def context_length(config: EngineConfig, model_cfg: ModelConfig) -> int:
@@ -118,6 +123,8 @@ class ModelRunner:
                  tp: TensorParallel | None = None) -> None:
         self.config = config
         self.tp = tp = tp or TensorParallel()
+        # Seconds of each start-up stage after loading (start_stage), for the log and benchmarks.
+        self.start_seconds: dict[str, float] = {}
         self.device = torch.device(config.device)
         self.dtype = torch_dtype(config.dtype)
         full_cfg = model_cfg or ModelConfig.from_dir(config.model_path)
@@ -176,14 +183,16 @@ class ModelRunner:
         # any graph captures them (an op that fails here runs as torch ops instead).
         self.fused_ops: dict[str, str] = {}
         if self.device.type == "cuda":
-            with start_stage(self.device, "checking FlashInfer's fused ops against torch"):
+            with start_stage(self.device, "checking FlashInfer's fused ops against torch",
+                             self.start_seconds):
                 self.fused_ops = fused_cuda.verify(
                     self.device, self.dtype, m.hidden_size, m.head_dim, m.num_heads,
                     m.num_kv_heads, m.intermediate_size)
             logger.info("fused ops: %s", ", ".join(f"{k} {v}" for k, v in
                                                    self.fused_ops.items()))
         # One-token projections through a Triton GEMV where it measures faster than cuBLAS.
-        with start_stage(self.device, "timing one-token GEMVs against cuBLAS"):
+        with start_stage(self.device, "timing one-token GEMVs against cuBLAS",
+                         self.start_seconds):
             self.gemv: dict[str, str] = gemv_cuda.install(
                 self.model, self.device,
                 graphs=not config.disable_cuda_graph and self.attn.supports_cuda_graph)
@@ -195,7 +204,8 @@ class ModelRunner:
         self.lt_gemm: dict[str, str] = {}
         if (self.device.type == "cuda" and not config.disable_cuda_graph
                 and self.attn.supports_cuda_graph and not config.deterministic):
-            with start_stage(self.device, "timing cuBLASLt algorithms for decode batches"):
+            with start_stage(self.device, "timing cuBLASLt algorithms for decode batches",
+                             self.start_seconds):
                 self.lt_gemm = gemm_cuda.install(self.model, self.device,
                                                  graph_batch_sizes(config))
             if self.lt_gemm:
@@ -208,6 +218,8 @@ class ModelRunner:
         self.warm_up_seconds = self._warm_up()
         # Decode graphs (None on CPU, without a capturable backend, or --disable-cuda-graph).
         self.graphs: GraphRunner | None = create_graph_runner(self)
+        if self.graphs is not None:
+            self.start_seconds["capturing decode graphs"] = self.graphs.capture_seconds
 
     @torch.inference_mode()
     def _warm_up(self) -> float:
@@ -216,7 +228,8 @@ class ModelRunner:
         dropped; returns the seconds."""
         t0 = time.perf_counter()
         rows = np.full((2, -(-4 // self.page_size)), self.pool.scratch_page, dtype=np.int32)
-        with start_stage(self.device, "warm-up: a prefill and a decode step"):
+        with start_stage(self.device, "warm-up: a prefill and a decode step",
+                         self.start_seconds):
             for start, num_new in (([0, 0], [3, 1]), ([3, 1], [1, 1])):
                 meta, positions, (input_ids, logits_idx) = build_step_inputs(
                     np.array(start), np.array(num_new), rows, self.page_size,

@@ -72,6 +72,8 @@ def test_warm_up_writes_only_the_scratch_page(make_tiny_model, backend: str) -> 
                                       attention_backend=backend))
     pool = runner.pool
     assert runner.warm_up_seconds > 0
+    assert runner.start_seconds["warm-up: a prefill and a decode step"] == pytest.approx(
+        runner.warm_up_seconds, abs=0.01)
     real = pool.scratch_page * pool.shape.page_size  # slots below it belong to real pages
     for cache in (*pool.k_cache, *pool.v_cache):  # [slots, kv heads, head dim] views
         assert not cache[:real].any()
@@ -143,10 +145,11 @@ def test_start_stages_say_when_they_begin_and_how_long_on_cuda(caplog) -> None:
     its seconds); on CPU, where the stages take milliseconds, it says nothing."""
     from radixrt.worker.model_runner import start_stage
 
+    seconds: dict[str, float] = {}
     with caplog.at_level("INFO", logger="radixrt"):
-        with start_stage(torch.device("cpu"), "timing"):
+        with start_stage(torch.device("cpu"), "timing", seconds):
             pass
-        assert not caplog.records
+        assert not caplog.records and list(seconds) == ["timing"]
         with start_stage(torch.device("cuda"), "timing one-token GEMVs"):  # no device needed
             assert [r.getMessage() for r in caplog.records] == ["timing one-token GEMVs ..."]
     assert caplog.records[-1].getMessage().startswith("timing one-token GEMVs: 0.0 s")
