@@ -12,12 +12,9 @@ pytestmark = [pytest.mark.gpu,
 pytest.importorskip("triton")
 
 from radixrt.models import gemv_cuda  # noqa: E402
+from radixrt.testing.compare import rel_err  # noqa: E402
 
 DEV = torch.device("cuda")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 PDL = [False, True] if gemv_cuda.pdl_supported(DEV) else [False]

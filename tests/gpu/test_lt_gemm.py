@@ -14,12 +14,9 @@ pytestmark = [pytest.mark.gpu,
 pytest.importorskip("flashinfer")
 
 from radixrt.models import gemm_cuda  # noqa: E402
+from radixrt.testing.compare import rel_err  # noqa: E402
 
 DEV = torch.device("cuda")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from radixrt.models import gemv_cuda
+from radixrt.testing.compare import rel_err
 
 # Not a CUDA test: Triton's interpreter runs the kernel with numpy. Rows and columns that are
 # no multiple of the blocks check the masks.
@@ -28,11 +29,6 @@ def interpreted() -> None:
     assert os.environ.get("TRITON_INTERPRET") == "1", (
         "run through test_triton_kernels_interpreted.py")
     assert gemv_cuda._load_kernel() is not None, "triton is a test dependency"
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().float(), b.detach().float()
-    return float((a - b).norm() / b.norm())
 
 
 def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:
