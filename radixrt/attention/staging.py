@@ -94,6 +94,16 @@ class PinnedRing:
             self._bufs[i] = buf
         return i, buf
 
+    def pack(self, arrays: Sequence[np.ndarray]
+             ) -> tuple[int, torch.Tensor, list[np.ndarray], list[int], int]:
+        """The arrays packed byte for byte into a free buffer: (its index, the buffer, the
+        arrays as packed, their offsets, the packed length)."""
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        offsets, total = pack_layout(arrays)
+        i, buf = self.take(total)
+        pack_into(buf.numpy(), arrays, offsets)
+        return i, buf, arrays, offsets, total
+
     def fence(self, i: int) -> None:
         """Buffer i is in use by the copies enqueued so far on the current stream."""
         ev = torch.cuda.Event()
@@ -113,10 +123,7 @@ class Staging:
     def upload(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
         if not self.cuda:  # same memory: views, no copy
             return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-        arrays = [np.ascontiguousarray(a) for a in arrays]
-        offsets, total = pack_layout(arrays)
-        i, buf = self._ring.take(total)
-        pack_into(buf.numpy(), arrays, offsets)
+        i, buf, arrays, offsets, total = self._ring.pack(arrays)
         dev = buf[:total].to(self.device, non_blocking=True)
         self.transfers += 1
         self._ring.fence(i)
@@ -141,10 +148,7 @@ class PinnedHostArrays:
     def views(self, arrays: Sequence[np.ndarray]) -> list[torch.Tensor]:
         if self._ring is None:
             return [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-        arrays = [np.ascontiguousarray(a) for a in arrays]
-        offsets, total = pack_layout(arrays)
-        i, buf = self._ring.take(total)
-        pack_into(buf.numpy(), arrays, offsets)
+        i, buf, arrays, offsets, _ = self._ring.pack(arrays)
         self._current = i
         return unpack(buf, arrays, offsets)
 

@@ -3,6 +3,7 @@ kernels (gemv_cuda, gemm_cuda)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -56,3 +57,14 @@ def cold_cycle(weights: list[torch.Tensor], l2_multiple: int = 4) -> list[torch.
             break
     return out
 
+
+
+def retime_winner(timer: Callable[[Any, list[torch.Tensor]], float],
+                  weights: list[torch.Tensor], baseline: Any, winner: Any, base: float
+                  ) -> tuple[float, float]:
+    """(the winner's time, the baseline's) for the final comparison of a kernel choice. The
+    best of several noisy timings is biased low, so the winner is timed afresh and meets the
+    faster of two timings of the baseline (`base`, and one more now): a noise win does not
+    swap it in. timer(fn, weights): seconds per call of fn cycling through the weights."""
+    base = min(base, timer(baseline, weights))
+    return timer(winner, weights), base

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from radixrt.models.cuda_timing import cold_cycle, time_calls
+from radixrt.models.cuda_timing import cold_cycle, retime_winner, time_calls
 
 ENV = "RADIXRT_LT_GEMM"
 logger = logging.getLogger("radixrt")
@@ -239,9 +239,7 @@ def _pick(library: GemmLibrary, weights: list[torch.Tensor], m: int, min_gain: f
             best = (t, algo)
     if best is None:
         return None, float("inf"), base
-    # The best of several noisy timings is biased low: the winner is timed afresh and meets
-    # F.linear's faster of two timings, so a noise win does not swap it in.
     algo = best[1]
-    base = min(base, timer(lambda w: F.linear(x, w), weights))
-    t = timer(lambda w: library.run(x, w, algo), weights)
+    t, base = retime_winner(timer, weights, lambda w: F.linear(x, w),
+                            lambda w: library.run(x, w, algo), base)
     return (algo if t < (1 - min_gain) * base else None), t, base

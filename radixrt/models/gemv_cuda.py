@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from radixrt.models import fused_cuda, gemm_cuda
-from radixrt.models.cuda_timing import cold_cycle, time_calls
+from radixrt.models.cuda_timing import cold_cycle, retime_winner, time_calls
 from radixrt.triton_jit import LazyKernel, pdl_supported
 
 ENV = "RADIXRT_GEMV"
@@ -396,10 +396,8 @@ def choose(model: nn.Module, device: torch.device, min_gain: float, timer: Timer
                 # compiled now rather than while a graph is being captured.
                 assert cand[0] is not None and norm is not None
                 gemv_rms_norm(x, None, norm.weight, norm.eps, w0, cand[0], pdl=cand[2])
-            # The best of several noisy timings is biased low: the winner is timed afresh and
-            # meets F.linear's faster of two timings, so a noise win does not swap it in.
-            base = min(base, timer(lambda w: call(w, BLAS), weights))
-            t = timer(lambda w, cand=cand: call(w, cand), weights)
+            t, base = retime_winner(timer, weights, lambda w: call(w, BLAS),
+                                    lambda w, cand=cand: call(w, cand), base)
         except Exception as e:  # a failed build or launch: keep cuBLAS
             status[role] = f"F.linear (GEMV failed: {type(e).__name__}: {e})"
             logger.warning("one-token GEMV for %s switched off: %s", role, e)
