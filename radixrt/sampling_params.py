@@ -34,6 +34,9 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: bool = False
     top_logprobs: int = 0
+    # The logprob of every prompt token after the first (and this many alternatives each):
+    # None for none. The model computes the whole prompt then, bypassing the prefix cache.
+    prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
     skip_special_tokens: bool = True
     n: int = 1
@@ -82,7 +85,8 @@ class SamplingParams:
                 raise InvalidRequestError(f"{param} {msg}", param)
 
         if self.max_new_tokens is not None:
-            need(self.max_new_tokens >= 1, "max_tokens", "must be at least 1")
+            # 0: the prompt's prefill only (its KV into the prefix cache, its logprobs)
+            need(self.max_new_tokens >= 0, "max_tokens", "must be at least 0")
             need(self.min_new_tokens <= self.max_new_tokens, "min_tokens",
                  "must be between 0 and max_tokens")
         need(self.min_new_tokens >= 0, "min_tokens", "must be at least 0")
@@ -94,6 +98,8 @@ class SamplingParams:
         need(-2.0 <= self.presence_penalty <= 2.0, "presence_penalty", "must be in [-2, 2]")
         need(-2.0 <= self.frequency_penalty <= 2.0, "frequency_penalty", "must be in [-2, 2]")
         need(0 <= self.top_logprobs <= 20, "top_logprobs", "must be between 0 and 20")
+        need(self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+             "prompt_logprobs", "must be between 0 and 20")
         need(1 <= self.n <= 16, "n", "must be between 1 and 16")
         for t in self.stop_token_ids:
             need(0 <= t < vocab_size, "stop_token_ids", f"has {t}, outside the vocabulary")

@@ -85,6 +85,8 @@ class Admission:
     def _wait_for_sibling(self, r: Request, matched: int, admitted: list[Chunk]) -> bool:
         """True when a request admitted this step will cache enough of r's prefix that r
         should wait one step and reuse it."""
+        if r.wants_prompt_logprobs:  # computes its whole prompt anyway
+            return False
         key = CacheKey(r.fill_ids(), r.namespace)
         threshold = max(IN_BATCH_DEDUP_MIN_TOKENS, self.kv.page_size)
         return any(

@@ -27,7 +27,18 @@ def build_batch(step: int, chunks: list[Chunk], eos_ids: tuple[int, ...],
     sample = np.empty(B, bool)
     ids, new_slots = [], []
     p_slots, p_offs, p_lens, p_ids = [], [], [], []
+    lp_num = np.zeros(B, np.int32)
+    lp_rows, lp_targets, lp_top, row0 = [], [], 0, 0
     for i, (r, n) in enumerate(chunks):
+        lo, hi = r.prompt_lp_span(n)
+        if hi > lo:  # prompt logprobs of positions lo..hi-1 (tokens lo+1..hi)
+            lp_num[i] = hi - lo
+            lp_rows.append(np.arange(row0 + lo - r.num_computed, row0 + hi - r.num_computed,
+                                     dtype=np.int32))
+            lp_targets.append(r.prompt_ids[lo + 1 : hi + 1])
+            lp_top = max(lp_top, r.sampling.prompt_logprobs or 0)
+            r.prompt_lp_next = hi
+        row0 += n
         slots[i], start[i], num_new[i] = r.slot, r.num_computed, n
         sample[i] = r.num_computed + n == r.fill_len
         if r.num_computed == r.known_len:
@@ -50,7 +61,7 @@ def build_batch(step: int, chunks: list[Chunk], eos_ids: tuple[int, ...],
             p_lens.append(len(r.pages) - r.dirty_from)
             p_ids.append(r.pages[r.dirty_from :])
             r.dirty_from = len(r.pages)
-    return ForwardBatch(
+    batch = ForwardBatch(
         step=step, slots=slots, start_pos=start, num_new=num_new,
         input_ids=np.concatenate(ids).astype(np.int32), sample=sample,
         page_slots=np.asarray(p_slots, np.int32), page_offsets=np.asarray(p_offs, np.int32),
@@ -58,3 +69,8 @@ def build_batch(step: int, chunks: list[Chunk], eos_ids: tuple[int, ...],
         page_ids=np.concatenate(p_ids).astype(np.int32) if p_ids else _NO_IDS,
         new_slots=new_slots, freed_slots=freed_slots,
     )
+    if lp_rows:
+        batch.prompt_lp_rows = np.concatenate(lp_rows)
+        batch.prompt_lp_targets = np.concatenate(lp_targets).astype(np.int32)
+        batch.prompt_lp_num, batch.prompt_lp_top = lp_num, lp_top
+    return batch

@@ -46,8 +46,12 @@ class KVManager:
         return self.allocator.alloc(n, int(after[-1]) if len(after) else None)
 
     def match(self, r: Request) -> MatchResult:
-        """r's longest cached prefix, leaving at least one token to compute."""
-        return self.cache.match_prefix(r.key(r.fill_len - 1))
+        """r's longest cached prefix, leaving at least one token to compute, and every prompt
+        position whose logits r's prompt logprobs still need."""
+        end = r.fill_len - 1
+        if r.wants_prompt_logprobs:
+            end = min(end, r.prompt_lp_next)
+        return self.cache.match_prefix(r.key(end))
 
     def new_pages(self, r: Request, num_new: int) -> int:
         """Pages r still lacks for its next num_new tokens."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from radixrt.ipc.messages import StepResult, TokenOut, TokenOutBatch
-from radixrt.scheduler.request import Request
+import numpy as np
+
+from radixrt.ipc.messages import PromptLogprobs, StepResult, TokenOut, TokenOutBatch
+from radixrt.scheduler.request import Chunk, Request
 
 
 def take_token(r: Request, i: int, result: StepResult) -> int:
@@ -19,6 +21,24 @@ def take_token(r: Request, i: int, result: StepResult) -> int:
             r.new_top.append(list(zip(result.top_ids[i, :k].tolist(),
                                       result.top_logprobs[i, :k].tolist(), strict=True)))
     return tok
+
+
+def take_prompt_logprobs(chunks: list[Chunk], lp_num: np.ndarray, result: StepResult) -> None:
+    """Hand each request its share of the step's prompt logprobs (lp_num[i] rows for chunk
+    i, in order). A retracted request keeps them too: those positions are not recomputed."""
+    assert result.prompt_logprobs is not None, "prompt logprobs asked, none came back"
+    lps, top_ids, top_lps = result.prompt_logprobs, result.prompt_top_ids, result.prompt_top_logprobs
+    off = 0
+    for (r, _), c in zip(chunks, lp_num.tolist(), strict=True):
+        if c and not r.finished:
+            r.prompt_lps.extend(lps[off : off + c].tolist())
+            k = r.sampling.prompt_logprobs or 0
+            if k and top_ids is not None and top_lps is not None:
+                r.prompt_top.extend(
+                    list(zip(ids, vals, strict=True)) for ids, vals in
+                    zip(top_ids[off : off + c, :k].tolist(), top_lps[off : off + c, :k].tolist(),
+                        strict=True))
+        off += c
 
 
 def finish_reason(r: Request, tok: int, eos_ids: tuple[int, ...], context_length: int
@@ -48,6 +68,20 @@ def collect(reqs: list[Request]) -> TokenOutBatch:
             prompt_tokens=len(r.prompt_ids), cached_tokens=r.cached_tokens,
             completion_tokens=len(r.output_ids),
             logprobs=r.new_logprobs if sp.logprobs else None,
-            top_logprobs=r.new_top if sp.top_logprobs else None, error=r.error))
+            top_logprobs=r.new_top if sp.top_logprobs else None, error=r.error,
+            prompt_logprobs=_prompt_logprobs(r)))
         r.new_ids, r.new_logprobs, r.new_top = [], [], []
     return TokenOutBatch(outs)
+
+
+def _prompt_logprobs(r: Request) -> PromptLogprobs | None:
+    """r's prompt logprobs, once (with its first output token), when it asked and has them
+    all (an abort during the prefill reports none)."""
+    if (r.sampling.prompt_logprobs is None or r.prompt_lp_sent
+            or len(r.prompt_lps) != len(r.prompt_ids) - 1):
+        return None
+    r.prompt_lp_sent = True
+    out = PromptLogprobs(r.prompt_ids.tolist(), r.prompt_lps,
+                         r.prompt_top if r.sampling.prompt_logprobs else None)
+    r.prompt_lps, r.prompt_top = [], []
+    return out

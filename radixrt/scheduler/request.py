@@ -60,6 +60,13 @@ class Request:
     new_ids: list[int] = field(default_factory=list)  # produced since the last TokenOut
     new_logprobs: list[float] = field(default_factory=list)
     new_top: list[list[tuple[int, float]]] = field(default_factory=list)
+    # Prompt logprobs (sampling.prompt_logprobs): the logits at prompt position p give token
+    # p + 1's. Positions < prompt_lp_next are in a step (sent or done); the values come back
+    # in prompt order and go out with the first output token.
+    prompt_lp_next: int = 0
+    prompt_lps: list[float] = field(default_factory=list)
+    prompt_top: list[list[tuple[int, float]]] = field(default_factory=list)
+    prompt_lp_sent: bool = False
     # Structured output: the compile in flight, then the request's GrammarState.
     grammar_future: Any = None
     grammar: Any = None
@@ -92,6 +99,23 @@ class Request:
         return CacheKey(self.fill_ids(end), self.namespace)
 
     @property
+    def wants_prompt_logprobs(self) -> bool:
+        """Some prompt positions still need their logits computed (and not taken from the
+        prefix cache, which keeps KV, not logits)."""
+        return (self.sampling.prompt_logprobs is not None
+                and self.prompt_lp_next < len(self.prompt_ids) - 1)
+
+    def prompt_lp_span(self, num_new: int) -> tuple[int, int]:
+        """The prompt positions [lo, hi) whose logits the next chunk of num_new tokens (from
+        num_computed) computes for the prompt logprobs; lo == hi for none."""
+        if self.sampling.prompt_logprobs is None:
+            return 0, 0
+        lo = max(self.num_computed, self.prompt_lp_next)
+        hi = min(self.num_computed + num_new, len(self.prompt_ids) - 1)
+        assert self.num_computed <= self.prompt_lp_next or lo >= hi, "prompt positions skipped"
+        return lo, max(lo, hi)
+
+    @property
     def remaining(self) -> int:
         """Tokens still to feed the model before the next sample."""
         return self.fill_len - self.num_computed
@@ -109,7 +133,7 @@ class Request:
         return self.state is ReqState.FINISHED
 
     def max_new_left(self) -> int:
-        return self.sampling.max_new_tokens - len(self.output_ids) - self.num_pending
+        return max(0, self.sampling.max_new_tokens - len(self.output_ids) - self.num_pending)
 
 
 class Chunk(NamedTuple):

@@ -40,7 +40,12 @@ from radixrt.scheduler.admission import Admission
 from radixrt.scheduler.batch_builder import build_batch
 from radixrt.scheduler.grammar_hook import GrammarHook
 from radixrt.scheduler.kv_manager import KVManager, pages_for
-from radixrt.scheduler.outputs import collect, finish_reason, take_token
+from radixrt.scheduler.outputs import (
+    collect,
+    finish_reason,
+    take_prompt_logprobs,
+    take_token,
+)
 from radixrt.scheduler.page_allocator import PageAllocator
 from radixrt.scheduler.policy import SchedulePolicy
 from radixrt.scheduler.request import Chunk, ReqState, Request
@@ -83,7 +88,8 @@ class Scheduler:
         self.finished: list[Request] = []  # finished since the last TokenOutBatch
         self.step_id = 0
         self._batch: list[Chunk] = []  # being built by schedule()
-        self._inflight: deque[tuple[int, list[Chunk]]] = deque()  # (step, chunks) sent
+        # (step, chunks, prompt_lp_num) of the steps sent
+        self._inflight: deque[tuple[int, list[Chunk], np.ndarray | None]] = deque()
 
     @property
     def cache(self) -> PrefixCache:
@@ -191,7 +197,7 @@ class Scheduler:
                 r.num_computed += n
                 if r.num_computed == r.fill_len:  # samples: its token is pending until back
                     r.num_pending += 1
-            self._inflight.append((self.step_id, self._batch))
+            self._inflight.append((self.step_id, self._batch, batch.prompt_lp_num))
         self.stats.tick_seconds += time.perf_counter() - t0
         return batch
 
@@ -227,7 +233,7 @@ class Scheduler:
         """Take the worker's sampled tokens of the oldest step in flight: advance, finish and
         free requests."""
         t0 = time.perf_counter()
-        step, chunks = self._inflight.popleft()
+        step, chunks, lp_num = self._inflight.popleft()
         assert result.step == step, f"result of step {result.step}, expected {step}"
         self.stats.steps += 1
         self.stats.forward_seconds += result.forward_seconds
@@ -237,6 +243,8 @@ class Scheduler:
                          sum(1 for c in chunks if c.num_new == 1),
                          [c.num_new for c in chunks if c.num_new > 1],
                          result.forward_seconds * 1e3, len(self.waiting))
+        if lp_num is not None:
+            take_prompt_logprobs(chunks, lp_num, result)
         for i, (r, n) in enumerate(chunks):
             # A running request takes its token; so does one retracted while this step ran
             # (its token is real). A finished one (aborted, or ended one step earlier) drops it.
@@ -244,6 +252,9 @@ class Scheduler:
                 continue
             if result.next_ids[i] >= 0:
                 r.num_pending -= 1
+                if r.sampling.max_new_tokens == 0:  # prefill only: the token is not wanted
+                    self._finish(r, "length")
+                    continue
                 tok = take_token(r, i, result)
                 self.grammar.on_token(r, tok)
                 self.stats.generated_tokens += 1

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from radixrt.config import EngineConfig
-from radixrt.ipc.messages import GenerateReq, TokenOutBatch
+from radixrt.ipc.messages import GenerateReq, PromptLogprobs, TokenOutBatch
 from radixrt.model_info import ModelInfo
 from radixrt.sampling_params import SamplingParams
 from radixrt.scheduler.pipeline import StepPipeline
@@ -25,6 +25,7 @@ class LocalOutput:
     cached_tokens: int = 0
     prompt_tokens: int = 0
     logprobs: list[float] = field(default_factory=list)
+    prompt_logprobs: PromptLogprobs | None = None
     error: str | None = None
 
 
@@ -70,6 +71,9 @@ class LocalEngine:
             o.finish_reason, o.error = t.finish_reason, t.error
             if t.logprobs:
                 o.logprobs.extend(t.logprobs)
+            if t.prompt_logprobs is not None:
+                assert o.prompt_logprobs is None, "prompt logprobs sent twice"
+                o.prompt_logprobs = t.prompt_logprobs
 
     def run(self, check: bool = False, on_step: Callable[[int], None] | None = None,
             max_steps: int = 100_000) -> dict[str, LocalOutput]:

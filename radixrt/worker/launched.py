@@ -22,6 +22,13 @@ def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.to("cpu", non_blocking=True)  # into pinned memory; complete at the event
 
 
+def _outputs_to_host(out: SampleOutput | None) -> SampleOutput | None:
+    if out is None:
+        return None
+    return SampleOutput(_to_host(out.next_ids), _to_host(out.logprobs),  # type: ignore[arg-type]
+                        _to_host(out.top_ids), _to_host(out.top_logprobs))
+
+
 @dataclass
 class LaunchedStep:
     """One step whose forward and sampling are queued on the device (done on CPU)."""
@@ -34,20 +41,20 @@ class LaunchedStep:
     started: float  # perf_counter at launch
     launch_seconds: float  # host time of the launch itself
     idle_seconds: float = 0.0  # the device had nothing to run before this step (worker loop)
+    prompt_lp: SampleOutput | None = None  # the batch's prompt logprobs (host copies too)
 
     @classmethod
     def launch(cls, step: int, batch_size: int, rows: np.ndarray, out: SampleOutput | None,
-               started: float) -> LaunchedStep:
+               started: float, prompt_lp: SampleOutput | None = None) -> LaunchedStep:
+        on_cuda = any(o is not None and o.next_ids.device.type == "cuda"
+                      for o in (out, prompt_lp))
+        out, prompt_lp = _outputs_to_host(out), _outputs_to_host(prompt_lp)
         event = None
-        if out is not None:
-            on_cuda = out.next_ids.device.type == "cuda"
-            out = SampleOutput(_to_host(out.next_ids), _to_host(out.logprobs),
-                               _to_host(out.top_ids), _to_host(out.top_logprobs))
-            if on_cuda:
-                event = torch.cuda.Event()
-                event.record()
+        if on_cuda:
+            event = torch.cuda.Event()
+            event.record()
         return cls(step, batch_size, rows, out, event, started,
-                   time.perf_counter() - started)
+                   time.perf_counter() - started, prompt_lp=prompt_lp)
 
     def done(self) -> bool:
         return self.event is None or self.event.query()
@@ -70,6 +77,12 @@ class LaunchedStep:
                 result.top_logprobs = np.zeros((B, k), dtype=np.float32)
                 result.top_ids[rows] = out.top_ids.numpy()
                 result.top_logprobs[rows] = out.top_logprobs.numpy()
+        lp = self.prompt_lp
+        if lp is not None and lp.logprobs is not None:
+            result.prompt_logprobs = lp.logprobs.numpy()
+            if lp.top_ids is not None and lp.top_logprobs is not None:
+                result.prompt_top_ids = lp.top_ids.numpy().astype(np.int32)
+                result.prompt_top_logprobs = lp.top_logprobs.numpy()
         result.forward_seconds = time.perf_counter() - self.started
         result.idle_seconds = self.idle_seconds
         return result

@@ -29,7 +29,7 @@ from radixrt.worker.graph_runner import (
     pad_decode_rows,
 )
 from radixrt.worker.launched import LaunchedStep
-from radixrt.worker.sampler import Sampler
+from radixrt.worker.sampler import Sampler, prompt_logprobs
 
 logger = logging.getLogger("radixrt")
 
@@ -276,8 +276,9 @@ class ModelRunner:
 
     def step_inputs(self, batch: ForwardBatch, pad_to: int | None = None
                     ) -> tuple[AttentionMetadata, torch.Tensor, list[torch.Tensor]]:
-        """Metadata, positions, logits rows, token ids, the sampling rows' slots and (when
-        the batch has PENDING_TOKEN inputs) each token's slot: every host array of the step in
+        """Metadata, positions, logits rows (the prompt logprobs' rows, then the sampling
+        ones), token ids, the sampling rows' slots and (when the batch has PENDING_TOKEN
+        inputs) each token's slot: every host array of the step in
         one transfer. (A plain .to(device) of a host array would wait for the device to finish
         the step in flight, which undoes overlap scheduling.) pad_to: a decode batch padded
         to that many rows for a graph (graph_runner.pad_decode_rows)."""
@@ -292,9 +293,14 @@ class ModelRunner:
             input_ids = np.concatenate([input_ids, zeros])
             if tok_slots is not None:
                 tok_slots = np.concatenate([tok_slots, zeros])
-        extra = [cu_end[batch.sample], input_ids, batch.slots[batch.sample].astype(np.int64)]
+        logits_rows = cu_end[batch.sample]
+        if batch.prompt_lp_rows is not None:  # prompt logprobs' rows first
+            logits_rows = np.concatenate([batch.prompt_lp_rows.astype(np.int64), logits_rows])
+        extra = [logits_rows, input_ids, batch.slots[batch.sample].astype(np.int64)]
         if tok_slots is not None:
             extra.append(tok_slots)
+        if batch.prompt_lp_targets is not None:
+            extra.append(batch.prompt_lp_targets.astype(np.int64))
         return build_step_inputs(start, num_new, rows, self.page_size, self.staging.upload,
                                  extra, page_lists=self.attn.wants_page_lists)
 
@@ -302,24 +308,30 @@ class ModelRunner:
         """Logits (float32) [num sampled rows, vocab] for the rows with batch.sample set (a
         tensor of the caller's own)."""
         logits = self._forward(batch)[0]
+        if batch.prompt_lp_rows is not None:
+            logits = logits[len(batch.prompt_lp_rows):]
         return logits.float() if logits.dtype != torch.float32 else logits.clone()
 
-    def _forward(self, batch: ForwardBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits of the sampling rows in the model's dtype, their slots on the device).
+    def _forward(self, batch: ForwardBatch
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logits of the prompt logprobs' rows and then the sampling rows, in the model's
+        dtype; the sampling rows' slots and the prompt logprobs' target tokens on the device).
         From a graph the logits may be a view of its output: valid until the next step."""
         bs = self.graphs.padded_size(batch.num_new) if self.graphs is not None else None
         meta, positions, (logits_idx, input_ids, sample_slots, *tok_slots) = \
             self.step_inputs(batch, bs)
+        lp_targets = tok_slots.pop() if batch.prompt_lp_targets is not None else None
         if tok_slots:  # PENDING_TOKEN inputs: the slot's last sampled token, on the device
             input_ids = torch.where(input_ids < 0, self.last_token[tok_slots[0]], input_ids)
         if self.graphs is not None and bs is not None:
             # Every row of a decode batch samples (the usual case): its logits are the graph
             # output's leading rows, no gather needed.
-            every = bool(batch.sample.all())
+            every = bool(batch.sample.all()) and batch.prompt_lp_rows is None
             return self.graphs.replay(meta, input_ids, positions, logits_idx,
-                                      batch.batch_size if every else None), sample_slots
+                                      batch.batch_size if every else None), sample_slots, \
+                lp_targets
         self.attn.plan(meta)
-        return self.model(input_ids, positions, self.attn, logits_idx), sample_slots
+        return self.model(input_ids, positions, self.attn, logits_idx), sample_slots, lp_targets
 
     def launch(self, batch: ForwardBatch) -> LaunchedStep:
         """Queue the step on the device (run it, on CPU); the tokens stay there until
@@ -328,13 +340,19 @@ class ModelRunner:
         self._apply_updates(batch)
         rows = np.nonzero(batch.sample)[0]
         out = None
+        prompt_lp = None
         if batch.batch_size:
-            logits, sample_slots = self._forward(batch)
+            logits, sample_slots, lp_targets = self._forward(batch)
+            if lp_targets is not None:
+                P = len(lp_targets)
+                if self.sampler is not None:
+                    prompt_lp = prompt_logprobs(logits[:P], lp_targets, batch.prompt_lp_top)
+                logits = logits[P:]
             if len(rows) and self.sampler is not None:
                 out = self.sampler.sample(logits, batch.slots[rows].tolist(),
                                           self._grammar_mask(batch, rows))
                 self.last_token[sample_slots] = out.next_ids
-        return LaunchedStep.launch(batch.step, batch.batch_size, rows, out, t0)
+        return LaunchedStep.launch(batch.step, batch.batch_size, rows, out, t0, prompt_lp)
 
     def step(self, batch: ForwardBatch) -> StepResult:
         return self.launch(batch).result()

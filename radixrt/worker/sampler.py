@@ -304,3 +304,25 @@ def _keep(p: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, ks: list[int],
                               dev)[:, None]
         out = torch.where(untouched, p, out)
     return out / out.sum(-1, keepdim=True)
+
+
+# Rows of logits turned into log-probabilities at a time: bounds the float32 copy a long
+# prompt's prompt logprobs need.
+PROMPT_LOGPROB_ROWS = 256
+
+
+def prompt_logprobs(logits: torch.Tensor, targets: torch.Tensor, top: int) -> SampleOutput:
+    """Logprobs of the target tokens under rows of raw logits (the model's own distribution:
+    no temperature, penalties or bias, as for output logprobs), with the `top` most likely
+    tokens of each row: the prompt logprobs of a prefill chunk. next_ids holds the targets."""
+    P = logits.shape[0]
+    lps = torch.empty(P, dtype=torch.float32, device=logits.device)
+    top_ids = torch.empty((P, top), dtype=torch.long, device=logits.device) if top else None
+    top_lps = torch.empty((P, top), dtype=torch.float32, device=logits.device) if top else None
+    for a in range(0, P, PROMPT_LOGPROB_ROWS):
+        b = min(P, a + PROMPT_LOGPROB_ROWS)
+        lp = torch.log_softmax(logits[a:b].float(), dim=-1)
+        lps[a:b] = lp.gather(1, targets[a:b, None]).squeeze(1)
+        if top_ids is not None and top_lps is not None:
+            top_lps[a:b], top_ids[a:b] = lp.topk(top, dim=-1)
+    return SampleOutput(targets, lps, top_ids, top_lps)

@@ -9,6 +9,7 @@ TorchAttentionBackend.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -618,6 +619,20 @@ def test_graph_runner_replays_padded_batches(backend: str, make_tiny_model: Any,
     view = gr._forward(fb)[0]
     assert view.data_ptr() == graphs.outputs[2].data_ptr() and view.shape == (2, 49152)
     assert gr.forward(fb).data_ptr() != graphs.outputs[2].data_ptr()
+    # A one-token chunk of a prompt that asked for prompt logprobs, beside a decode: the
+    # graph's rows are gathered for both, and the logprobs equal the eager path's.
+    replayed = graphs.replays
+    # (the same positions again: the reference runner never ran the step above)
+    fb = dataclasses.replace(fb, sample=np.array([True, False]),
+                             prompt_lp_rows=np.array([1], np.int32),
+                             prompt_lp_targets=np.array([42], np.int32),
+                             prompt_lp_num=np.array([0, 1], np.int32), prompt_lp_top=2)
+    want, got = ref.launch(fb).result(), gr.launch(fb).result()
+    assert graphs.replays == replayed + 1 and got.prompt_logprobs is not None
+    assert got.prompt_top_ids is not None and got.prompt_top_ids.shape == (1, 2)
+    assert got.prompt_logprobs[0] == pytest.approx(want.prompt_logprobs[0], rel=1e-2)  # bf16
+    assert got.prompt_top_logprobs[0] == pytest.approx(want.prompt_top_logprobs[0], rel=1e-2)
+    assert got.next_ids[0] >= 0 and got.next_ids[1] == -1  # (bf16 near-ties: ids may differ)
     # The padding rows wrote only the scratch page's first slot.
     assert torch.equal(gr.pool.k_cache[0][scratch + 1 : scratch + ps], scratch_tail)
 

@@ -53,6 +53,13 @@ class ForwardBatch(SchedulerWorkerMsg):
     # the tokens whose bits are set in mask_bits[j] (packed int32, bit t % 32 of word t // 32).
     mask_rows: np.ndarray | None = None  # int32 [K]
     mask_bits: np.ndarray | None = None  # int32 [K, ceil(V / 32)]
+    # Prompt logprobs: the logits of flat token rows prompt_lp_rows[j] give the logprob of
+    # token prompt_lp_targets[j] (the next prompt token) and the prompt_lp_top most likely
+    # tokens there. Request i's rows come prompt_lp_num[i] at a time, in batch order.
+    prompt_lp_rows: np.ndarray | None = None  # int32 [P]
+    prompt_lp_targets: np.ndarray | None = None  # int32 [P]
+    prompt_lp_num: np.ndarray | None = None  # int32 [B]
+    prompt_lp_top: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -72,6 +79,10 @@ class StepResult(SchedulerWorkerMsg):
     logprobs: np.ndarray | None = None  # float32 [B]
     top_ids: np.ndarray | None = None  # int32 [B, K]
     top_logprobs: np.ndarray | None = None  # float32 [B, K]
+    # Of the batch's prompt_lp_rows, in their order (None when it had none).
+    prompt_logprobs: np.ndarray | None = None  # float32 [P]
+    prompt_top_ids: np.ndarray | None = None  # int32 [P, prompt_lp_top]
+    prompt_top_logprobs: np.ndarray | None = None  # float32 [P, prompt_lp_top]
     forward_seconds: float = 0.0  # worker time of the step (apply, forward, sample, copy)
     # Worker idle before this step (its previous step was done and this batch not there yet):
     # the host time overlap scheduling failed to hide.

@@ -27,6 +27,16 @@ class GenerateReq(TokenizerSchedulerMsg):
 
 
 @dataclass
+class PromptLogprobs:
+    """A prompt's logprobs: logprobs[j] is that of ids[j + 1] given ids[: j + 1] (the first
+    token has none), with the most likely tokens there in top[j] when asked."""
+
+    ids: list[int]
+    logprobs: list[float]
+    top: list[list[tuple[int, float]]] | None = None
+
+
+@dataclass
 class TokenOut:
     """One request's news of one step: new token ids, and the final fields once it ends."""
 
@@ -40,6 +50,7 @@ class TokenOut:
     logprobs: list[float] | None = None  # of new_ids, when the request asked
     top_logprobs: list[list[tuple[int, float]]] | None = None
     error: str | None = None  # the scheduler refused the request
+    prompt_logprobs: PromptLogprobs | None = None  # once, with the first token, when asked
 
 
 @dataclass
