@@ -59,7 +59,8 @@ class Engine:
         """Generate for one prompt (str or token ids) or a batch (list of either).
 
         Returns {"text", "output_ids", "meta_info": {prompt_tokens, completion_tokens,
-        cached_tokens, finish_reason, matched_stop[, output_token_logprobs]}} per prompt.
+        cached_tokens, finish_reason, matched_stop[, output_token_logprobs][,
+        input_token_logprobs (sampling param prompt_logprobs)]}} per prompt.
         """
         if (prompt is None) == (input_ids is None):
             raise ValueError("pass exactly one of prompt and input_ids")
@@ -149,6 +150,7 @@ class _Result:
         self.text: list[str] = []
         self.ids: list[int] = []
         self.logprobs: list[float] = []
+        self.prompt_logprobs: list[float | None] | None = None
         self.meta: dict[str, Any] = {}
         self.error: str | None = None
         self.error_param: str | None = None
@@ -157,7 +159,9 @@ class _Result:
         self.text.append(d.text)
         self.ids.extend(d.token_ids)
         if d.logprobs:
-            self.logprobs.extend(e.logprob for e in d.logprobs)
+            self.logprobs.extend(e.logprob for e in d.logprobs)  # type: ignore[misc]
+        if d.prompt_logprobs is not None:
+            self.prompt_logprobs = [e.logprob for e in d.prompt_logprobs]
         if d.error:
             self.error, self.error_param = d.error, d.error_param
         self.meta = {
@@ -172,4 +176,6 @@ class _Result:
         meta = dict(self.meta)
         if self.logprobs:
             meta["output_token_logprobs"] = self.logprobs
+        if self.prompt_logprobs is not None:  # the first prompt token's is None
+            meta["input_token_logprobs"] = self.prompt_logprobs
         return {"text": "".join(self.text), "output_ids": self.ids, "meta_info": meta}

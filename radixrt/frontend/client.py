@@ -61,6 +61,8 @@ def merge_deltas(deltas: list[TextDelta]) -> TextDelta:
         logprobs=logprobs,
         error=last.error,
         error_param=last.error_param,
+        prompt_text=deltas[0].prompt_text,
+        prompt_logprobs=deltas[0].prompt_logprobs,
     )
 
 

@@ -18,7 +18,6 @@ OPENAI_DEFAULT_VALUES: dict[str, tuple[Any, ...]] = {
     "service_tier": ("auto", "default"),  # one tier: the standard one
     "modalities": (["text"],),  # text out is all there is
     "best_of": (1,),  # one candidate per choice
-    "echo": (False,),
     "suffix": ("",),
 }
 
@@ -40,7 +39,6 @@ OPENAI_UNSUPPORTED: dict[str, str] = {
                               "retention policy can be set",
     "prompt_cache_options": "the prefix cache has no options per request",
     "best_of": "only best_of 1 is implemented",
-    "echo": "echoing the prompt is not implemented",
     "suffix": "suffix (insertion) is not implemented",
 }
 

@@ -140,6 +140,12 @@ class _SamplingRequest(_Request):
     def _logprobs(self) -> tuple[bool, int]:
         return False, 0
 
+    def _prompt_logprobs(self) -> int | None:
+        return None
+
+    def _min_max_tokens(self) -> int:
+        return 1
+
     def _grammar(self) -> tuple[str | None, str | None]:
         """(regex, json_schema text) the output is constrained to."""
         schema = self.json_schema
@@ -168,8 +174,9 @@ class _SamplingRequest(_Request):
         max_new = pick(self._max_new_tokens(), "max_new_tokens", self.OPENAI_MAX_TOKENS)
         regex, json_schema = self._grammar()
         check_spec(regex, json_schema)
-        if max_new is not None and max_new < 1:
-            raise InvalidRequestError("max_tokens must be at least 1", "max_tokens")
+        if max_new is not None and max_new < self._min_max_tokens():
+            raise InvalidRequestError(f"max_tokens must be at least {self._min_max_tokens()}",
+                                      "max_tokens")
         return SamplingParams(
             max_new_tokens=max_new,
             min_new_tokens=self.min_tokens,
@@ -186,6 +193,7 @@ class _SamplingRequest(_Request):
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
             top_logprobs=top,
+            prompt_logprobs=self._prompt_logprobs(),
             logit_bias=bias,
             skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
@@ -252,6 +260,9 @@ class CompletionRequest(_SamplingRequest):
 
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = None
+    # The prompt's text before each choice's; with logprobs, the prompt tokens' logprobs
+    # (the first one's null) before the choice's (how evaluation harnesses score text).
+    echo: bool = False
 
     def _logprobs(self) -> tuple[bool, int]:
         if self.logprobs is None:
@@ -259,6 +270,12 @@ class CompletionRequest(_SamplingRequest):
         if not 0 <= self.logprobs <= 20:
             raise InvalidRequestError("logprobs must be between 0 and 20", "logprobs")
         return True, self.logprobs
+
+    def _prompt_logprobs(self) -> int | None:
+        return self.logprobs if self.echo else None
+
+    def _min_max_tokens(self) -> int:
+        return 0 if self.echo else 1  # echo with max_tokens 0: score the prompt only
 
     def prompts(self) -> list[str] | list[list[int]]:
         """The batch of prompts: one string / id list per entry."""

@@ -27,7 +27,7 @@ from radixrt.frontend.protocol import (
     TopLogprob,
     UsageInfo,
 )
-from radixrt.ipc.messages import TextDelta
+from radixrt.ipc.messages import TextDelta, TokenLogprob
 from radixrt.sampling_params import SamplingParams
 
 
@@ -158,18 +158,28 @@ class ChatShape(ResponseShape):
 
 
 class CompletionShape(ResponseShape):
-    """/v1/completions: logprobs carry text offsets, counted per choice across the stream."""
+    """/v1/completions: logprobs carry text offsets, counted per choice across the stream.
+    With echo, a choice's text (and its logprobs, when asked) begin with the prompt's."""
 
-    def __init__(self, api_id: str, model: str, sp: SamplingParams) -> None:
+    def __init__(self, api_id: str, model: str, sp: SamplingParams, echo: bool = False) -> None:
         super().__init__(api_id, model, sp)
+        self.echo = echo
         self.offsets: dict[int, int] = {}
 
+    def worth_sending(self, d: TextDelta) -> bool:
+        return super().worth_sending(d) or bool(self.echo and d.prompt_text)
+
     def choice(self, d: TextDelta, index: int, stream: bool) -> Any:
+        text = d.text
+        entries = list(d.logprobs or [])
+        if self.echo:
+            text = (d.prompt_text or "") + text
+            entries = list(d.prompt_logprobs or []) + entries
         logprobs = None
-        if self.wants_logprobs(d, stream):
-            logprobs = completion_logprobs(d, self.offsets.get(index, 0))
+        if self.wants_logprobs(d, stream) or (self.sp.logprobs and entries):
+            logprobs = completion_logprobs(entries, self.offsets.get(index, 0))
             self.offsets[index] = self.offsets.get(index, 0) + sum(map(len, logprobs.tokens))
-        return CompletionChoice(index=index, text=d.text, finish_reason=d.finish_reason,
+        return CompletionChoice(index=index, text=text, finish_reason=d.finish_reason,
                                 logprobs=logprobs)
 
     def chunk(self, choices: list[Any], usage: UsageInfo | None = None) -> Any:
@@ -187,10 +197,19 @@ class GenerateShape(ResponseShape):
         return True
 
     def choice(self, d: TextDelta, index: int, stream: bool) -> Any:
-        return {"text": d.text, "output_ids": d.token_ids, "meta_info": {
+        meta = {
             "id": self.api_id, "prompt_tokens": d.prompt_tokens,
             "completion_tokens": d.completion_tokens, "cached_tokens": d.cached_tokens,
-            "finish_reason": d.finish_reason, "matched_stop": d.matched_stop}}
+            "finish_reason": d.finish_reason, "matched_stop": d.matched_stop}
+        # SGLang's shape: [logprob, token id, token text] per token (the first prompt
+        # token's logprob is null).
+        if d.logprobs is not None:
+            meta["output_token_logprobs"] = [[e.logprob, e.token_id, e.token]
+                                             for e in d.logprobs]
+        if d.prompt_logprobs is not None:
+            meta["input_token_logprobs"] = [[e.logprob, e.token_id, e.token]
+                                            for e in d.prompt_logprobs]
+        return {"text": d.text, "output_ids": d.token_ids, "meta_info": meta}
 
     def chunk(self, choices: list[Any], usage: UsageInfo | None = None) -> Any:
         return choices[0]
@@ -206,12 +225,14 @@ def chat_logprobs(d: TextDelta) -> ChatLogprobs:
         for e in d.logprobs or []])
 
 
-def completion_logprobs(d: TextDelta, offset: int) -> CompletionLogprobs:
+def completion_logprobs(entries: list[TokenLogprob], offset: int) -> CompletionLogprobs:
     out = CompletionLogprobs()
-    for e in d.logprobs or []:
+    for e in entries:
         out.tokens.append(e.token)
         out.token_logprobs.append(e.logprob)
-        out.top_logprobs.append({t.token: t.logprob for t in e.top or []})
+        # A prompt's first token has no logprob and no alternatives: null for both.
+        out.top_logprobs.append(None if e.logprob is None else
+                                {t.token: t.logprob for t in e.top or []})  # type: ignore[misc]
         out.text_offset.append(offset)
         offset += len(e.token)
     return out

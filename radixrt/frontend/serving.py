@@ -363,14 +363,15 @@ class OpenAIServing:
     async def completions(self, request: Request) -> Response:
         body = parse_request(CompletionRequest, await request.body())
         shape = CompletionShape(f"cmpl-{uuid.uuid4().hex}", self.check_model(body.model),
-                                self._sampling(body))
+                                self._sampling(body), echo=body.echo)
         reqs = []
         for p, prompt in enumerate(body.prompts()):
             text, ids = (prompt, None) if isinstance(prompt, str) else (None, prompt)
             for i in range(body.n):
                 reqs.append(TokenizeReq(rid=f"{shape.api_id}-{p * body.n + i}", prompt=text,
                                         input_ids=ids, sampling=self._choice_sampling(shape.sp, i),
-                                        stream=body.stream, cache_salt=body.cache_salt))
+                                        stream=body.stream, cache_salt=body.cache_salt,
+                                        echo=body.echo))
         return await self._respond(request, reqs, body.n, shape, body.stream, body.include_usage)
 
     async def generate(self, request: Request) -> Response:

@@ -33,6 +33,7 @@ from radixrt.ipc.messages import (
     GenerateReq,
     PingReq,
     Pong,
+    PromptLogprobs,
     SchedulerStats,
     StatsReq,
     TextDelta,
@@ -65,6 +66,7 @@ class RequestState:
     detok: IncrementalDetokenizer
     stops: StopStringMatcher
     aborted: bool = False  # the frontend gave up on it: nothing more is sent for it
+    echo: str | None = None  # the prompt's text, until the first delta carries it
 
 
 class TokenizerManager:
@@ -115,9 +117,14 @@ class TokenizerManager:
                                 None)]
         gen = built
         sp = gen.sampling
+        echo = None
+        if req.echo:  # the prompt as given; ids as their whole text (as /detokenize)
+            echo = req.prompt if req.prompt is not None else self.tokenizer.decode(
+                gen.input_ids, skip_special_tokens=False)
         self.requests[req.rid] = RequestState(
             detok=IncrementalDetokenizer(self.tokenizer, sp.skip_special_tokens),
             stops=StopStringMatcher(list(sp.stop), sp.include_stop_str_in_output),
+            echo=echo,
         )
         return [gen], []
 
@@ -156,6 +163,7 @@ class TokenizerManager:
                     deltas.append(self._delta(out, "", [], finish="abort"))
                 continue
             done = out.finish_reason is not None or out.error is not None
+            echo, state.echo = state.echo, None  # the prompt's text goes with the first delta
             text = state.detok.add(out.new_ids)
             if done:
                 text += state.detok.flush()
@@ -165,23 +173,38 @@ class TokenizerManager:
                 del self.requests[out.rid]
                 if out.finish_reason is None:
                     to_scheduler.append(AbortReq(out.rid))
-                deltas.append(self._delta(out, text, out.new_ids, finish="stop", matched=matched))
+                deltas.append(self._delta(out, text, out.new_ids, finish="stop", matched=matched,
+                                          echo=echo))
                 continue
             if done:
                 del self.requests[out.rid]
             deltas.append(self._delta(out, text, out.new_ids, finish=out.finish_reason,
-                                      finished=done))
+                                      finished=done, echo=echo))
         return to_scheduler, deltas
 
+
     def _delta(self, out: TokenOut, text: str, ids: list[int], finish: str | None,
-               matched: str | int | None = None, finished: bool = True) -> TextDelta:
+               matched: str | int | None = None, finished: bool = True,
+               echo: str | None = None) -> TextDelta:
         if matched is None and finish == "stop":
             matched = out.matched_stop
         return TextDelta(
             rid=out.rid, text=text, token_ids=list(ids), finished=finished,
             finish_reason=finish, matched_stop=matched, prompt_tokens=out.prompt_tokens,
             completion_tokens=out.completion_tokens, cached_tokens=out.cached_tokens,
-            logprobs=self._logprobs(out) if ids else None, error=out.error)
+            logprobs=self._logprobs(out) if ids else None, error=out.error, prompt_text=echo,
+            prompt_logprobs=None if out.prompt_logprobs is None
+            else self._prompt_logprobs(out.prompt_logprobs))
+
+    def _prompt_logprobs(self, p: PromptLogprobs) -> list[TokenLogprob]:
+        t = self.texts
+        tops: list[list[tuple[int, float]] | None] = list(p.top) if p.top else []
+        tops += [None] * (len(p.logprobs) - len(tops))
+        first = TokenLogprob(p.ids[0], t.text_of(p.ids[0]), t.bytes_of(p.ids[0]), None)
+        return [first] + [
+            TokenLogprob(tid, t.text_of(tid), t.bytes_of(tid), lp, top=None if top is None else
+                         [TokenLogprob(i, t.text_of(i), t.bytes_of(i), v) for i, v in top])
+            for tid, lp, top in zip(p.ids[1:], p.logprobs, tops, strict=True)]
 
     def _logprobs(self, out: TokenOut) -> list[TokenLogprob] | None:
         if out.logprobs is None:

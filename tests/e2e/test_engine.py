@@ -51,6 +51,11 @@ def test_input_forms_and_errors(default_engine) -> None:
     assert len(ids["output_ids"]) == 12
     batch = default_engine.generate(["Hello", "The sky is"], [GREEDY, {**GREEDY, "max_new_tokens": 3}])
     assert [len(b["output_ids"]) for b in batch] == [12, 3]
+    scored = default_engine.generate(input_ids=[1, 504, 3575, 282],
+                                     sampling_params={"max_new_tokens": 0, "prompt_logprobs": 0})
+    lps = scored["meta_info"]["input_token_logprobs"]
+    assert scored["output_ids"] == [] and lps[0] is None and len(lps) == 4
+    assert all(v < 0 for v in lps[1:])
     with pytest.raises(InvalidRequestError, match="temperature"):
         default_engine.generate("x", {"temperature": -1})
 

@@ -150,6 +150,68 @@ def test_logprobs(client: OpenAI) -> None:
     assert lp.text_offset[0] == 0 and all(len(t) == 2 for t in lp.top_logprobs)
 
 
+def test_echo_with_prompt_logprobs(server: ServerProcess, client: OpenAI) -> None:
+    """echo + logprobs scores text (as evaluation harnesses do): the prompt tokens' logprobs
+    come first, the first one null, and scoring a greedy continuation as part of a prompt
+    gives the logprobs it was generated with."""
+    prompt = [7, 300, 2000, 45, 912, 88, 1234]
+    gen = httpx.post(f"{server.url}/generate", timeout=60, json={
+        "input_ids": prompt, "sampling_params": {"max_new_tokens": 4, "temperature": 0,
+                                                 "logprobs": True}}).json()
+    ids = gen["output_ids"]
+    echo = client.completions.create(model="tiny", prompt=prompt + ids, max_tokens=1,
+                                     temperature=0, logprobs=2, echo=True)
+    c = echo.choices[0]
+    n = len(prompt) + len(ids)
+    assert len(c.logprobs.tokens) == len(c.logprobs.token_logprobs) == n + 1
+    assert c.logprobs.token_logprobs[0] is None and c.logprobs.top_logprobs[0] is None
+    assert all(len(t) == 2 for t in c.logprobs.top_logprobs[1:])
+    # Greedy: each generated token is its position's most likely one.
+    for pos in range(len(prompt), n):
+        assert max(c.logprobs.top_logprobs[pos].values()) == pytest.approx(
+            c.logprobs.token_logprobs[pos], abs=1e-5)
+    assert c.logprobs.token_logprobs[len(prompt):n] == pytest.approx(
+        [e[0] for e in gen["meta_info"]["output_token_logprobs"]], abs=1e-3)
+    text = httpx.post(f"{server.url}/detokenize", json={"tokens": prompt + ids}).json()
+    assert c.text.startswith(text["prompt"]) and len(c.text) > len(text["prompt"])
+    assert echo.usage.prompt_tokens == n and echo.usage.completion_tokens == 1
+    # max_tokens 0: the prompt scored, nothing generated (echo only).
+    only = client.completions.create(model="tiny", prompt=prompt + ids, max_tokens=0,
+                                     temperature=0, logprobs=2, echo=True).choices[0]
+    assert only.text == text["prompt"] and only.finish_reason == "length"
+    assert only.logprobs.tokens == c.logprobs.tokens[:n]
+    assert only.logprobs.token_logprobs[0] is None
+    assert only.logprobs.token_logprobs[1:] == pytest.approx(c.logprobs.token_logprobs[1:n],
+                                                             abs=1e-5)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=0)
+
+
+def test_echo_text_and_stream(server: ServerProcess, client: OpenAI) -> None:
+    prompt = "The weather today"
+    plain = client.completions.create(model="tiny", prompt=prompt, max_tokens=5, temperature=0)
+    echo = client.completions.create(model="tiny", prompt=[prompt, prompt], max_tokens=5,
+                                     temperature=0, echo=True)
+    assert [c.text for c in echo.choices] == [prompt + plain.choices[0].text] * 2
+    assert echo.choices[0].logprobs is None
+    chunks = list(client.completions.create(model="tiny", prompt=prompt, max_tokens=5,
+                                            temperature=0, echo=True, stream=True,
+                                            logprobs=0))
+    texts = [k.choices[0].text for k in chunks if k.choices]
+    assert texts[0].startswith(prompt) and "".join(texts) == echo.choices[0].text
+    tokens = [t for k in chunks if k.choices and k.choices[0].logprobs
+              for t in k.choices[0].logprobs.tokens]
+    assert len(tokens) == echo.usage.prompt_tokens // 2 + 5
+    r = httpx.post(f"{server.url}/generate", timeout=60, json={
+        "text": prompt, "sampling_params": {"max_new_tokens": 2, "temperature": 0,
+                                            "prompt_logprobs": 0, "logprobs": True}})
+    meta = r.json()["meta_info"]
+    assert len(meta["input_token_logprobs"]) == meta["prompt_tokens"]
+    assert meta["input_token_logprobs"][0][0] is None
+    assert all(e[0] <= 0 for e in meta["input_token_logprobs"][1:])
+    assert len(meta["output_token_logprobs"]) == 2
+
+
 def test_cached_tokens_on_second_turn(client: OpenAI) -> None:
     messages = [{"role": "system", "content": "You are a patient assistant. " * 6},
                 {"role": "user", "content": "What is a radix tree?"}]

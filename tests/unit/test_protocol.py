@@ -134,7 +134,6 @@ def test_chat_range_errors(fields: dict[str, Any], param: str) -> None:
     ({"prompt": [1.5]}, "prompt"),
     ({"prompt": "x", "logprobs": 30}, "logprobs"),
     ({"prompt": "x", "logprobs": True}, "logprobs"),
-    ({"prompt": "x", "echo": True}, "echo"),
 ])
 def test_completion_errors(fields: dict[str, Any], param: str) -> None:
     def run() -> Any:
@@ -193,11 +192,18 @@ def test_unimplemented_chat_fields_are_400_naming_them(field: str, value: Any) -
 
 
 @pytest.mark.parametrize("field, value", [
-    ("best_of", 3), ("echo", True), ("suffix", "tail"), ("store", True),
+    ("best_of", 3), ("suffix", "tail"), ("store", True),
 ])
 def test_unimplemented_completion_fields_are_400(field: str, value: Any) -> None:
     err = error_of({"prompt": "x", field: value}, CompletionRequest)
     assert err.param == field and "not supported" in str(err)
+
+
+def test_echo_asks_for_prompt_logprobs_only_with_logprobs() -> None:
+    assert completion(prompt="x", echo=True).to_sampling_params().prompt_logprobs is None
+    assert completion(prompt="x", echo=True, logprobs=0).to_sampling_params().prompt_logprobs == 0
+    assert completion(prompt="x", echo=True, logprobs=3).to_sampling_params().prompt_logprobs == 3
+    assert completion(prompt="x", logprobs=3).to_sampling_params().prompt_logprobs is None
 
 
 def test_unknown_fields_are_400_naming_them() -> None:

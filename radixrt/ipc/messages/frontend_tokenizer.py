@@ -26,17 +26,19 @@ class TokenizeReq(FrontendTokenizerMsg):
     add_generation_prompt: bool = True  # end a chat prompt with the assistant's turn opener
     continue_final_message: bool = False  # leave the final chat message open instead
     chat_template: str | None = None  # a request's own template (only when the server trusts it)
+    echo: bool = False  # the first delta carries the prompt's text (prompt_text)
 
 
 @dataclass
 class TokenLogprob:
-    """One output token's logprob with its text and raw bytes (OpenAI logprobs entries), so
-    the frontend needs no tokenizer of its own. `top` holds the alternatives (no `top` each)."""
+    """One token's logprob with its text and raw bytes (OpenAI logprobs entries), so the
+    frontend needs no tokenizer of its own. `top` holds the alternatives (no `top` each).
+    logprob is None only for a prompt's first token, which nothing predicts."""
 
     token_id: int
     token: str
     bytes: list[int]
-    logprob: float
+    logprob: float | None
     top: list[TokenLogprob] | None = None
 
 
@@ -56,6 +58,10 @@ class TextDelta:
     logprobs: list[TokenLogprob] | None = None  # of token_ids, when the request asked
     error: str | None = None  # set with finished=True when the request was refused
     error_param: str | None = None
+    # In the first delta only: the prompt's text (TokenizeReq.echo) and, when asked
+    # (SamplingParams.prompt_logprobs), one entry per prompt token.
+    prompt_text: str | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
