@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from radixrt.ipc.messages import PENDING_TOKEN, ForwardBatch, NewSlot
-from radixrt.scheduler.request import Chunk
+from radixrt.scheduler.request import Chunk, Request
 
 _NO_IDS = np.zeros(0, np.int32)
 _PENDING = np.full(1, PENDING_TOKEN, np.int32)
@@ -27,18 +27,10 @@ def build_batch(step: int, chunks: list[Chunk], eos_ids: tuple[int, ...],
     sample = np.empty(B, bool)
     ids, new_slots = [], []
     p_slots, p_offs, p_lens, p_ids = [], [], [], []
-    lp_num = np.zeros(B, np.int32)
-    lp_rows, lp_targets, lp_top, row0 = [], [], 0, 0
+    lp_chunks = []  # (batch row, chunk) of requests with prompt logprobs
     for i, (r, n) in enumerate(chunks):
-        lo, hi = r.prompt_lp_span(n)
-        if hi > lo:  # prompt logprobs of positions lo..hi-1 (tokens lo+1..hi)
-            lp_num[i] = hi - lo
-            lp_rows.append(np.arange(row0 + lo - r.num_computed, row0 + hi - r.num_computed,
-                                     dtype=np.int32))
-            lp_targets.append(r.prompt_ids[lo + 1 : hi + 1])
-            lp_top = max(lp_top, r.sampling.prompt_logprobs or 0)
-            r.prompt_lp_next = hi
-        row0 += n
+        if r.sampling.prompt_logprobs is not None:
+            lp_chunks.append((i, r, n))
         slots[i], start[i], num_new[i] = r.slot, r.num_computed, n
         sample[i] = r.num_computed + n == r.fill_len
         if r.num_computed == r.known_len:
@@ -69,8 +61,29 @@ def build_batch(step: int, chunks: list[Chunk], eos_ids: tuple[int, ...],
         page_ids=np.concatenate(p_ids).astype(np.int32) if p_ids else _NO_IDS,
         new_slots=new_slots, freed_slots=freed_slots,
     )
-    if lp_rows:
-        batch.prompt_lp_rows = np.concatenate(lp_rows)
-        batch.prompt_lp_targets = np.concatenate(lp_targets).astype(np.int32)
-        batch.prompt_lp_num, batch.prompt_lp_top = lp_num, lp_top
+    if lp_chunks:
+        _add_prompt_logprobs(batch, lp_chunks)
     return batch
+
+
+def _add_prompt_logprobs(batch: ForwardBatch, lp_chunks: list[tuple[int, Request, int]]
+                         ) -> None:
+    """The rows of the prompt positions whose logits the chunks compute for their prompt
+    logprobs (positions lo..hi-1 give tokens lo+1..hi), with those tokens."""
+    first_row = np.concatenate([[0], np.cumsum(batch.num_new)[:-1]])
+    lp_num = np.zeros(batch.batch_size, np.int32)
+    rows, targets, top = [], [], 0
+    for i, r, n in lp_chunks:
+        lo, hi = r.prompt_lp_span(n)
+        if hi <= lo:
+            continue
+        lp_num[i] = hi - lo
+        row0 = int(first_row[i]) - r.num_computed
+        rows.append(np.arange(row0 + lo, row0 + hi, dtype=np.int32))
+        targets.append(r.prompt_ids[lo + 1 : hi + 1])
+        top = max(top, r.sampling.prompt_logprobs or 0)
+        r.prompt_lp_next = hi
+    if rows:
+        batch.prompt_lp_rows = np.concatenate(rows)
+        batch.prompt_lp_targets = np.concatenate(targets).astype(np.int32)
+        batch.prompt_lp_num, batch.prompt_lp_top = lp_num, top

@@ -69,7 +69,7 @@ def collect(reqs: list[Request]) -> TokenOutBatch:
             completion_tokens=len(r.output_ids),
             logprobs=r.new_logprobs if sp.logprobs else None,
             top_logprobs=r.new_top if sp.top_logprobs else None, error=r.error,
-            prompt_logprobs=_prompt_logprobs(r)))
+            prompt_logprobs=None if sp.prompt_logprobs is None else _prompt_logprobs(r)))
         r.new_ids, r.new_logprobs, r.new_top = [], [], []
     return TokenOutBatch(outs)
 
@@ -77,8 +77,7 @@ def collect(reqs: list[Request]) -> TokenOutBatch:
 def _prompt_logprobs(r: Request) -> PromptLogprobs | None:
     """r's prompt logprobs, once (with its first output token), when it asked and has them
     all (an abort during the prefill reports none)."""
-    if (r.sampling.prompt_logprobs is None or r.prompt_lp_sent
-            or len(r.prompt_lps) != len(r.prompt_ids) - 1):
+    if r.prompt_lp_sent or len(r.prompt_lps) != len(r.prompt_ids) - 1:
         return None
     r.prompt_lp_sent = True
     out = PromptLogprobs(r.prompt_ids.tolist(), r.prompt_lps,

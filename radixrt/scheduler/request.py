@@ -133,7 +133,7 @@ class Request:
         return self.state is ReqState.FINISHED
 
     def max_new_left(self) -> int:
-        return max(0, self.sampling.max_new_tokens - len(self.output_ids) - self.num_pending)
+        return self.sampling.max_new_tokens - len(self.output_ids) - self.num_pending
 
 
 class Chunk(NamedTuple):
