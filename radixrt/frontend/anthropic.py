@@ -11,8 +11,9 @@ from fastapi.responses import Response
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from radixrt.frontend.answers import UsageInfo
 from radixrt.frontend.chat_output import ChatOutput
-from radixrt.frontend.protocol import ChatCompletionRequest, UsageInfo, _Request
+from radixrt.frontend.protocol import ChatCompletionRequest, _Request
 from radixrt.frontend.responses import ResponseShape
 from radixrt.frontend.tool_parsers import merge_calls
 from radixrt.ipc.messages import TextDelta

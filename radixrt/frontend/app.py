@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from radixrt.config import ServerConfig
 from radixrt.frontend import anthropic
+from radixrt.frontend.answers import ModelCard, ModelList
 from radixrt.frontend.auth import APIKeyMiddleware
 from radixrt.frontend.body_limit import BodyLimitMiddleware
 from radixrt.frontend.client import AsyncTokenizerClient
@@ -30,8 +31,6 @@ from radixrt.frontend.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     GenerateRequest,
-    ModelCard,
-    ModelList,
     parse_request,
 )
 from radixrt.frontend.responses import json_response

@@ -1,4 +1,5 @@
-"""Pydantic models of the OpenAI API (and radixrt's native /generate).
+"""Pydantic models of the OpenAI API's requests (and radixrt's native /generate); the
+answers' models are in frontend/answers.py.
 
 Requests are parsed with `parse_request` (strict JSON: a string where a number belongs is a
 400, not a silent conversion). A field the server does not implement is a 400 naming it
@@ -13,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from radixrt.frontend.fields import (
     OPENAI_DEFAULT_VALUES,
@@ -23,16 +24,11 @@ from radixrt.frontend.fields import (
 )
 from radixrt.frontend.tools import (
     AssistantToolCall,
-    NoNulls,
-    ToolCallDelta,
-    ToolCallOut,
     ToolChoice,
     ToolDef,
 )
 from radixrt.grammar.spec import JSON_OBJECT_SCHEMA, check_spec
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
-
-# ---------------------------------------------------------------- requests
 
 
 class TextPart(_Request):
@@ -350,114 +346,3 @@ def parse_request(model: type[R], body: bytes) -> R:
         return model.model_validate_json(body, strict=True)
     except ValidationError as exc:
         raise validation_error(exc, model) from None
-
-
-# ---------------------------------------------------------------- responses
-
-
-class PromptTokensDetails(BaseModel):
-    cached_tokens: int = 0
-
-
-class UsageInfo(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
-
-
-class ChatLogprobEntry(TopLogprob):
-    top_logprobs: list[TopLogprob] = Field(default_factory=list)
-
-
-class ChatLogprobs(BaseModel):
-    content: list[ChatLogprobEntry] | None = None
-
-
-class ChatResponseMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[ToolCallOut] | None = None
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: ChatResponseMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: UsageInfo
-
-
-class DeltaMessage(NoNulls):  # OpenAI sends {"content": "..."} deltas, no nulls
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[ToolCallDelta] | None = None
-
-
-class ChatStreamChoice(BaseModel):
-    index: int
-    delta: DeltaMessage
-    logprobs: ChatLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatStreamChoice]
-    usage: UsageInfo | None = None
-
-
-class CompletionLogprobs(BaseModel):
-    tokens: list[str] = Field(default_factory=list)
-    token_logprobs: list[float | None] = Field(default_factory=list)
-    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
-    text_offset: list[int] = Field(default_factory=list)
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: UsageInfo | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "radixrt"
-    root: str | None = None
-    max_model_len: int | None = None
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]

@@ -11,8 +11,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from radixrt.frontend.chat_output import ChatOutput, call_deltas, whole_calls
-from radixrt.frontend.protocol import (
+from radixrt.frontend.answers import (
     ChatChoice,
     ChatCompletionChunk,
     ChatCompletionResponse,
@@ -27,6 +26,7 @@ from radixrt.frontend.protocol import (
     TopLogprob,
     UsageInfo,
 )
+from radixrt.frontend.chat_output import ChatOutput, call_deltas, whole_calls
 from radixrt.ipc.messages import TextDelta, TokenLogprob
 from radixrt.sampling_params import SamplingParams
 

@@ -15,6 +15,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from radixrt.config import ServerConfig
+from radixrt.frontend.answers import PromptTokensDetails, UsageInfo
 from radixrt.frontend.anthropic import MessagesRequest, MessagesShape
 from radixrt.frontend.auth import tenant_of
 from radixrt.frontend.client import AsyncTokenizerClient, merge_deltas
@@ -24,8 +25,6 @@ from radixrt.frontend.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     GenerateRequest,
-    PromptTokensDetails,
-    UsageInfo,
     check_sampling,
     parse_request,
 )

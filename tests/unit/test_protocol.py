@@ -7,14 +7,11 @@ from typing import Any
 
 import pytest
 
+from radixrt.frontend.answers import ChatCompletionChunk, ChatStreamChoice, DeltaMessage, UsageInfo
 from radixrt.frontend.protocol import (
-    ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatStreamChoice,
     CompletionRequest,
-    DeltaMessage,
     GenerateRequest,
-    UsageInfo,
     check_sampling,
     parse_request,
 )
