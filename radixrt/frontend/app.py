@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from radixrt.config import ServerConfig
-from radixrt.frontend import anthropic
+from radixrt.frontend import anthropic, openai_responses
 from radixrt.frontend.answers import ModelCard, ModelList
 from radixrt.frontend.auth import APIKeyMiddleware
 from radixrt.frontend.body_limit import BodyLimitMiddleware
@@ -118,6 +118,10 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
     async def messages(request: Request) -> Response:
         return await serving.messages(request)
 
+    @app.post(openai_responses.ROUTE)
+    async def responses(request: Request) -> Response:
+        return await serving.responses(request)
+
     @app.post("/generate")
     async def generate(request: Request) -> Response:
         return await serving.generate(request)
@@ -199,5 +203,6 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
     describe_bodies(app, {
         "/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
         anthropic.ROUTE: anthropic.MessagesRequest, "/generate": GenerateRequest,
+        openai_responses.ROUTE: openai_responses.ResponsesRequest,
         "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest})
     return app

@@ -21,6 +21,7 @@ from radixrt.frontend.auth import tenant_of
 from radixrt.frontend.client import AsyncTokenizerClient, merge_deltas
 from radixrt.frontend.errors import APIError
 from radixrt.frontend.metrics import Metrics, RequestTimer
+from radixrt.frontend.openai_responses import ResponsesRequest, ResponsesShape
 from radixrt.frontend.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -325,6 +326,16 @@ class OpenAIServing:
         model = self.check_model(body.model)
         plan, sp = self._tool_sampling(chat)
         shape = MessagesShape(f"msg_{uuid.uuid4().hex}", model, sp, tool_parser=plan.parser)
+        return await self._chat(request, chat, shape, plan)
+
+    async def responses(self, request: Request) -> Response:
+        """OpenAI's Responses API: a chat completion in the Responses shape."""
+        body = parse_request(ResponsesRequest, await request.body())
+        chat = body.to_chat()
+        model = self.check_model(body.model)
+        plan, sp = self._tool_sampling(chat)
+        shape = ResponsesShape(f"resp_{uuid.uuid4().hex}", model, sp, body.echoed(),
+                               reasoning=self.tool_support.reasoning, tool_parser=plan.parser)
         return await self._chat(request, chat, shape, plan)
 
     async def _chat(self, request: Request, body: ChatCompletionRequest,

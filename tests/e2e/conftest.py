@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -140,3 +141,49 @@ def launch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
     for s in servers:
         if s.stop() not in (0, None):
             print(s.log())
+
+
+# A Qwen3-style template, shortened: tools in the system turn, calls in <tool_call> tags,
+# tool results as <tool_response>, and an empty think block when thinking is off.
+HERMES_TEMPLATE = """\
+{%- if tools %}<|im_start|>system
+{% if messages[0].role == 'system' %}{{ messages[0].content }}
+
+{% endif %}# Tools
+<tools>
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}</tools>
+For each function call, return a json object within <tool_call></tool_call> XML tags.<|im_end|>
+{% elif messages[0].role == 'system' %}<|im_start|>system
+{{ messages[0].content }}<|im_end|>
+{% endif %}
+{%- for m in messages %}{% if not (loop.first and m.role == 'system') %}
+{%- if m.role == 'assistant' %}<|im_start|>assistant
+{% if m.content %}{{ m.content }}{% endif %}{% for c in m.tool_calls or [] %}
+<tool_call>
+{{ {"name": c.function.name, "arguments": c.function.arguments} | tojson }}
+</tool_call>{% endfor %}<|im_end|>
+{% elif m.role == 'tool' %}<|im_start|>user
+<tool_response>
+{{ m.content }}
+</tool_response><|im_end|>
+{% else %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endif %}{% endif %}{% endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% if enable_thinking is defined and enable_thinking is false %}<think>
+
+</think>
+
+{% endif %}{% endif %}"""
+
+
+@pytest.fixture(scope="module")
+def hermes_qwen3(make_tiny_model: Callable[..., Path],
+                 tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen3 with HERMES_TEMPLATE: its tool and reasoning parsers are
+    detected from the template (hermes, qwen3)."""
+    model = tmp_path_factory.mktemp("hermes-qwen3") / "model"
+    shutil.copytree(make_tiny_model("qwen3"), model)
+    (model / "chat_template.jinja").write_text(HERMES_TEMPLATE)
+    return model

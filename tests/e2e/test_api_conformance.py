@@ -208,8 +208,8 @@ def test_model_by_id(server: ServerProcess, client: OpenAI) -> None:
 
 def test_openapi_describes_request_bodies(server: ServerProcess) -> None:
     doc = httpx.get(f"{server.url}/openapi.json").json()
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/messages", "/generate",
-                 "/tokenize", "/detokenize"):
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses",
+                 "/generate", "/tokenize", "/detokenize"):
         ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         schema = doc["components"]["schemas"][ref["$ref"].rsplit("/", 1)[1]]
         assert schema["additionalProperties"] is False and schema["properties"], path

@@ -1,6 +1,6 @@
 """Tool calling and reasoning content through the official openai client, against real
 servers on loopback: a tiny random Qwen3 with a Hermes-style chat template that thinks
-(`<tool_call>`, `<think>`), and the default model (a template with no tool support: the
+(`<tool_call>`, `<think>`; the hermes_qwen3 fixture of tests/e2e/conftest.py), and the default model (a template with no tool support: the
 prompt-and-constrain fallback). Random weights cannot be asked to call a tool, so the tiny
 model's outputs are shaped by a schema (tool_choice required / named) or by a regex on the
 request; what is checked is the server's side: rendering, constraining, parsing, the shapes."""
@@ -8,7 +8,6 @@ request; what is checked is the server's side: rendering, constraining, parsing,
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,40 +21,6 @@ if TYPE_CHECKING:
     from conftest import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)
-
-# A Qwen3-style template, shortened: tools in the system turn, calls in <tool_call> tags,
-# tool results as <tool_response>, and an empty think block when thinking is off.
-TEMPLATE = """\
-{%- if tools %}<|im_start|>system
-{% if messages[0].role == 'system' %}{{ messages[0].content }}
-
-{% endif %}# Tools
-<tools>
-{% for tool in tools %}{{ tool | tojson }}
-{% endfor %}</tools>
-For each function call, return a json object within <tool_call></tool_call> XML tags.<|im_end|>
-{% elif messages[0].role == 'system' %}<|im_start|>system
-{{ messages[0].content }}<|im_end|>
-{% endif %}
-{%- for m in messages %}{% if not (loop.first and m.role == 'system') %}
-{%- if m.role == 'assistant' %}<|im_start|>assistant
-{% if m.content %}{{ m.content }}{% endif %}{% for c in m.tool_calls or [] %}
-<tool_call>
-{{ {"name": c.function.name, "arguments": c.function.arguments} | tojson }}
-</tool_call>{% endfor %}<|im_end|>
-{% elif m.role == 'tool' %}<|im_start|>user
-<tool_response>
-{{ m.content }}
-</tool_response><|im_end|>
-{% else %}<|im_start|>{{ m.role }}
-{{ m.content }}<|im_end|>
-{% endif %}{% endif %}{% endfor %}
-{%- if add_generation_prompt %}<|im_start|>assistant
-{% if enable_thinking is defined and enable_thinking is false %}<think>
-
-</think>
-
-{% endif %}{% endif %}"""
 
 CITY = {"type": "string", "pattern": "^[a-z]{1,8}$"}
 WEATHER = {"type": "function", "function": {
@@ -73,12 +38,8 @@ HERMES_CALL = ('Sure\\.\n<tool_call>\n\\{"name": "get_weather", "arguments": \\{
 
 
 @pytest.fixture(scope="module")
-def qwen3(make_tiny_model: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory,
-          launch_server: Callable[..., ServerProcess]) -> OpenAI:
-    model = tmp_path_factory.mktemp("hermes-qwen3") / "model"
-    shutil.copytree(make_tiny_model("qwen3"), model)
-    (model / "chat_template.jinja").write_text(TEMPLATE)
-    server = launch_server("--model", str(model), "--dtype", "float32",
+def qwen3(hermes_qwen3: Path, launch_server: Callable[..., ServerProcess]) -> OpenAI:
+    server = launch_server("--model", str(hermes_qwen3), "--dtype", "float32",
                            "--max-total-tokens", "8192", "--served-model-name", "tiny")
     return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
 
