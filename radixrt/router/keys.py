@@ -1,7 +1,8 @@
 """The routing key of a request: text that starts the same way when prompts do.
 
 No tokenizer in the router: a chat request's key is its messages in order (role and text,
-with separators), a completion's its prompt, a token-id prompt one character per token. Two
+with separators; the same for Anthropic's Messages and OpenAI's Responses API, their system
+turn first), a completion's its prompt, a token-id prompt one character per token. Two
 requests whose prompts share a prefix then share a key prefix, which is all the prefix tree
 needs (the replica's cache works on tokens of the same text in the same order).
 """
@@ -16,7 +17,8 @@ ROLE_SEP, MESSAGE_SEP = "\x1f", "\x1e"
 IDS_MARK = "\x1d"  # token-id keys never share a prefix with text keys
 
 # Routes whose JSON body carries a prompt; everything else is routed by load alone.
-GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/generate"})
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/generate",
+                              "/v1/responses", "/v1/messages"})
 
 
 def _content_text(content: Any) -> str:
@@ -53,17 +55,33 @@ def _prompt_key(prompt: Any) -> str:
     return ""
 
 
+def _turns(path: str, body: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """A conversation's (role, text) turns in order: chat messages; Anthropic's system and
+    messages; the Responses API's instructions and input items (calls and their outputs by
+    their arguments and output text)."""
+    system = body.get("instructions" if path == "/v1/responses" else "system")
+    turns = [("system", _content_text(system))] if system is not None else []
+    items = body.get("input" if path == "/v1/responses" else "messages")
+    if isinstance(items, str) and path == "/v1/responses":
+        return turns + [("user", items)]
+    if not isinstance(items, list):
+        return None
+    for m in items:
+        if isinstance(m, dict):
+            text = m.get("content", m.get("arguments", m.get("output")))
+            turns.append((str(m.get("role", m.get("type", ""))), _content_text(text)))
+    return turns
+
+
 def routing_key(path: str, body: Any) -> str:
     """The key of a request to `path` with parsed JSON `body` ("" when there is none)."""
     if path not in GENERATION_PATHS or not isinstance(body, dict):
         return ""
-    if path == "/v1/chat/completions":
-        messages = body.get("messages")
-        if not isinstance(messages, list):
+    if path in ("/v1/chat/completions", "/v1/messages", "/v1/responses"):
+        turns = _turns(path, body)
+        if turns is None:
             return ""
-        key = MESSAGE_SEP.join(
-            f"{m.get('role', '')}{ROLE_SEP}{_content_text(m.get('content'))}"
-            for m in messages if isinstance(m, dict))
+        key = MESSAGE_SEP.join(f"{role}{ROLE_SEP}{text}" for role, text in turns)
     elif path == "/v1/completions":
         key = _prompt_key(body.get("prompt"))
     else:  # /generate: text or input_ids

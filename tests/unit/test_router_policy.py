@@ -114,6 +114,15 @@ def test_routing_keys() -> None:
     assert "S" in key and "hi there" in key
     longer = {"messages": [*chat["messages"], {"role": "assistant", "content": "yo"}]}
     assert routing_key("/v1/chat/completions", longer).startswith(key)
+    # Anthropic's and the Responses API's conversations: the same key as the chat's.
+    assert routing_key("/v1/messages", {"system": "S", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "hi there"}]}]}) == key
+    assert routing_key("/v1/responses", {"instructions": "S", "input": "hi there"}) == key
+    turn = routing_key("/v1/responses", {"instructions": "S", "input": [
+        {"role": "user", "content": "hi there"},
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}]})
+    assert turn.startswith(key) and turn.endswith("{}")
+    assert routing_key("/v1/responses", {"input": 3}) == ""
     assert routing_key("/v1/completions", {"prompt": "abc"}) == "abc"
     assert routing_key("/v1/completions", {"prompt": ["abc", "d"]}) == "abc"
     ids = routing_key("/v1/completions", {"prompt": [1, 2, 3]})
