@@ -115,6 +115,11 @@ class ModelInfo:
             sampling_defaults=sampling_defaults(gen),
         )
 
+    @property
+    def hidden_size(self) -> int:
+        """The width of the model's hidden states (an embedding's dimensions)."""
+        return int(lm_fields(self.config).get("hidden_size", 0))
+
     @classmethod
     def load(cls, config: EngineConfig) -> ModelInfo:
         """The ModelInfo of config.model_path, with config.context_length applied."""

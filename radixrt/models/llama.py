@@ -127,9 +127,12 @@ class LlamaForCausalLM(nn.Module):
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionBackend,
-                logits_indices: torch.Tensor) -> torch.Tensor:
+                logits_indices: torch.Tensor, hidden_out: list[torch.Tensor] | None = None,
+                hidden_indices: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (the model's dtype) [len(logits_indices), vocab] of the tokens at those flat
-        indices (on rank 0; another rank gets its vocabulary slice's)."""
+        indices (on rank 0; another rank gets its vocabulary slice's). With hidden_indices,
+        the final hidden states (after the last norm, float32) of those tokens are appended
+        to hidden_out: what embeddings are made of."""
         x = self.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
         flat = flat_layers(self) if x.device.type == "cpu" else None
@@ -140,6 +143,8 @@ class LlamaForCausalLM(nn.Module):
             for layer in self.layers:
                 x, residual = layer(x, residual, positions, self.rope, attn)
         assert residual is not None
+        if hidden_indices is not None and hidden_out is not None:  # before norm_linear's add
+            hidden_out.append(self.norm(x[hidden_indices] + residual[hidden_indices]).float())
         logits, _ = gemv_cuda.norm_linear(self.norm, self.lm_head, x[logits_indices],
                                           residual[logits_indices])
         return self.tp.gather_vocab(logits)

@@ -27,10 +27,10 @@ def build_batch(step: int, chunks: list[Chunk], eos_ids: tuple[int, ...],
     sample = np.empty(B, bool)
     ids, new_slots = [], []
     p_slots, p_offs, p_lens, p_ids = [], [], [], []
-    lp_chunks = []  # (batch row, chunk) of requests with prompt logprobs
+    extras = []  # (batch row, chunk) of requests with prompt logprobs or embeddings
     for i, (r, n) in enumerate(chunks):
-        if r.sampling.prompt_logprobs is not None:
-            lp_chunks.append((i, r, n))
+        if r.extras is not None:
+            extras.append((i, r, n))
         slots[i], start[i], num_new[i] = r.slot, r.num_computed, n
         sample[i] = r.num_computed + n == r.fill_len
         if r.num_computed == r.known_len:
@@ -61,19 +61,24 @@ def build_batch(step: int, chunks: list[Chunk], eos_ids: tuple[int, ...],
         page_ids=np.concatenate(p_ids).astype(np.int32) if p_ids else _NO_IDS,
         new_slots=new_slots, freed_slots=freed_slots,
     )
-    if lp_chunks:
-        _add_prompt_logprobs(batch, lp_chunks)
+    if extras:
+        _add_extras(batch, extras)
     return batch
 
 
-def _add_prompt_logprobs(batch: ForwardBatch, lp_chunks: list[tuple[int, Request, int]]
-                         ) -> None:
+def _add_extras(batch: ForwardBatch, extras: list[tuple[int, Request, int]]) -> None:
     """The rows of the prompt positions whose logits the chunks compute for their prompt
-    logprobs (positions lo..hi-1 give tokens lo+1..hi), with those tokens."""
+    logprobs (positions lo..hi-1 give tokens lo+1..hi), with those tokens; and the last
+    prompt token's row of each embedding request's final chunk."""
     first_row = np.concatenate([[0], np.cumsum(batch.num_new)[:-1]])
     lp_num = np.zeros(batch.batch_size, np.int32)
     rows, targets, top = [], [], 0
-    for i, r, n in lp_chunks:
+    embed_rows, embed_of = [], []
+    for i, r, n in extras:
+        assert r.extras is not None
+        if r.extras.embed and batch.sample[i]:
+            embed_rows.append(int(first_row[i]) + n - 1)
+            embed_of.append(i)
         lo, hi = r.prompt_lp_span(n)
         if hi <= lo:
             continue
@@ -82,7 +87,10 @@ def _add_prompt_logprobs(batch: ForwardBatch, lp_chunks: list[tuple[int, Request
         rows.append(np.arange(row0 + lo, row0 + hi, dtype=np.int32))
         targets.append(r.prompt_ids[lo + 1 : hi + 1])
         top = max(top, r.sampling.prompt_logprobs or 0)
-        r.prompt_lp_next = hi
+        r.extras.prompt_lp_next = hi
+    if embed_rows:
+        batch.embed_rows = np.asarray(embed_rows, np.int32)
+        batch.embed_of = np.asarray(embed_of, np.int32)
     if rows:
         batch.prompt_lp_rows = np.concatenate(rows)
         batch.prompt_lp_targets = np.concatenate(targets).astype(np.int32)

@@ -49,8 +49,8 @@ class KVManager:
         """r's longest cached prefix, leaving at least one token to compute, and every prompt
         position whose logits r's prompt logprobs still need."""
         end = r.fill_len - 1
-        if r.wants_prompt_logprobs:
-            end = min(end, r.prompt_lp_next)
+        if r.extras is not None and r.wants_prompt_logprobs:
+            end = min(end, r.extras.prompt_lp_next)
         return self.cache.match_prefix(r.key(end))
 
     def new_pages(self, r: Request, num_new: int) -> int:

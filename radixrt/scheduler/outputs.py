@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from radixrt.ipc.messages import PromptLogprobs, StepResult, TokenOut, TokenOutBatch
-from radixrt.scheduler.request import Chunk, Request
+from radixrt.scheduler.request import Chunk, Request, RequestExtras
 
 
 def take_token(r: Request, i: int, result: StepResult) -> int:
@@ -31,14 +31,24 @@ def take_prompt_logprobs(chunks: list[Chunk], lp_num: np.ndarray, result: StepRe
     off = 0
     for (r, _), c in zip(chunks, lp_num.tolist(), strict=True):
         if c and not r.finished:
-            r.prompt_lps.extend(lps[off : off + c].tolist())
+            assert r.extras is not None
+            r.extras.prompt_lps.extend(lps[off : off + c].tolist())
             k = r.sampling.prompt_logprobs or 0
             if k and top_ids is not None and top_lps is not None:
-                r.prompt_top.extend(
+                r.extras.prompt_top.extend(
                     list(zip(ids, vals, strict=True)) for ids, vals in
                     zip(top_ids[off : off + c, :k].tolist(), top_lps[off : off + c, :k].tolist(),
                         strict=True))
         off += c
+
+
+def take_embeddings(chunks: list[Chunk], embed_of: np.ndarray, result: StepResult) -> None:
+    """Hand each embedding request of the step its vector (row j: chunk embed_of[j])."""
+    assert result.embeddings is not None, "embeddings asked, none came back"
+    for j, b in enumerate(embed_of.tolist()):
+        r = chunks[b].req
+        if not r.finished and r.extras is not None:
+            r.extras.embedding = result.embeddings[j]
 
 
 def finish_reason(r: Request, tok: int, eos_ids: tuple[int, ...], context_length: int
@@ -63,24 +73,29 @@ def collect(reqs: list[Request]) -> TokenOutBatch:
             continue
         seen.add(id(r))
         sp = r.sampling
-        outs.append(TokenOut(
+        out = TokenOut(
             r.rid, r.new_ids, r.finish_reason, r.matched_stop,
             prompt_tokens=len(r.prompt_ids), cached_tokens=r.cached_tokens,
             completion_tokens=len(r.output_ids),
             logprobs=r.new_logprobs if sp.logprobs else None,
-            top_logprobs=r.new_top if sp.top_logprobs else None, error=r.error,
-            prompt_logprobs=None if sp.prompt_logprobs is None else _prompt_logprobs(r)))
+            top_logprobs=r.new_top if sp.top_logprobs else None, error=r.error)
+        x = r.extras
+        if x is not None:
+            if sp.prompt_logprobs is not None:
+                out.prompt_logprobs = _prompt_logprobs(r, x)
+            out.embedding, x.embedding = x.embedding, None
+        outs.append(out)
         r.new_ids, r.new_logprobs, r.new_top = [], [], []
     return TokenOutBatch(outs)
 
 
-def _prompt_logprobs(r: Request) -> PromptLogprobs | None:
-    """r's prompt logprobs, once (with its first output token), when it asked and has them
-    all (an abort during the prefill reports none)."""
-    if r.prompt_lp_sent or len(r.prompt_lps) != len(r.prompt_ids) - 1:
+def _prompt_logprobs(r: Request, x: RequestExtras) -> PromptLogprobs | None:
+    """r's prompt logprobs, once (with its first output token), when it has them all (an
+    abort during the prefill reports none)."""
+    if x.prompt_lp_sent or len(x.prompt_lps) != len(r.prompt_ids) - 1:
         return None
-    r.prompt_lp_sent = True
-    out = PromptLogprobs(r.prompt_ids.tolist(), r.prompt_lps,
-                         r.prompt_top if r.sampling.prompt_logprobs else None)
-    r.prompt_lps, r.prompt_top = [], []
+    x.prompt_lp_sent = True
+    out = PromptLogprobs(r.prompt_ids.tolist(), x.prompt_lps,
+                         x.prompt_top if r.sampling.prompt_logprobs else None)
+    x.prompt_lps, x.prompt_top = [], []
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
 
@@ -21,6 +21,22 @@ class ReqState(Enum):
     RUNNING = "running"  # holds a slot and KV pages; fed a chunk every step
     RETRACTED = "retracted"  # queued again after a retraction (its prefix is in the tree)
     FINISHED = "finished"  # stop, length, abort or refused: reported once, then forgotten
+
+
+@dataclass(eq=False)
+class RequestExtras:
+    """A request's asks besides output tokens: prompt logprobs (sampling.prompt_logprobs),
+    its embedding, or a prefill only (max_new_tokens 0)."""
+
+    embed: bool = False  # the last prompt token's final hidden state, nothing generated
+    # Prompt logprobs: the logits at prompt position p give token p + 1's. Positions <
+    # prompt_lp_next are in a step (sent or done); the values come back in prompt order and
+    # go out once, with the first TokenOut.
+    prompt_lp_next: int = 0
+    prompt_lps: list[float] = field(default_factory=list)
+    prompt_top: list[list[tuple[int, float]]] = field(default_factory=list)
+    prompt_lp_sent: bool = False
+    embedding: np.ndarray | None = None  # back from the worker, until the next TokenOut
 
 
 @dataclass(eq=False)
@@ -60,16 +76,18 @@ class Request:
     new_ids: list[int] = field(default_factory=list)  # produced since the last TokenOut
     new_logprobs: list[float] = field(default_factory=list)
     new_top: list[list[tuple[int, float]]] = field(default_factory=list)
-    # Prompt logprobs (sampling.prompt_logprobs): the logits at prompt position p give token
-    # p + 1's. Positions < prompt_lp_next are in a step (sent or done); the values come back
-    # in prompt order and go out with the first output token.
-    prompt_lp_next: int = 0
-    prompt_lps: list[float] = field(default_factory=list)
-    prompt_top: list[list[tuple[int, float]]] = field(default_factory=list)
-    prompt_lp_sent: bool = False
+    # What a few requests ask for besides output tokens; None for the rest, so the per-step
+    # paths check one attribute (and every request stays as small: fields cost per step).
+    extras: RequestExtras | None = None
+    embed: InitVar[bool] = False  # wants the last prompt token's hidden state
     # Structured output: the compile in flight, then the request's GrammarState.
     grammar_future: Any = None
     grammar: Any = None
+
+    def __post_init__(self, embed: bool) -> None:
+        sp = self.sampling
+        if sp.prompt_logprobs is not None or embed or sp.max_new_tokens == 0:
+            self.extras = RequestExtras(embed)
 
     @property
     def known_len(self) -> int:
@@ -102,17 +120,18 @@ class Request:
     def wants_prompt_logprobs(self) -> bool:
         """Some prompt positions still need their logits computed (and not taken from the
         prefix cache, which keeps KV, not logits)."""
-        return (self.sampling.prompt_logprobs is not None
-                and self.prompt_lp_next < len(self.prompt_ids) - 1)
+        return (self.extras is not None and self.sampling.prompt_logprobs is not None
+                and self.extras.prompt_lp_next < len(self.prompt_ids) - 1)
 
     def prompt_lp_span(self, num_new: int) -> tuple[int, int]:
         """The prompt positions [lo, hi) whose logits the next chunk of num_new tokens (from
         num_computed) computes for the prompt logprobs; lo == hi for none."""
-        if self.sampling.prompt_logprobs is None:
+        x = self.extras
+        if x is None or self.sampling.prompt_logprobs is None:
             return 0, 0
-        lo = max(self.num_computed, self.prompt_lp_next)
+        lo = max(self.num_computed, x.prompt_lp_next)
         hi = min(self.num_computed + num_new, len(self.prompt_ids) - 1)
-        assert self.num_computed <= self.prompt_lp_next or lo >= hi, "prompt positions skipped"
+        assert self.num_computed <= x.prompt_lp_next or lo >= hi, "prompt positions skipped"
         return lo, max(lo, hi)
 
     @property

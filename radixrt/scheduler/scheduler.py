@@ -43,6 +43,7 @@ from radixrt.scheduler.kv_manager import KVManager, pages_for
 from radixrt.scheduler.outputs import (
     collect,
     finish_reason,
+    take_embeddings,
     take_prompt_logprobs,
     take_token,
 )
@@ -88,8 +89,7 @@ class Scheduler:
         self.finished: list[Request] = []  # finished since the last TokenOutBatch
         self.step_id = 0
         self._batch: list[Chunk] = []  # being built by schedule()
-        # (step, chunks, prompt_lp_num) of the steps sent
-        self._inflight: deque[tuple[int, list[Chunk], np.ndarray | None]] = deque()
+        self._inflight: deque[tuple[list[Chunk], ForwardBatch]] = deque()  # steps sent
 
     @property
     def cache(self) -> PrefixCache:
@@ -112,7 +112,7 @@ class Scheduler:
     # ------------------------------------------------------------------ inputs
     def add_request(self, req: GenerateReq) -> None:
         r = Request(req.rid, np.asarray(req.input_ids, dtype=np.int32), req.sampling,
-                    req.cache_salt)
+                    req.cache_salt, embed=req.embed)
         self.requests[r.rid] = r
         r.error = self._refusal(r)
         if r.error is not None:
@@ -197,7 +197,7 @@ class Scheduler:
                 r.num_computed += n
                 if r.num_computed == r.fill_len:  # samples: its token is pending until back
                     r.num_pending += 1
-            self._inflight.append((self.step_id, self._batch, batch.prompt_lp_num))
+            self._inflight.append((self._batch, batch))
         self.stats.tick_seconds += time.perf_counter() - t0
         return batch
 
@@ -233,7 +233,8 @@ class Scheduler:
         """Take the worker's sampled tokens of the oldest step in flight: advance, finish and
         free requests."""
         t0 = time.perf_counter()
-        step, chunks, lp_num = self._inflight.popleft()
+        chunks, batch = self._inflight.popleft()
+        step = batch.step
         assert result.step == step, f"result of step {result.step}, expected {step}"
         self.stats.steps += 1
         self.stats.forward_seconds += result.forward_seconds
@@ -243,8 +244,10 @@ class Scheduler:
                          sum(1 for c in chunks if c.num_new == 1),
                          [c.num_new for c in chunks if c.num_new > 1],
                          result.forward_seconds * 1e3, len(self.waiting))
-        if lp_num is not None:
-            take_prompt_logprobs(chunks, lp_num, result)
+        if batch.prompt_lp_num is not None:
+            take_prompt_logprobs(chunks, batch.prompt_lp_num, result)
+        if batch.embed_of is not None:
+            take_embeddings(chunks, batch.embed_of, result)
         for i, (r, n) in enumerate(chunks):
             # A running request takes its token; so does one retracted while this step ran
             # (its token is real). A finished one (aborted, or ended one step earlier) drops it.
@@ -252,7 +255,7 @@ class Scheduler:
                 continue
             if result.next_ids[i] >= 0:
                 r.num_pending -= 1
-                if r.sampling.max_new_tokens == 0:  # prefill only: the token is not wanted
+                if r.extras is not None and r.sampling.max_new_tokens == 0:  # prefill only
                     self._finish(r, "length")
                     continue
                 tok = take_token(r, i, result)

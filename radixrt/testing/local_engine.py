@@ -6,6 +6,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from radixrt.config import EngineConfig
 from radixrt.ipc.messages import GenerateReq, PromptLogprobs, TokenOutBatch
 from radixrt.model_info import ModelInfo
@@ -26,6 +28,7 @@ class LocalOutput:
     prompt_tokens: int = 0
     logprobs: list[float] = field(default_factory=list)
     prompt_logprobs: PromptLogprobs | None = None
+    embedding: np.ndarray | None = None
     error: str | None = None
 
 
@@ -49,10 +52,12 @@ class LocalEngine:
             lambda: self._launched.popleft().result())
 
     def add(self, rid: str, input_ids: list[int], sampling: SamplingParams | dict | None = None,
-            cache_salt: str | None = None) -> None:
+            cache_salt: str | None = None, embed: bool = False) -> None:
+        """Queue a request; embed: its embedding (give sampling max_new_tokens 0)."""
         self.outputs[rid] = LocalOutput()
         self.scheduler.add_request(GenerateReq(rid, list(input_ids),
-                                               SamplingParams.from_dict(sampling), cache_salt))
+                                               SamplingParams.from_dict(sampling), cache_salt,
+                                               embed=embed))
 
     def step(self) -> TokenOutBatch:
         s = self.scheduler
@@ -71,6 +76,9 @@ class LocalEngine:
             o.finish_reason, o.error = t.finish_reason, t.error
             if t.logprobs:
                 o.logprobs.extend(t.logprobs)
+            if t.embedding is not None:
+                assert o.embedding is None, "embedding sent twice"
+                o.embedding = t.embedding
             if t.prompt_logprobs is not None:
                 assert o.prompt_logprobs is None, "prompt logprobs sent twice"
                 o.prompt_logprobs = t.prompt_logprobs

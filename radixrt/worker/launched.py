@@ -42,19 +42,23 @@ class LaunchedStep:
     launch_seconds: float  # host time of the launch itself
     idle_seconds: float = 0.0  # the device had nothing to run before this step (worker loop)
     prompt_lp: SampleOutput | None = None  # the batch's prompt logprobs (host copies too)
+    embeddings: torch.Tensor | None = None  # [E, hidden] float32 (a host copy too)
 
     @classmethod
     def launch(cls, step: int, batch_size: int, rows: np.ndarray, out: SampleOutput | None,
-               started: float, prompt_lp: SampleOutput | None = None) -> LaunchedStep:
+               started: float, prompt_lp: SampleOutput | None = None,
+               embeddings: torch.Tensor | None = None) -> LaunchedStep:
         on_cuda = any(o is not None and o.next_ids.device.type == "cuda"
-                      for o in (out, prompt_lp))
+                      for o in (out, prompt_lp)) or (
+            embeddings is not None and embeddings.device.type == "cuda")
         out, prompt_lp = _outputs_to_host(out), _outputs_to_host(prompt_lp)
+        embeddings = _to_host(embeddings)
         event = None
         if on_cuda:
             event = torch.cuda.Event()
             event.record()
         return cls(step, batch_size, rows, out, event, started,
-                   time.perf_counter() - started, prompt_lp=prompt_lp)
+                   time.perf_counter() - started, prompt_lp=prompt_lp, embeddings=embeddings)
 
     def done(self) -> bool:
         return self.event is None or self.event.query()
@@ -83,6 +87,8 @@ class LaunchedStep:
             if lp.top_ids is not None and lp.top_logprobs is not None:
                 result.prompt_top_ids = lp.top_ids.numpy().astype(np.int32)
                 result.prompt_top_logprobs = lp.top_logprobs.numpy()
+        if self.embeddings is not None:
+            result.embeddings = self.embeddings.numpy()
         result.forward_seconds = time.perf_counter() - self.started
         result.idle_seconds = self.idle_seconds
         return result

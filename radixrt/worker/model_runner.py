@@ -301,6 +301,8 @@ class ModelRunner:
             extra.append(tok_slots)
         if batch.prompt_lp_targets is not None:
             extra.append(batch.prompt_lp_targets.astype(np.int64))
+        if batch.embed_rows is not None:
+            extra.append(batch.embed_rows.astype(np.int64))
         return build_step_inputs(start, num_new, rows, self.page_size, self.staging.upload,
                                  extra, page_lists=self.attn.wants_page_lists)
 
@@ -312,14 +314,19 @@ class ModelRunner:
             logits = logits[len(batch.prompt_lp_rows):]
         return logits.float() if logits.dtype != torch.float32 else logits.clone()
 
-    def _forward(self, batch: ForwardBatch
+    def _forward(self, batch: ForwardBatch, hidden_out: list[torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(logits of the prompt logprobs' rows and then the sampling rows, in the model's
         dtype; the sampling rows' slots and the prompt logprobs' target tokens on the device).
-        From a graph the logits may be a view of its output: valid until the next step."""
-        bs = self.graphs.padded_size(batch.num_new) if self.graphs is not None else None
+        From a graph the logits may be a view of its output: valid until the next step. The
+        batch's embedding rows' hidden states go into hidden_out (such a batch runs eagerly).
+        """
+        bs = None
+        if self.graphs is not None and batch.embed_rows is None:
+            bs = self.graphs.padded_size(batch.num_new)
         meta, positions, (logits_idx, input_ids, sample_slots, *tok_slots) = \
             self.step_inputs(batch, bs)
+        embed_rows = tok_slots.pop() if batch.embed_rows is not None else None
         lp_targets = tok_slots.pop() if batch.prompt_lp_targets is not None else None
         if tok_slots:  # PENDING_TOKEN inputs: the slot's last sampled token, on the device
             input_ids = torch.where(input_ids < 0, self.last_token[tok_slots[0]], input_ids)
@@ -331,7 +338,8 @@ class ModelRunner:
                                       batch.batch_size if every else None), sample_slots, \
                 lp_targets
         self.attn.plan(meta)
-        return self.model(input_ids, positions, self.attn, logits_idx), sample_slots, lp_targets
+        logits = self.model(input_ids, positions, self.attn, logits_idx, hidden_out, embed_rows)
+        return logits, sample_slots, lp_targets
 
     def launch(self, batch: ForwardBatch) -> LaunchedStep:
         """Queue the step on the device (run it, on CPU); the tokens stay there until
@@ -340,9 +348,12 @@ class ModelRunner:
         self._apply_updates(batch)
         rows = np.nonzero(batch.sample)[0]
         out = None
-        prompt_lp = None
+        prompt_lp = embeddings = None
         if batch.batch_size:
-            logits, sample_slots, lp_targets = self._forward(batch)
+            hidden: list[torch.Tensor] = []
+            logits, sample_slots, lp_targets = self._forward(batch, hidden)
+            if hidden and self.sampler is not None:
+                embeddings = torch.nn.functional.normalize(hidden[0], dim=-1)
             if lp_targets is not None:
                 P = len(lp_targets)
                 if self.sampler is not None:
@@ -352,7 +363,8 @@ class ModelRunner:
                 out = self.sampler.sample(logits, batch.slots[rows].tolist(),
                                           self._grammar_mask(batch, rows))
                 self.last_token[sample_slots] = out.next_ids
-        return LaunchedStep.launch(batch.step, batch.batch_size, rows, out, t0, prompt_lp)
+        return LaunchedStep.launch(batch.step, batch.batch_size, rows, out, t0, prompt_lp,
+                                   embeddings)
 
     def step(self, batch: ForwardBatch) -> StepResult:
         return self.launch(batch).result()

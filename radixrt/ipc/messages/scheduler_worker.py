@@ -60,6 +60,10 @@ class ForwardBatch(SchedulerWorkerMsg):
     prompt_lp_targets: np.ndarray | None = None  # int32 [P]
     prompt_lp_num: np.ndarray | None = None  # int32 [B]
     prompt_lp_top: int = 0
+    # Embeddings: the final hidden state (normalized) of flat token row embed_rows[j], the
+    # last prompt token of batch row embed_of[j].
+    embed_rows: np.ndarray | None = None  # int32 [E]
+    embed_of: np.ndarray | None = None  # int32 [E]
 
     @property
     def batch_size(self) -> int:
@@ -83,6 +87,7 @@ class StepResult(SchedulerWorkerMsg):
     prompt_logprobs: np.ndarray | None = None  # float32 [P]
     prompt_top_ids: np.ndarray | None = None  # int32 [P, prompt_lp_top]
     prompt_top_logprobs: np.ndarray | None = None  # float32 [P, prompt_lp_top]
+    embeddings: np.ndarray | None = None  # float32 [E, hidden], of the batch's embed_rows
     forward_seconds: float = 0.0  # worker time of the step (apply, forward, sample, copy)
     # Worker idle before this step (its previous step was done and this batch not there yet):
     # the host time overlap scheduling failed to hide.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from radixrt.ipc.messages.frontend_tokenizer import FrontendTokenizerMsg
 from radixrt.sampling_params import SamplingParams
 
@@ -24,6 +26,7 @@ class GenerateReq(TokenizerSchedulerMsg):
     input_ids: list[int]
     sampling: SamplingParams
     cache_salt: str | None = None
+    embed: bool = False  # the prompt's embedding, nothing generated (sampling: 0 tokens)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class TokenOut:
     top_logprobs: list[list[tuple[int, float]]] | None = None
     error: str | None = None  # the scheduler refused the request
     prompt_logprobs: PromptLogprobs | None = None  # once, with the first token, when asked
+    embedding: np.ndarray | None = None  # float32 [hidden], L2-normalized (GenerateReq.embed)
 
 
 @dataclass
