@@ -12,6 +12,8 @@ import logging
 import uuid
 from typing import Any
 
+import numpy as np
+
 from radixrt.backend import start_backend
 from radixrt.config import build_engine_config
 from radixrt.ipc.messages import SchedulerStats, TextDelta, TokenizeReq
@@ -83,6 +85,27 @@ class Engine:
         outs = self._run(reqs)
         return outs[0] if single else outs
 
+    def encode(self, prompt: str | list[str] | None = None,
+               input_ids: list[int] | list[list[int]] | None = None,
+               cache_salt: str | None = None) -> np.ndarray:
+        """Embeddings of one prompt (str or token ids) or a batch: [hidden] or [batch, hidden]
+        float32, the last token's final hidden state, L2-normalized (as /v1/embeddings)."""
+        if (prompt is None) == (input_ids is None):
+            raise ValueError("pass exactly one of prompt and input_ids")
+        items = prompt if prompt is not None else input_ids
+        single = isinstance(items, str) or (
+            isinstance(items, list) and (not items or isinstance(items[0], int)))
+        batch = [items] if single else list(items)  # type: ignore[list-item]
+        reqs = []
+        for item in batch:
+            rid = f"engine-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+            text, ids = (item, None) if isinstance(item, str) else (None, list(item))
+            reqs.append(TokenizeReq(rid, prompt=text, input_ids=ids, embed=True,
+                                    sampling=SamplingParams(max_new_tokens=0, temperature=0.0),
+                                    cache_salt=cache_salt))
+        vectors = np.stack([r["embedding"] for r in self._run(reqs)])
+        return vectors[0] if single else vectors
+
     def chat(self, messages: list[dict], sampling_params: ParamsInput = None,
              cache_salt: str | None = None) -> dict:
         """One chat completion: the model's chat template is applied to messages."""
@@ -151,6 +174,7 @@ class _Result:
         self.ids: list[int] = []
         self.logprobs: list[float] = []
         self.prompt_logprobs: list[float | None] | None = None
+        self.embedding: np.ndarray | None = None
         self.meta: dict[str, Any] = {}
         self.error: str | None = None
         self.error_param: str | None = None
@@ -162,6 +186,8 @@ class _Result:
             self.logprobs.extend(e.logprob for e in d.logprobs)  # type: ignore[misc]
         if d.prompt_logprobs is not None:
             self.prompt_logprobs = [e.logprob for e in d.prompt_logprobs]
+        if d.embedding is not None:
+            self.embedding = d.embedding
         if d.error:
             self.error, self.error_param = d.error, d.error_param
         self.meta = {
@@ -178,4 +204,6 @@ class _Result:
             meta["output_token_logprobs"] = self.logprobs
         if self.prompt_logprobs is not None:  # the first prompt token's is None
             meta["input_token_logprobs"] = self.prompt_logprobs
+        if self.embedding is not None:
+            return {"embedding": self.embedding, "meta_info": meta}
         return {"text": "".join(self.text), "output_ids": self.ids, "meta_info": meta}

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from radixrt.config import ServerConfig
-from radixrt.frontend import anthropic, openai_responses
+from radixrt.frontend import anthropic, embeddings, openai_responses
 from radixrt.frontend.answers import ModelCard, ModelList
 from radixrt.frontend.auth import APIKeyMiddleware
 from radixrt.frontend.body_limit import BodyLimitMiddleware
@@ -118,6 +118,10 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
     async def messages(request: Request) -> Response:
         return await serving.messages(request)
 
+    @app.post(embeddings.ROUTE)
+    async def create_embeddings(request: Request) -> Response:
+        return await serving.embeddings(request)
+
     @app.post(openai_responses.ROUTE)
     async def responses(request: Request) -> Response:
         return await serving.responses(request)
@@ -204,5 +208,6 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
         "/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
         anthropic.ROUTE: anthropic.MessagesRequest, "/generate": GenerateRequest,
         openai_responses.ROUTE: openai_responses.ResponsesRequest,
+        embeddings.ROUTE: embeddings.EmbeddingRequest,
         "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest})
     return app

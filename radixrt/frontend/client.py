@@ -63,6 +63,7 @@ def merge_deltas(deltas: list[TextDelta]) -> TextDelta:
         error_param=last.error_param,
         prompt_text=deltas[0].prompt_text,
         prompt_logprobs=deltas[0].prompt_logprobs,
+        embedding=next((d.embedding for d in deltas if d.embedding is not None), None),
     )
 
 

@@ -19,6 +19,7 @@ from radixrt.frontend.answers import PromptTokensDetails, UsageInfo
 from radixrt.frontend.anthropic import MessagesRequest, MessagesShape
 from radixrt.frontend.auth import tenant_of
 from radixrt.frontend.client import AsyncTokenizerClient, merge_deltas
+from radixrt.frontend.embeddings import EMBED_SAMPLING, EmbeddingRequest, EmbeddingShape
 from radixrt.frontend.errors import APIError
 from radixrt.frontend.metrics import Metrics, RequestTimer
 from radixrt.frontend.openai_responses import ResponsesRequest, ResponsesShape
@@ -141,7 +142,7 @@ class OpenAIServing:
     # ------------------------------------------------------------ running sub-requests
 
     async def _start(self, reqs: list[TokenizeReq], request: Request,
-                     per_prompt: int) -> Generation:
+                     per_prompt: int, input_param: str = "prompt") -> Generation:
         """Submit; return once every choice answered once (a refusal becomes a 4xx here)."""
         limit = self.config.engine.max_queued_requests
         if self.draining:
@@ -150,7 +151,7 @@ class OpenAIServing:
         if len(reqs) > limit:  # never fits, however idle the server: not worth a retry
             raise APIError(400, f"This request makes {len(reqs)} sub-requests (prompts x n), "
                            f"more than this server takes at once ({limit}, "
-                           "--max-queued-requests).", param="n" if per_prompt > 1 else "prompt",
+                           "--max-queued-requests).", param="n" if per_prompt > 1 else input_param,
                            code="too_many_sub_requests")
         if self.in_flight + len(reqs) > limit:
             raise APIError(503, f"The server is overloaded ({self.in_flight} requests in "
@@ -257,11 +258,11 @@ class OpenAIServing:
     # ------------------------------------------------------------ one response path
 
     async def _respond(self, request: Request, reqs: list[TokenizeReq], per_prompt: int,
-                       shape: ResponseShape, stream: bool, include_usage: bool = False
-                       ) -> Response:
+                       shape: ResponseShape, stream: bool, include_usage: bool = False,
+                       input_param: str = "prompt") -> Response:
         """Run the sub-requests and answer in `shape`: whole, or streamed as server-sent
         events (a refusal before any output is an HTTP error either way)."""
-        gen = await self._start(reqs, request, per_prompt)
+        gen = await self._start(reqs, request, per_prompt, input_param)
         if stream:
             return self._stream(gen, self._chunks(gen, shape, include_usage))
         outs = await self._collect(gen, request)
@@ -327,6 +328,19 @@ class OpenAIServing:
         plan, sp = self._tool_sampling(chat)
         shape = MessagesShape(f"msg_{uuid.uuid4().hex}", model, sp, tool_parser=plan.parser)
         return await self._chat(request, chat, shape, plan)
+
+    async def embeddings(self, request: Request) -> Response:
+        """OpenAI's embeddings API: one prefill-only sub-request per input."""
+        body = parse_request(EmbeddingRequest, await request.body())
+        model = self.check_model(body.model)
+        body.check_dimensions(self.info.hidden_size)
+        shape = EmbeddingShape(f"embd-{uuid.uuid4().hex}", model, body)
+        reqs = []
+        for i, item in enumerate(body.inputs()):
+            text, ids = (item, None) if isinstance(item, str) else (None, item)
+            reqs.append(TokenizeReq(rid=f"{shape.api_id}-{i}", prompt=text, input_ids=ids,
+                                    sampling=EMBED_SAMPLING, embed=True))
+        return await self._respond(request, reqs, 1, shape, stream=False, input_param="input")
 
     async def responses(self, request: Request) -> Response:
         """OpenAI's Responses API: a chat completion in the Responses shape."""

@@ -194,7 +194,7 @@ class TokenizerManager:
             completion_tokens=out.completion_tokens, cached_tokens=out.cached_tokens,
             logprobs=self._logprobs(out) if ids else None, error=out.error, prompt_text=echo,
             prompt_logprobs=None if out.prompt_logprobs is None
-            else self._prompt_logprobs(out.prompt_logprobs))
+            else self._prompt_logprobs(out.prompt_logprobs), embedding=out.embedding)
 
     def _prompt_logprobs(self, p: PromptLogprobs) -> list[TokenLogprob]:
         t = self.texts

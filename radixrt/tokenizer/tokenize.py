@@ -306,7 +306,8 @@ class PromptTokenizer:
                 f" were requested ({n} in the prompt, {sampling.max_new_tokens} for the completion)",
                 "max_tokens",
             )
-        return GenerateReq(rid=req.rid, input_ids=ids, sampling=sampling, cache_salt=req.cache_salt)
+        return GenerateReq(rid=req.rid, input_ids=ids, sampling=sampling, cache_salt=req.cache_salt,
+                           embed=req.embed)
 
 
 def open_final_message(text: str, final: str) -> str:

@@ -56,6 +56,11 @@ def test_input_forms_and_errors(default_engine) -> None:
     lps = scored["meta_info"]["input_token_logprobs"]
     assert scored["output_ids"] == [] and lps[0] is None and len(lps) == 4
     assert all(v < 0 for v in lps[1:])
+    vectors = default_engine.encode(["The capital of France is", "Paris"])
+    one = default_engine.encode(input_ids=[1, 504, 3575, 282])
+    assert vectors.shape == (2, 576) and one.shape == (576,)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert np.allclose(default_engine.encode("Paris"), vectors[1], atol=1e-4)
     with pytest.raises(InvalidRequestError, match="temperature"):
         default_engine.generate("x", {"temperature": -1})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -499,3 +500,46 @@ def test_decode_probe_with_sampling_fields(server: ServerProcess, tiny_llama: Pa
                               "2", "--steps", "3", "--tokenizer", str(tiny_llama),
                               "--sampling", '{"temperature": 0.7, "top_p": 0.9, "seed": 1}']) == 0
     assert "| 16 | 2 |" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def test_embeddings(tiny_llama: Path, server: ServerProcess, client: OpenAI) -> None:
+    """Last-token pooling, L2-normalized, equal to transformers' final hidden state on the
+    same weights; float and base64 encodings agree; dimensions keep a renormalized prefix."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = ["The weather today is sunny.", "Radix trees share prefixes."]
+    r = client.embeddings.create(model="tiny", input=texts)
+    assert [d.index for d in r.data] == [0, 1] and r.model == "tiny"
+    hf = AutoModel.from_pretrained(str(tiny_llama), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
+    tokens = 0
+    for d, text in zip(r.data, texts, strict=True):
+        ids = tok(text)["input_ids"]
+        tokens += len(ids)
+        with torch.no_grad():
+            h = hf(torch.tensor([ids])).last_hidden_state[0, -1]
+        want = torch.nn.functional.normalize(h, dim=-1).numpy()
+        np.testing.assert_allclose(d.embedding, want, atol=2e-4)
+    assert r.usage.prompt_tokens == r.usage.total_tokens == tokens
+    # (the openai client asks for base64 and decodes it itself unless a format is given)
+    floats = client.embeddings.create(model="tiny", input=texts[0], encoding_format="float")
+    assert isinstance(floats.data[0].embedding[0], float)
+    b64 = client.embeddings.create(model="tiny", input=texts[0], encoding_format="base64")
+    raw = np.frombuffer(base64.b64decode(b64.data[0].embedding), "<f4")
+    np.testing.assert_allclose(raw, floats.data[0].embedding, atol=1e-6)
+    np.testing.assert_allclose(raw, r.data[0].embedding, atol=1e-6)
+    short = client.embeddings.create(model="tiny", input=[[5, 6, 7, 8]], dimensions=16)
+    vec = np.asarray(short.data[0].embedding)
+    assert vec.shape == (16,) and abs(float(np.linalg.norm(vec)) - 1) < 1e-5
+    for kw, param in [({"input": ""}, "input"), ({"input": []}, "input"),
+                      ({"input": "x", "dimensions": 10_000}, "dimensions"),
+                      ({"input": "x", "encoding_format": "int8"}, "encoding_format")]:
+        with pytest.raises(openai.BadRequestError) as info:
+            client.embeddings.create(model="tiny", **kw)
+        assert info.value.body["param"] == param, kw
+    assert wait_idle(server)["radixrt_pages_used"] == 0

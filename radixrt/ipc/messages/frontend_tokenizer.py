@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from radixrt.sampling_params import SamplingParams
 
 
@@ -27,6 +29,7 @@ class TokenizeReq(FrontendTokenizerMsg):
     continue_final_message: bool = False  # leave the final chat message open instead
     chat_template: str | None = None  # a request's own template (only when the server trusts it)
     echo: bool = False  # the first delta carries the prompt's text (prompt_text)
+    embed: bool = False  # the prompt's embedding instead of generated text (GenerateReq.embed)
 
 
 @dataclass
@@ -62,6 +65,7 @@ class TextDelta:
     # (SamplingParams.prompt_logprobs), one entry per prompt token.
     prompt_text: str | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
+    embedding: np.ndarray | None = None  # float32 [hidden], L2-normalized (TokenizeReq.embed)
 
 
 @dataclass
