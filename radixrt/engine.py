@@ -64,12 +64,7 @@ class Engine:
         cached_tokens, finish_reason, matched_stop[, output_token_logprobs][,
         input_token_logprobs (sampling param prompt_logprobs)]}} per prompt.
         """
-        if (prompt is None) == (input_ids is None):
-            raise ValueError("pass exactly one of prompt and input_ids")
-        items = prompt if prompt is not None else input_ids
-        single = isinstance(items, str) or (
-            isinstance(items, list) and (not items or isinstance(items[0], int)))
-        batch = [items] if single else list(items)  # type: ignore[list-item]
+        batch, single = _batch_of(prompt, input_ids)
         params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(batch)
         if len(params) != len(batch):
             raise ValueError("sampling_params must be one dict or one per prompt")
@@ -90,12 +85,7 @@ class Engine:
                cache_salt: str | None = None) -> np.ndarray:
         """Embeddings of one prompt (str or token ids) or a batch: [hidden] or [batch, hidden]
         float32, the last token's final hidden state, L2-normalized (as /v1/embeddings)."""
-        if (prompt is None) == (input_ids is None):
-            raise ValueError("pass exactly one of prompt and input_ids")
-        items = prompt if prompt is not None else input_ids
-        single = isinstance(items, str) or (
-            isinstance(items, list) and (not items or isinstance(items[0], int)))
-        batch = [items] if single else list(items)  # type: ignore[list-item]
+        batch, single = _batch_of(prompt, input_ids)
         reqs = []
         for item in batch:
             rid = f"engine-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
@@ -166,6 +156,16 @@ class Engine:
     def __del__(self) -> None:
         if not getattr(self, "_closed", True):
             self.shutdown()
+
+
+def _batch_of(prompt: Any, input_ids: Any) -> tuple[list[Any], bool]:
+    """(the prompts, each a str or an id list; whether one was given rather than a list)."""
+    if (prompt is None) == (input_ids is None):
+        raise ValueError("pass exactly one of prompt and input_ids")
+    items = prompt if prompt is not None else input_ids
+    single = isinstance(items, str) or (
+        isinstance(items, list) and (not items or isinstance(items[0], int)))
+    return ([items] if single else list(items)), single
 
 
 class _Result:
