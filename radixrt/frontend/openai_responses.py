@@ -74,9 +74,30 @@ class FunctionCallOutputItem(_Request):
     status: str | None = None
 
 
+class ReasoningText(_Request):
+    type: Literal["reasoning_text", "summary_text"]
+    text: str
+
+
+class ReasoningItem(_Request):
+    """The assistant's earlier reasoning, sent back with the turn it preceded (a thinking
+    model's template renders it where it keeps it)."""
+
+    type: Literal["reasoning"]
+    summary: list[ReasoningText] = Field(default_factory=list)
+    content: list[ReasoningText] | None = None
+    id: str | None = None
+    status: str | None = None
+
+    def text(self) -> str:
+        return "".join(p.text for p in (self.content or self.summary))
+
+
 ITEMS: dict[str, TypeAdapter[Any]] = {
     "message": TypeAdapter(MessageItem), "function_call": TypeAdapter(FunctionCallItem),
-    "function_call_output": TypeAdapter(FunctionCallOutputItem)}
+    "function_call_output": TypeAdapter(FunctionCallOutputItem),
+    "reasoning": TypeAdapter(ReasoningItem)}
+Item = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem
 
 
 class FunctionTool(_Request):
@@ -146,7 +167,7 @@ class ResponsesRequest(_Request):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
 
-    def items(self) -> list[MessageItem | FunctionCallItem | FunctionCallOutputItem]:
+    def items(self) -> list[Item]:
         if isinstance(self.input, str):
             return [MessageItem(role="user", content=self.input)]
         out = []
@@ -164,27 +185,38 @@ class ResponsesRequest(_Request):
 
     def messages(self) -> list[dict[str, Any]]:
         """As chat messages: consecutive function calls become one assistant message's
-        tool_calls, their outputs `tool` messages."""
+        tool_calls, their outputs `tool` messages; a reasoning item becomes the
+        reasoning_content of the assistant turn after it."""
         msgs: list[dict[str, Any]] = []
         if self.instructions is not None:
             msgs.append({"role": "system", "content": self.instructions})
+        reasoning: str | None = None  # waiting for its assistant turn
         for item in self.items():
+            if isinstance(item, ReasoningItem):
+                reasoning = (reasoning or "") + item.text()
+                continue
+            last = msgs[-1] if msgs else None
             if isinstance(item, MessageItem):
                 msgs.append({"role": item.role, "content": item.text()})
             elif isinstance(item, FunctionCallItem):
                 call = {"id": item.call_id, "type": "function",
                         "function": {"name": item.name, "arguments": item.arguments}}
-                last = msgs[-1] if msgs else None
-                if last is not None and last["role"] == "assistant" and "tool_calls" in last:
-                    last["tool_calls"].append(call)
-                elif last is not None and last["role"] == "assistant":
-                    last["tool_calls"] = [call]  # the text it said before calling
+                if last is not None and last["role"] == "assistant" and reasoning is None:
+                    # (the text it said before calling, or the calls before this one)
+                    last.setdefault("tool_calls", []).append(call)
                 else:
                     msgs.append({"role": "assistant", "content": None, "tool_calls": [call]})
             else:
                 output = item.output if isinstance(item.output, str) else "".join(
                     p.text for p in item.output)
                 msgs.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+            if reasoning is not None:
+                if msgs[-1]["role"] != "assistant":
+                    break
+                msgs[-1]["reasoning_content"], reasoning = reasoning, None
+        if reasoning is not None:
+            raise InvalidRequestError("a reasoning input item must come right before the "
+                                      "assistant message or function call it led to", "input")
         return msgs
 
     def to_chat(self) -> ChatCompletionRequest:

@@ -42,12 +42,15 @@ class ChatMessage(_Request):
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[AssistantToolCall] | None = None  # an assistant's earlier calls
+    # An assistant's earlier reasoning, as answers give it (vLLM's field): the templates of
+    # thinking models render it where they keep it (Qwen3: within the current tool loop).
+    reasoning_content: str | None = None
 
     def to_dict(self, i: int = 0) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}
         if isinstance(self.content, list):
             out["content"] = [p.model_dump() for p in self.content]
-        for key in ("name", "tool_call_id"):
+        for key in ("name", "tool_call_id", "reasoning_content"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.tool_calls:  # arguments as dicts, as templates expect (vLLM and HF alike)

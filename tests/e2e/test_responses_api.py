@@ -102,7 +102,10 @@ def test_function_call_round_trip(client: OpenAI) -> None:
     assert args == done.arguments == call.arguments  # greedy: the same call
     assert got[-1].type == "response.completed"
     # The call and its output go back as input items; the model answers in text.
-    follow = [{"role": "user", "content": ASK}, call.model_dump(exclude_none=True),
+    # (with the reasoning a thinking model would have given before it)
+    thought = {"type": "reasoning", "summary": [],
+               "content": [{"type": "reasoning_text", "text": "Look it up."}]}
+    follow = [{"role": "user", "content": ASK}, thought, call.model_dump(exclude_none=True),
               {"type": "function_call_output", "call_id": call.call_id,
                "output": "sunny, 21 C"}]
     answer = create(client, input=follow, tools=[WEATHER], tool_choice="none",

@@ -50,6 +50,22 @@ def test_developer_role_kept_where_the_template_knows_it(default_model_dir: Path
     assert render(p, [{"role": "developer", "content": "x"}]) == "[DEV]x"
 
 
+def test_reasoning_content_reaches_the_template(default_model_dir: Path) -> None:
+    """An assistant message's reasoning_content (chat completions; a Responses reasoning
+    item) is the template's to render, as a thinking model's does."""
+    from radixrt.frontend.protocol import ChatMessage
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}]{% if m.reasoning_content %}"
+                         "<think>{{ m.reasoning_content }}</think>{% endif %}{{ m['content'] }}"
+                         "{% endfor %}")
+    p = PromptTokenizer(ModelInfo.from_dir(default_model_dir), tok)
+    msg = ChatMessage.model_validate({"role": "assistant", "content": "Hi.",
+                                      "reasoning_content": "greet"})
+    assert render(p, [{"role": "user", "content": "x"}, msg.to_dict()]) == \
+        "[user]x[assistant]<think>greet</think>Hi."
+
+
 def test_continue_final_message(prompts: PromptTokenizer) -> None:
     chat = [{"role": "user", "content": "Name a colour."},
             {"role": "assistant", "content": "The colour is"}]

@@ -133,7 +133,26 @@ def test_input_items_become_chat_messages() -> None:
     assert chat.messages[2].tool_calls is not None and len(chat.messages[2].tool_calls) == 2
 
 
-@pytest.mark.parametrize("bad", [[{"type": "reasoning", "summary": []}], [{"role": "tool"}],
+def test_reasoning_items_go_back_with_their_turn() -> None:
+    """An answer's output sent back whole (reasoning, message, call): the reasoning becomes
+    the assistant turn's reasoning_content, which the chat template receives."""
+    ds = deltas(THINK_CALL)
+    output = whole(shape(), ds)["output"]
+    call = output[2]
+    r = request(input=[{"role": "user", "content": "weather?"}, *output,
+                       {"type": "function_call_output", "call_id": call["call_id"],
+                        "output": "sunny"}])
+    msgs = r.messages()
+    assert [m["role"] for m in msgs] == ["user", "assistant", "tool"]
+    assert msgs[1]["reasoning_content"] == "the user asks" and msgs[1]["content"] == "Sure."
+    assert [c["function"]["name"] for c in msgs[1]["tool_calls"]] == ["get_weather"]
+    chat = r.to_chat()
+    assert chat.messages[1].to_dict()["reasoning_content"] == "the user asks"
+
+
+@pytest.mark.parametrize("bad", [[{"type": "reasoning", "summary": []}],
+                                 [{"type": "reasoning", "summary": []},
+                                  {"role": "user", "content": "x"}], [{"role": "tool"}],
                                  [{"type": "function_call_output", "call_id": "c",
                                    "output": 3}], ["text"]])
 def test_bad_input_items_name_input(bad: list[Any]) -> None:
