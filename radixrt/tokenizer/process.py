@@ -182,7 +182,6 @@ class TokenizerManager:
                                       finished=done, echo=echo))
         return to_scheduler, deltas
 
-
     def _delta(self, out: TokenOut, text: str, ids: list[int], finish: str | None,
                matched: str | int | None = None, finished: bool = True,
                echo: str | None = None) -> TextDelta:
