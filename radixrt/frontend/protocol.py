@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from radixrt.frontend.fields import (
     OPENAI_DEFAULT_VALUES,
@@ -45,6 +45,12 @@ class ChatMessage(_Request):
     # An assistant's earlier reasoning, as answers give it (vLLM's field): the templates of
     # thinking models render it where they keep it (Qwen3: within the current tool loop).
     reasoning_content: str | None = None
+
+    @model_validator(mode="after")
+    def _reasoning_is_the_assistants(self) -> ChatMessage:
+        if self.reasoning_content is not None and self.role != "assistant":
+            raise ValueError("reasoning_content belongs to assistant messages only")
+        return self
 
     def to_dict(self, i: int = 0) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}

@@ -64,6 +64,10 @@ def test_reasoning_content_reaches_the_template(default_model_dir: Path) -> None
                                       "reasoning_content": "greet"})
     assert render(p, [{"role": "user", "content": "x"}, msg.to_dict()]) == \
         "[user]x[assistant]<think>greet</think>Hi."
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="assistant messages only"):
+        ChatMessage.model_validate({"role": "user", "content": "x", "reasoning_content": "r"})
 
 
 def test_continue_final_message(prompts: PromptTokenizer) -> None:
