@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from radixrt.config import ServerConfig
-from radixrt.frontend import anthropic, embeddings, openai_responses
+from radixrt.frontend import anthropic, embeddings, openai_responses, responses_request
 from radixrt.frontend.answers import ModelCard, ModelList
 from radixrt.frontend.auth import APIKeyMiddleware
 from radixrt.frontend.body_limit import BodyLimitMiddleware
@@ -207,7 +207,7 @@ def create_app(config: ServerConfig, endpoints: Endpoints, info: ModelInfo) -> F
     describe_bodies(app, {
         "/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
         anthropic.ROUTE: anthropic.MessagesRequest, "/generate": GenerateRequest,
-        openai_responses.ROUTE: openai_responses.ResponsesRequest,
+        openai_responses.ROUTE: responses_request.ResponsesRequest,
         embeddings.ROUTE: embeddings.EmbeddingRequest,
         "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest})
     return app

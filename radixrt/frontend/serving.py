@@ -22,7 +22,7 @@ from radixrt.frontend.client import AsyncTokenizerClient, merge_deltas
 from radixrt.frontend.embeddings import EMBED_SAMPLING, EmbeddingRequest, EmbeddingShape
 from radixrt.frontend.errors import APIError
 from radixrt.frontend.metrics import Metrics, RequestTimer
-from radixrt.frontend.openai_responses import ResponsesRequest, ResponsesShape
+from radixrt.frontend.openai_responses import ResponsesShape
 from radixrt.frontend.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -31,6 +31,7 @@ from radixrt.frontend.protocol import (
     parse_request,
 )
 from radixrt.frontend.responses import ChatShape, CompletionShape, GenerateShape, ResponseShape
+from radixrt.frontend.responses_request import ResponsesRequest
 from radixrt.frontend.tools import (
     NO_TOOLS,
     ToolPlan,

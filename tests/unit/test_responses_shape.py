@@ -14,8 +14,9 @@ from pydantic import TypeAdapter
 
 from radixrt.frontend.answers import PromptTokensDetails, UsageInfo
 from radixrt.frontend.client import merge_deltas
-from radixrt.frontend.openai_responses import ResponsesRequest, ResponsesShape
+from radixrt.frontend.openai_responses import ResponsesShape
 from radixrt.frontend.protocol import parse_request
+from radixrt.frontend.responses_request import ResponsesRequest
 from radixrt.ipc.messages import TextDelta
 from radixrt.sampling_params import InvalidRequestError, SamplingParams
 
