@@ -77,7 +77,7 @@ class ResponsesShape(ResponseShape):
         output = ChatOutput(self.reasoning, self.tool_parser)
         reasoning, parsed = output.feed(d.text, final=True)
         calls = merge_calls(parsed.calls)
-        status = "incomplete" if d.finish_reason == "length" else "completed"
+        status = self.status(d)
         items = []
         if reasoning:
             items.append(reasoning_item(reasoning))

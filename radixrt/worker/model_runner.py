@@ -350,7 +350,8 @@ class ModelRunner:
         out = None
         prompt_lp = embeddings = None
         if batch.batch_size:
-            hidden: list[torch.Tensor] = []
+            # (a list only for a batch with embedding rows: the decode step allocates none)
+            hidden: list[torch.Tensor] | None = [] if batch.embed_rows is not None else None
             logits, sample_slots, lp_targets = self._forward(batch, hidden)
             if hidden and self.sampler is not None:
                 embeddings = torch.nn.functional.normalize(hidden[0], dim=-1)
